@@ -1,0 +1,4 @@
+from train_mrpc.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""The hyperparameters: one dataclass, the single source of truth for flags, config files and --help.
+
+Flag names follow transformers' ``run_glue.py`` where it has one. Defaults reproduce the published
+bert-base-uncased MRPC recipe from Google's BERT README (batch 32, lr 2e-5, 3 epochs), with the
+linear warmup/decay and weight decay of the Hugging Face examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from train_mrpc.errors import UserError
+
+SYNTHETIC = "synthetic"
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    # --- model --------------------------------------------------------------------------------
+    model_name_or_path: str = _help(
+        "Hub model id (e.g. bert-base-uncased) or a local directory with config, weights and tokenizer.",
+        default="bert-base-uncased",
+    )
+    attn_implementation: Literal["sdpa", "eager"] = _help(
+        "Attention kernel: 'sdpa' (PyTorch scaled_dot_product_attention; falls back to eager where the "
+        "model has no SDPA path) or 'eager'.",
+        default="sdpa",
+    )
+    # --- data ---------------------------------------------------------------------------------
+    dataset: str = _help(
+        "Where the data comes from when no --data_dir or --*_file is given: a Hub dataset id (loaded "
+        "with config --dataset_config), or 'synthetic' for generated MRPC-shaped pairs (offline).",
+        default="nyu-mll/glue",
+    )
+    dataset_config: str = _help("Config name of the Hub dataset.", default="mrpc")
+    data_dir: Optional[str] = _help(
+        "A folder of GLUE-format MRPC files: train.tsv, dev.tsv and optionally test.tsv.", default=None
+    )
+    train_file: Optional[str] = _help("Training file: .csv, .tsv, .json, .jsonl or .parquet.", default=None)
+    validation_file: Optional[str] = _help("Validation file, same formats as --train_file.", default=None)
+    test_file: Optional[str] = _help("Optional test file (labels may be absent).", default=None)
+    sentence1_column: str = _help("Column of the first sentence in --*_file inputs.", default="sentence1")
+    sentence2_column: str = _help("Column of the second sentence in --*_file inputs.", default="sentence2")
+    label_column: str = _help(
+        "Column of the label in --*_file inputs: 0/1 or not_equivalent/equivalent.", default="label"
+    )
+    max_train_samples: Optional[int] = _help("Use only the first N training examples.", default=None)
+    max_eval_samples: Optional[int] = _help("Use only the first N validation examples.", default=None)
+    synthetic_seed: int = _help("Seed of the generated data for --dataset synthetic.", default=0)
+    max_length: int = _help(
+        "Maximum tokens per pair; longer pairs are truncated. Batches are padded only to their longest pair.",
+        default=128,
+    )
+    pad_to_multiple_of: Optional[int] = _help(
+        "Pad batch lengths to a multiple of this (default: 8 under mixed precision, else none).", default=None
+    )
+    # --- optimisation -------------------------------------------------------------------------
+    per_device_train_batch_size: int = _help("Training examples per process per micro-batch.", default=32)
+    per_device_eval_batch_size: int = _help("Evaluation examples per process per batch.", default=64)
+    gradient_accumulation_steps: int = _help(
+        "Micro-batches per optimizer step (global batch = per-device batch x processes x this).", default=1
+    )
+    learning_rate: float = _help("Peak learning rate of AdamW.", default=2e-5)
+    weight_decay: float = _help(
+        "AdamW weight decay (not applied to biases and LayerNorm weights).", default=0.01
+    )
+    adam_beta1: float = _help("AdamW beta1.", default=0.9)
+    adam_beta2: float = _help("AdamW beta2.", default=0.999)
+    adam_epsilon: float = _help("AdamW epsilon.", default=1e-8)
+    max_grad_norm: float = _help("Clip the global gradient norm to this; 0 turns clipping off.", default=1.0)
+    num_train_epochs: float = _help("Passes over the training data (ignored if --max_train_steps is set).", default=3.0)
+    max_train_steps: Optional[int] = _help(
+        "Total optimizer steps; overrides --num_train_epochs when set.", default=None
+    )
+    lr_scheduler_type: Literal[SCHEDULERS] = _help(  # type: ignore[valid-type]
+        "Learning-rate schedule after warmup (transformers.get_scheduler).", default="linear"
+    )
+    warmup_ratio: float = _help("Fraction of optimizer steps spent warming up linearly from 0.", default=0.1)
+    num_warmup_steps: Optional[int] = _help(
+        "Warmup length in optimizer steps; overrides --warmup_ratio when set.", default=None
+    )
+    seed: int = _help("Seed for model initialisation, data order and dropout.", default=42)
+    # --- outputs ------------------------------------------------------------------------------
+    output_dir: str = _help("Where the model, tokenizer, metrics and logs are written.", default="runs/mrpc")
+    logging_steps: int = _help("Log the training loss every N optimizer steps.", default=10)
+    dataloader_num_workers: int = _help("DataLoader worker processes (0 loads in the main process).", default=0)
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        positive_ints = (
+            "max_length", "per_device_train_batch_size", "per_device_eval_batch_size",
+            "gradient_accumulation_steps", "logging_steps",
+        )  # fmt: skip
+        for name in positive_ints:
+            _check(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+        for name in ("max_train_steps", "max_train_samples", "max_eval_samples", "num_warmup_steps", "pad_to_multiple_of"):
+            value = getattr(self, name)
+            if value is not None:
+                minimum = 0 if name == "num_warmup_steps" else 1
+                _check(value >= minimum, name, value, f"an integer >= {minimum}")
+        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "a number > 0")
+        _check(self.num_train_epochs > 0, "num_train_epochs", self.num_train_epochs, "a number > 0")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        _check(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "a number >= 0 (0 = no clipping)")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
+        for name in ("adam_beta1", "adam_beta2"):
+            _check(0 <= getattr(self, name) < 1, name, getattr(self, name), "a number in [0, 1)")
+        _check(self.adam_epsilon > 0, "adam_epsilon", self.adam_epsilon, "a number > 0")
+        _check(self.dataloader_num_workers >= 0, "dataloader_num_workers", self.dataloader_num_workers, "an integer >= 0")
+        files = [f for f in ("train_file", "validation_file", "test_file") if getattr(self, f)]
+        if self.data_dir and files:
+            raise UserError(f"--data_dir and --{files[0]} both name training data; pass one source, not both")
+        if files and not (self.train_file and self.validation_file):
+            raise UserError("--train_file and --validation_file must be given together")
+
+    @property
+    def data_source(self) -> str:
+        """A short description of where the examples come from, for logs and results."""
+        if self.data_dir:
+            return f"glue-dir:{self.data_dir}"
+        if self.train_file:
+            return f"files:{self.train_file}"
+        return self.dataset if self.dataset == SYNTHETIC else f"hub:{self.dataset}/{self.dataset_config}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, output_dir: str | os.PathLike) -> Path:
+        """Write the resolved configuration; ``train-mrpc --config <that file>`` repeats the run."""
+        path = Path(output_dir) / "train_config.json"
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+
+def _check(ok: bool, name: str, value, expected: str) -> None:
+    if not ok:
+        raise UserError(f"--{name} {value!r} is invalid: expected {expected}")
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Config files bypass argparse's conversions, so check every value against its annotation."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        if typing.get_origin(hint) is typing.Union:  # Optional[X]
+            if value is None:
+                continue
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        if typing.get_origin(hint) is Literal:
+            choices = typing.get_args(hint)
+            _check(value in choices, f.name, value, f"one of {', '.join(choices)}")
+        elif hint is float:
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool), f.name, value, "a number")
+        elif hint is int:
+            _check(isinstance(value, int) and not isinstance(value, bool), f.name, value, "an integer")
+        elif hint is str:
+            _check(isinstance(value, str), f.name, value, "a string")
+
+
+def build_parser(prog: str = "train-mrpc"):
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(
+        TrainConfig,
+        prog=prog,
+        description="Fine-tune a BERT-style model on GLUE MRPC. Every flag can also be set in a YAML or "
+        "JSON file given with --config; flags on the command line win over the file.",
+    )
+    parser.add_argument("--config", default=None, help="YAML or JSON file of the flags below (keys = flag names).")
+    return parser
+
+
+def load_config_file(path: str) -> dict:
+    """Read a YAML/JSON config file into a dict, with errors that name the file."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"config file {path} does not exist")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix == ".json":
+            values = json.loads(text)
+        else:
+            import yaml
+
+            values = yaml.safe_load(text)
+    except Exception as err:  # json.JSONDecodeError or yaml.YAMLError
+        kind = "JSON" if file.suffix == ".json" else "YAML"
+        reason = " ".join(str(err).split())
+        raise UserError(f"config file {path} is not valid {kind}: {reason}") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise UserError(f"config file {path} must hold a mapping of flag names to values, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"config file {path}: unknown key(s) {', '.join(unknown)}; run train-mrpc --help for the valid names")
+    return values
+
+
+def parse_config(argv: list[str] | None = None, prog: str = "train-mrpc") -> TrainConfig:
+    """Parse flags (and an optional --config file under them) into a validated TrainConfig."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(prog)
+    config_path = parser.parse_known_args(argv)[0].config
+    if config_path:
+        # File values become the parser's defaults, so flags on the command line override them.
+        parser.set_defaults(**load_config_file(config_path))
+    namespace, remaining = parser.parse_known_args(argv)
+    if remaining:
+        parser.error(f"unrecognized arguments: {' '.join(remaining)}")
+    values = {k: v for k, v in vars(namespace).items() if k != "config"}
+    return TrainConfig(**values)

@@ -1,0 +1,332 @@
+"""Data: four sources normalised to one schema, tokenized once (cached), batched with dynamic padding.
+
+Every split comes out as a ``datasets.Dataset`` with columns ``sentence1``, ``sentence2``, ``label``
+(ClassLabel ``not_equivalent``/``equivalent``; -1 where a test split has no labels) and ``idx``.
+Local files are read and checked row by row in Python (MRPC is small), so a bad file ends with a message
+that names the file, line and column instead of a parser traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from pathlib import Path
+
+from train_mrpc.config import SYNTHETIC, TrainConfig
+from train_mrpc.errors import UserError
+from train_mrpc.hub import offline_error
+
+LABEL_NAMES = ["not_equivalent", "equivalent"]
+GLUE_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
+GLUE_HEADER = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
+GLUE_COLUMNS = {"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality", "idx": "index"}
+TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+
+Columns = dict[str, list]
+
+
+# --- reading files ---------------------------------------------------------------------------------
+
+
+def _read_text(path: Path) -> str:
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # GLUE's files start with a byte-order mark
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}: line {line} is not valid UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start}); "
+            "expected a UTF-8 text file"
+        ) from None
+    if not text.strip():
+        raise UserError(f"{path}: file is empty; expected a header line and at least one row")
+    return text
+
+
+def read_delimited(path: Path, delimiter: str) -> tuple[Columns, list[str]]:
+    """Read a CSV/TSV file into columns, plus each row's location ("line N") for error messages.
+
+    TSV is read with quoting off: MRPC sentences contain unbalanced double quotes, which default CSV
+    quoting silently swallows (a field starting with '"' loses it) or rejects. CSV keeps standard quoting.
+    """
+    text = _read_text(path)
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    try:
+        header = next(reader)
+        columns: Columns = {name: [] for name in header}
+        locations = []
+        for row in reader:
+            line = reader.line_num
+            if not row or row == [""]:
+                continue
+            if len(row) != len(header):
+                raise UserError(
+                    f"{path}: line {line} has {len(row)} fields, expected {len(header)} like the header "
+                    f"({', '.join(header)})"
+                )
+            for name, value in zip(header, row):
+                columns[name].append(value)
+            locations.append(f"line {line}")
+    except csv.Error as err:
+        raise UserError(f"{path}: line {reader.line_num}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({err})") from None
+    if len(header) != len(set(header)):
+        raise UserError(f"{path}: the header repeats a column name ({', '.join(header)})")
+    return columns, locations
+
+
+def read_json(path: Path) -> tuple[Columns, list[str]]:
+    """JSON lines (one object per line), or a JSON list of objects."""
+    text = _read_text(path)
+    records, locations = [], []
+    if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
+                locations.append(f"line {number}")
+    else:
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        locations = [f"record {i}" for i in range(len(records))]
+    columns: Columns = {}
+    for record, where in zip(records, locations):
+        if not isinstance(record, dict):
+            raise UserError(f"{path}: {where} is not a JSON object with named fields")
+        for name in record:
+            columns.setdefault(name, [None] * len(locations))
+    for i, record in enumerate(records):
+        for name in columns:
+            columns[name][i] = record.get(name)
+    return columns, locations
+
+
+def read_parquet(path: Path) -> tuple[Columns, list[str]]:
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow raises several types for a bad file
+        raise UserError(f"{path}: not a readable parquet file ({' '.join(str(err).split())[:200]})") from None
+    return table.to_pydict(), [f"row {i}" for i in range(table.num_rows)]
+
+
+def read_table(path: Path) -> tuple[Columns, list[str]]:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return read_delimited(path, ",")
+    if suffix == ".tsv":
+        return read_delimited(path, "\t")
+    if suffix in (".json", ".jsonl"):
+        return read_json(path)
+    if suffix == ".parquet":
+        return read_parquet(path)
+    raise UserError(f"{path}: unsupported file type '{suffix}'; expected one of {', '.join(TABLE_SUFFIXES)}")
+
+
+# --- normalising to one schema --------------------------------------------------------------------
+
+
+def _parse_label(value, path: Path, where: str, column: str) -> int:
+    if isinstance(value, str):
+        value = value.strip()
+        if value in LABEL_NAMES:
+            return LABEL_NAMES.index(value)
+    try:
+        label = int(value)
+    except (TypeError, ValueError):
+        label = None
+    if label not in (0, 1) or (isinstance(value, float) and value != label):
+        raise UserError(
+            f"{path}: {where}: label {value!r} in column '{column}' is invalid; expected 0 or 1 "
+            f"(or {LABEL_NAMES[0]}/{LABEL_NAMES[1]})"
+        )
+    return label
+
+
+def normalise(columns: Columns, locations: list[str], path: Path, names: dict[str, str], labelled: bool) -> Columns:
+    """Map source columns (``names``: our column -> theirs) to sentence1/sentence2/label/idx, checking each row."""
+    missing = [names[c] for c in ("sentence1", "sentence2") if names[c] not in columns]
+    if labelled and names["label"] not in columns:
+        missing.append(names["label"])
+    if missing:
+        raise UserError(
+            f"{path}: missing column(s) {', '.join(repr(m) for m in missing)}; found {', '.join(repr(c) for c in columns)}"
+        )
+    if not locations:
+        raise UserError(f"{path}: no rows after the header; expected at least one example")
+    out: Columns = {"sentence1": [], "sentence2": [], "label": [], "idx": []}
+    for key in ("sentence1", "sentence2"):
+        for value, where in zip(columns[names[key]], locations):
+            if not isinstance(value, str) or not value:
+                raise UserError(f"{path}: {where}: column '{names[key]}' must be a non-empty string, got {value!r}")
+        out[key] = list(columns[names[key]])
+    if names["label"] in columns:
+        out["label"] = [_parse_label(v, path, w, names["label"]) for v, w in zip(columns[names["label"]], locations)]
+    else:
+        out["label"] = [-1] * len(locations)
+    if names.get("idx") in columns:
+        try:
+            out["idx"] = [int(v) for v in columns[names["idx"]]]
+        except (TypeError, ValueError):
+            raise UserError(f"{path}: column '{names['idx']}' must hold integer row ids") from None
+    else:
+        out["idx"] = list(range(len(locations)))
+    return out
+
+
+def _to_dataset(columns: Columns):
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features(
+        sentence1=Value("string"), sentence2=Value("string"),
+        label=ClassLabel(names=LABEL_NAMES), idx=Value("int32"),
+    )  # fmt: skip
+    return Dataset.from_dict(columns, features=features)
+
+
+def read_glue_dir(data_dir: str | Path) -> dict[str, Columns]:
+    """Read a GLUE MRPC folder: train.tsv and dev.tsv required, test.tsv optional."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"--data_dir {data_dir}: not a directory; expected a folder with train.tsv and dev.tsv")
+    splits = {}
+    for split, name in GLUE_FILES.items():
+        path = data_dir / name
+        if split == "test" and not path.exists():
+            continue
+        if not path.exists():
+            raise UserError(f"{path}: file not found; --data_dir must hold {GLUE_FILES['train']} and {GLUE_FILES['validation']}")
+        columns, locations = read_delimited(path, "\t")
+        if "#1 String" not in columns:
+            raise UserError(f"{path}: header is not GLUE MRPC's; expected '{GLUE_HEADER}'")
+        splits[split] = normalise(columns, locations, path, GLUE_COLUMNS, labelled=split != "test")
+    return splits
+
+
+def read_files(config: TrainConfig) -> dict[str, Columns]:
+    names = {
+        "sentence1": config.sentence1_column, "sentence2": config.sentence2_column,
+        "label": config.label_column, "idx": "idx",
+    }  # fmt: skip
+    files = {"train": config.train_file, "validation": config.validation_file, "test": config.test_file}
+    splits = {}
+    for split, file in files.items():
+        if file:
+            columns, locations = read_table(Path(file))
+            splits[split] = normalise(columns, locations, Path(file), names, labelled=split != "test")
+    return splits
+
+
+def load_hub_dataset(config: TrainConfig):
+    from datasets import load_dataset
+
+    name = f"{config.dataset}/{config.dataset_config}"
+    try:
+        dataset = load_dataset(config.dataset, config.dataset_config)
+    except Exception as err:  # ConnectionError offline; DatasetNotFoundError and others otherwise
+        raise offline_error("dataset", name, err) from None
+    for split in ("train", "validation"):
+        if split not in dataset:
+            raise UserError(f"Hub dataset {name} has no '{split}' split; found {', '.join(dataset)}")
+    missing = {"sentence1", "sentence2", "label", "idx"} - set(dataset["train"].column_names)
+    if missing:
+        raise UserError(f"Hub dataset {name} lacks column(s) {', '.join(sorted(missing))}; expected GLUE MRPC's schema")
+    return dataset
+
+
+def load_raw_splits(config: TrainConfig):
+    """All splits of the chosen source as a DatasetDict in the common schema."""
+    from datasets import DatasetDict
+
+    if config.data_dir:
+        raw = DatasetDict({split: _to_dataset(cols) for split, cols in read_glue_dir(config.data_dir).items()})
+    elif config.train_file:
+        raw = DatasetDict({split: _to_dataset(cols) for split, cols in read_files(config).items()})
+    elif config.dataset == SYNTHETIC:
+        from train_mrpc.synthetic import SPLIT_SIZES, generate_pairs
+
+        raw = DatasetDict({s: _to_dataset(generate_pairs(s, config.synthetic_seed)) for s in SPLIT_SIZES})
+    else:
+        raw = load_hub_dataset(config)
+    for split, limit in (("train", config.max_train_samples), ("validation", config.max_eval_samples)):
+        if limit is not None and limit < len(raw[split]):
+            raw[split] = raw[split].select(range(limit))
+    return raw
+
+
+# --- tokenization and batching --------------------------------------------------------------------
+
+
+def tokenize_pairs(batch: dict, tokenizer, max_length: int) -> dict:
+    """Tokenize sentence pairs without padding: batches are padded later, each to its own longest pair."""
+    return tokenizer(batch["sentence1"], batch["sentence2"], truncation=True, max_length=max_length)
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def _split_fingerprint(dataset) -> str:
+    digest = hashlib.sha256()
+    for column in ("sentence1", "sentence2", "label"):
+        digest.update("\x1f".join(map(str, dataset[column])).encode())
+    return digest.hexdigest()[:16]
+
+
+def tokenize_dataset(raw, tokenizer, max_length: int, cache_dir: str | Path | None = None):
+    """Tokenize every split with ``datasets.map(batched=True)``, cached on disk by content.
+
+    The cache key covers the sentences, labels, tokenizer and max_length, so any change re-tokenizes and
+    an unchanged re-run loads the Arrow file instead (memory-mapped, a few milliseconds).
+    """
+    import datasets
+    from datasets import DatasetDict
+
+    cache_dir = Path(cache_dir or Path(datasets.config.HF_DATASETS_CACHE) / "train_mrpc")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer_key = _tokenizer_fingerprint(tokenizer)
+    tokenized = {}
+    for split, dataset in raw.items():
+        key = f"{_split_fingerprint(dataset)}-{tokenizer_key}-{max_length}"
+        tokenized[split] = dataset.map(
+            tokenize_pairs,
+            batched=True,
+            batch_size=1000,
+            fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
+            remove_columns=["sentence1", "sentence2"],
+            cache_file_name=str(cache_dir / f"{split}-{key}.arrow"),
+            load_from_cache_file=True,
+            desc=f"Tokenizing {split}",
+        ).rename_column("label", "labels")
+    return DatasetDict(tokenized)
+
+
+def build_dataloaders(tokenized, tokenizer, config: TrainConfig, pad_to_multiple_of: int | None):
+    """Train (shuffled) and validation dataloaders; padding is dynamic, to each batch's longest pair."""
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import DataCollatorWithPadding
+
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+    train, validation = (tokenized[split].remove_columns("idx") for split in ("train", "validation"))
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader = DataLoader(
+        train, batch_size=config.per_device_train_batch_size, shuffle=True, generator=generator,
+        collate_fn=collator, num_workers=config.dataloader_num_workers,
+    )  # fmt: skip
+    eval_loader = DataLoader(
+        validation, batch_size=config.per_device_eval_batch_size, shuffle=False,
+        collate_fn=collator, num_workers=config.dataloader_num_workers,
+    )  # fmt: skip
+    return train_loader, eval_loader

@@ -1,0 +1,74 @@
+"""Set-up: the Accelerator for the launch at hand, refusing launches that would silently do the wrong thing."""
+
+from __future__ import annotations
+
+import os
+
+from train_mrpc.config import TrainConfig
+from train_mrpc.errors import UserError
+
+
+def create_accelerator(config: TrainConfig):
+    import torch
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    accelerator = Accelerator(
+        # On a machine without an accelerator, cpu=True is what turns a multi-process launch into real
+        # gloo data parallelism; without it each process trains its own copy on all the data.
+        cpu=not torch.accelerator.is_available(),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        # Seeded sampler: the data order depends on (seed, epoch) only, so resumed and multi-process
+        # runs see the same order as an uninterrupted single-process run.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        project_dir=config.output_dir,
+    )
+    check_launch(accelerator)
+    quiet_other_processes(accelerator)
+    return accelerator
+
+
+def check_launch(accelerator) -> None:
+    """Stop on launches where Accelerate would run, but not as asked."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise UserError(
+            f"the launcher started {launched} processes (WORLD_SIZE={launched}) but Accelerate joined "
+            f"{accelerator.num_processes}: each process would train its own copy on all the data. "
+            "On CPU, launch with accelerate_configs/multi_cpu.yaml"
+        )
+    if accelerator.device.type == "cpu" and accelerator.mixed_precision == "fp16":
+        raise UserError(
+            "mixed precision fp16 on CPU: Accelerate would silently run fp32 without loss scaling, and "
+            "fp16 matmuls are far slower than fp32 on CPUs. Use --mixed_precision bf16 (accelerate_configs/bf16.yaml)"
+        )
+
+
+def quiet_other_processes(accelerator) -> None:
+    """Library warnings and progress bars once per run, from the main process only."""
+    import datasets
+    import transformers
+
+    if accelerator.is_main_process:
+        datasets.utils.logging.set_verbosity_warning()
+        transformers.utils.logging.set_verbosity_warning()
+    else:
+        datasets.utils.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
+        transformers.utils.logging.set_verbosity_error()
+        import warnings
+
+        warnings.filterwarnings("ignore")
+
+
+def describe_launch(accelerator, config: TrainConfig) -> dict:
+    """How this run was launched, recorded in all_results.json so runs can be compared."""
+    per_device = config.per_device_train_batch_size
+    return {
+        "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type.value),
+        "device_type": accelerator.device.type,
+        "mixed_precision": accelerator.mixed_precision,
+        "per_device_train_batch_size": per_device,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "global_batch_size": per_device * accelerator.num_processes * config.gradient_accumulation_steps,
+    }

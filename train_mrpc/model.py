@@ -1,0 +1,79 @@
+"""Model and optimizer: a sequence-pair classifier with 2 labels, and AdamW with the usual decay groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from train_mrpc.config import TrainConfig
+from train_mrpc.data import LABEL_NAMES
+from train_mrpc.errors import UserError
+from train_mrpc.hub import is_hub_name, offline_error
+from train_mrpc.synthetic import TINY_MODEL, build_tiny_model
+
+
+def load_tokenizer_and_model(config: TrainConfig):
+    """Tokenizer and ``AutoModelForSequenceClassification`` from the Hub, a local directory or the tiny model."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    name = config.model_name_or_path
+    if name == TINY_MODEL:
+        tokenizer, model = build_tiny_model(config.seed)
+    else:
+        where = "model" if is_hub_name(name) else "model directory"
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+        except Exception as err:  # OSError offline or for a folder without tokenizer files
+            raise offline_error(f"tokenizer of {where}", name, err) from None
+        kwargs = dict(
+            num_labels=len(LABEL_NAMES),
+            id2label=dict(enumerate(LABEL_NAMES)),
+            label2id={label: i for i, label in enumerate(LABEL_NAMES)},
+        )
+        try:
+            try:
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    name, attn_implementation=config.attn_implementation, **kwargs
+                )
+            except ValueError as err:
+                if "attn_implementation" not in str(err) and "sdpa" not in str(err).lower():
+                    raise
+                # Architectures without an SDPA path: fall back to the eager attention they do have.
+                model = AutoModelForSequenceClassification.from_pretrained(name, attn_implementation="eager", **kwargs)
+        except Exception as err:
+            raise offline_error(where, name, err) from None
+    check_max_length(config.max_length, tokenizer, model, name)
+    return tokenizer, model
+
+
+def check_max_length(max_length: int, tokenizer, model, name: str) -> None:
+    limit = model.config.max_position_embeddings
+    if tokenizer.model_max_length < 100_000:  # unset tokenizers report a huge sentinel
+        limit = min(limit, tokenizer.model_max_length)
+    if max_length > limit:
+        raise UserError(f"--max_length {max_length} is beyond what model {name} supports ({limit} tokens)")
+
+
+def build_optimizer(model, config: TrainConfig, fused: bool = False):
+    """AdamW with weight decay on every weight except biases and LayerNorm parameters."""
+    import torch
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    decay = set(get_parameter_names(model, [torch.nn.LayerNorm], ["bias", "layernorm"]))
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in params if n in decay], "weight_decay": config.weight_decay},
+        {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon, fused=fused or None,
+    )  # fmt: skip
+
+
+def save_model(accelerator, model, tokenizer, output_dir: str | Path) -> None:
+    """Weights as safetensors plus the tokenizer: ``from_pretrained(output_dir)`` and ``pipeline`` load it."""
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+    if accelerator.is_main_process:
+        tokenizer.save_pretrained(output_dir)

@@ -1,0 +1,60 @@
+"""Output for people (a rich progress bar, a summary table) and for machines (JSON and JSON lines)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def training_progress(enabled: bool) -> Progress:
+    """A progress bar over optimizer steps; disabled (silent) on every process but the main one."""
+    return Progress(
+        TextColumn("[bold blue]epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TextColumn("lr {task.fields[lr]:.2e}"),
+        TextColumn("{task.fields[samples_per_s]:.1f} samples/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def write_json(path: str | Path, record: dict) -> None:
+    Path(path).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def print_summary(results: dict, console: Console | None = None) -> None:
+    launch = results["launch"]
+    table = Table(title=f"MRPC fine-tune: {results['model']}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("data", results["data_source"]),
+        ("launch", f"{launch['num_processes']} x {launch['device_type']}, "
+                   f"{'fp32' if launch['mixed_precision'] == 'no' else launch['mixed_precision']} precision"),
+        ("global batch", f"{launch['global_batch_size']} ({launch['per_device_train_batch_size']}/device x "
+                         f"{launch['num_processes']} x {launch['gradient_accumulation_steps']} accumulation)"),
+        ("epochs / steps", f"{results['epoch']:g} / {results['global_step']}"),
+        ("train loss", f"{results['train_loss']:.4f}"),
+        ("eval accuracy", f"{results['eval_accuracy']:.4f}"),
+        ("eval F1", f"{results['eval_f1']:.4f}"),
+        ("eval loss", f"{results['eval_loss']:.4f}"),
+        ("train time", f"{results['train_runtime']:.1f} s (evaluation {results['eval_runtime']:.1f} s)"),
+        ("throughput", f"{results['train_samples_per_second']:.1f} samples/s, "
+                       f"{results['train_tokens_per_second']:.0f} tokens/s (real tokens)"),
+        ("saved to", results["output_dir"]),
+    ]  # fmt: skip
+    for name, value in rows:
+        table.add_row(name, str(value))
+    (console or Console()).print(table)
