@@ -175,6 +175,7 @@ def build_parser(prog: str = "train-mrpc"):
     parser = HfArgumentParser(
         TrainConfig,
         prog=prog,
+        allow_abbrev=False,  # a typo like --learning_rat must fail, not silently match --learning_rate
         description="Fine-tune a BERT-style model on GLUE MRPC. Every flag can also be set in a YAML or "
         "JSON file given with --config; flags on the command line win over the file.",
     )

@@ -37,9 +37,10 @@ def _read_text(path: Path) -> str:
     try:
         text = data.decode("utf-8-sig")  # GLUE's files start with a byte-order mark
     except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
+        offset = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)  # utf-8-sig counts after the BOM
+        line = data[:offset].count(b"\n") + 1
         raise UserError(
-            f"{path}: line {line} is not valid UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start}); "
+            f"{path}: line {line} is not valid UTF-8 (byte 0x{data[offset]:02x} at offset {offset}); "
             "expected a UTF-8 text file"
         ) from None
     if not text.strip():
@@ -274,7 +275,11 @@ def tokenize_pairs(batch: dict, tokenizer, max_length: int) -> dict:
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
-    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    # Each call leaves its truncation/padding settings on the Rust tokenizer; they are not its identity.
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _split_fingerprint(dataset) -> str:

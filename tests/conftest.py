@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny models and data made on the spot, real assets from ../shared when present."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SHARED_MRPC = SHARED / "data" / "mrpc"
+SHARED_TOKENIZER = SHARED / "models" / "bert-base-uncased"
+
+requires_shared = pytest.mark.skipif(not SHARED_MRPC.is_dir(), reason="../shared (real MRPC assets) is absent")
+
+# Subprocesses run as a user would launch them, but never touch the network or the user's caches.
+TEST_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(tmp_path_factory, monkeypatch):
+    cache = tmp_path_factory.getbasetemp() / "hf-cache"
+    monkeypatch.setenv("HF_HOME", str(cache))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache / "datasets"))
+    for key, value in TEST_ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; tests that build an Accelerator must not leak it."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from train_mrpc.synthetic import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+def run_cli(args: list[str], cwd: Path = ROOT, launcher: list[str] | None = None, timeout: float = 600, env=None):
+    """Run train-mrpc in a subprocess exactly as a user would; returns the CompletedProcess."""
+    command = (launcher or [sys.executable, "-m", "train_mrpc"]) + [str(a) for a in args]
+    full_env = {**os.environ, **TEST_ENV, **(env or {})}
+    return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def accelerate_launch(config_file: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs" / config_file), *extra, "-m", "train_mrpc"]
+
+
+def tiny_args(model_dir: Path, output_dir: Path, *extra) -> list[str]:
+    """Flags for a quick run: the tiny model on a few hundred generated pairs."""
+    args = [
+        "--model_name_or_path", model_dir, "--dataset", "synthetic", "--output_dir", output_dir,
+        "--max_train_samples", "256", "--max_eval_samples", "100", "--per_device_train_batch_size", "16",
+        "--learning_rate", "1e-3", "--num_train_epochs", "2", "--logging_steps", "4", *extra,
+    ]  # fmt: skip
+    return [str(a) for a in args]

