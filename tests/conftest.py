@@ -65,3 +65,11 @@ def tiny_args(model_dir: Path, output_dir: Path, *extra) -> list[str]:
         "--learning_rate", "1e-3", "--num_train_epochs", "2", "--logging_steps", "4", *extra,
     ]  # fmt: skip
     return [str(a) for a in args]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_no_dropout(tmp_path_factory) -> Path:
+    """Without dropout, N processes x batch B must match 1 process x batch N*B up to float reduction order."""
+    from train_mrpc.synthetic import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-model-no-dropout"), dropout=0.0)

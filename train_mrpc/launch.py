@@ -12,6 +12,7 @@ def create_accelerator(config: TrainConfig):
     import torch
     from accelerate import Accelerator, DataLoaderConfiguration
 
+    check_launch_environment()
     accelerator = Accelerator(
         # On a machine without an accelerator, cpu=True is what turns a multi-process launch into real
         # gloo data parallelism; without it each process trains its own copy on all the data.
@@ -25,6 +26,24 @@ def create_accelerator(config: TrainConfig):
     check_launch(accelerator)
     quiet_other_processes(accelerator)
     return accelerator
+
+
+def check_launch_environment() -> None:
+    """Launches that are wrong before any process group exists."""
+    env = os.environ
+    # accelerate's simple launcher sets MASTER_ADDR only when asked for several processes; with the
+    # CPU flag it then starts just one (its MULTI_CPU mode needs mpirun) and sets no WORLD_SIZE.
+    if env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in env and "WORLD_SIZE" not in env:
+        raise UserError(
+            "this launch asked for several CPU processes, but Accelerate's MULTI_CPU mode (or --cpu "
+            "--num_processes N) starts only one without mpirun. For real data parallelism on CPUs use "
+            "accelerate_configs/multi_cpu.yaml"
+        )
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise UserError("the launch config asks for DeepSpeed, which is not installed: pip install deepspeed")
 
 
 def check_launch(accelerator) -> None:

@@ -116,8 +116,11 @@ def tiny_vocabulary() -> list[str]:
     return specials + pieces + sorted({w.lower() for w in WORDS + NAMES})
 
 
-def build_tiny_model(seed: int = 0, num_labels: int = 2):
-    """A randomly initialised 2-layer BERT (~13k parameters) and its tokenizer, for tests and smoke runs."""
+def build_tiny_model(seed: int = 0, num_labels: int = 2, dropout: float = 0.1):
+    """A randomly initialised 2-layer BERT (~13k parameters) and its tokenizer, for tests and smoke runs.
+
+    ``dropout=0`` makes training deterministic across process counts (each process draws its own masks).
+    """
     import tempfile
 
     import torch
@@ -132,15 +135,16 @@ def build_tiny_model(seed: int = 0, num_labels: int = 2):
     config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=32, max_position_embeddings=128, num_labels=num_labels,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
     )  # fmt: skip
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
     return tokenizer, model
 
 
-def write_tiny_model(path: str | Path, seed: int = 0) -> Path:
+def write_tiny_model(path: str | Path, seed: int = 0, dropout: float = 0.1) -> Path:
     """Save :func:`build_tiny_model` as a model directory that ``from_pretrained`` loads."""
-    tokenizer, model = build_tiny_model(seed)
+    tokenizer, model = build_tiny_model(seed, dropout=dropout)
     path = Path(path)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -1,0 +1,192 @@
+"""Every launch mode does what it says: configs load, 2 processes = 1 process with twice the batch, traps refused."""
+
+import json
+import re
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, accelerate_launch, run_cli, tiny_args
+
+CONFIGS = sorted((ROOT / "accelerate_configs").glob("*.yaml"))
+EXPECTED = {  # file -> (distributed_type, mixed_precision, use_cpu)
+    "cpu.yaml": ("NO", "no", True), "multi_cpu.yaml": ("MULTI_GPU", "no", False),
+    "single_gpu.yaml": ("NO", "no", False), "multi_gpu.yaml": ("MULTI_GPU", "bf16", False),
+    "bf16.yaml": ("NO", "bf16", False), "fp16.yaml": ("NO", "fp16", False),
+    "multi_node.yaml": ("MULTI_GPU", "bf16", False), "fsdp.yaml": ("FSDP", "bf16", False),
+    "deepspeed_zero2.yaml": ("DEEPSPEED", "bf16", False),
+}  # fmt: skip
+
+
+def equivalence_args(model_dir, out, batch, *extra):
+    """Dropout-free tiny model, 128 training pairs (even split), 101 validation pairs (uneven on 2 processes)."""
+    return tiny_args(model_dir, out, "--max_train_samples", "128", "--max_eval_samples", "101",
+                     "--per_device_train_batch_size", str(batch), "--per_device_eval_batch_size", "16",
+                     "--logging_steps", "1", "--warmup_ratio", "0.25", *extra)  # fmt: skip
+
+
+def launch(config_file, args, *launch_flags, env=None):
+    proc = run_cli(args, launcher=accelerate_launch(config_file, *launch_flags), env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def outputs(out: Path):
+    from safetensors.torch import load_file
+
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return load_file(out / "model.safetensors"), log, json.loads((out / "all_results.json").read_text())
+
+
+def assert_same_run(a: Path, b: Path):
+    weights_a, log_a, results_a = outputs(a)
+    weights_b, log_b, results_b = outputs(b)
+    assert weights_a.keys() == weights_b.keys()
+    for name in weights_a:  # tolerance: float reduction order only
+        torch.testing.assert_close(weights_a[name], weights_b[name], rtol=1e-4, atol=2e-6, msg=name)
+    assert [r["step"] for r in log_a] == [r["step"] for r in log_b]
+    assert [r["learning_rate"] for r in log_a] == pytest.approx([r["learning_rate"] for r in log_b], rel=1e-9)
+    assert [r["loss"] for r in log_a] == pytest.approx([r["loss"] for r in log_b], rel=1e-4)
+    for key in ("eval_accuracy", "eval_f1", "eval_examples"):
+        assert results_a[key] == results_b[key], key
+    assert results_a["eval_loss"] == pytest.approx(results_b["eval_loss"], rel=1e-4)
+    return results_a, results_b
+
+
+@pytest.fixture(scope="module")
+def one_process_batch16(tmp_path_factory, tiny_model_no_dropout):
+    out = tmp_path_factory.mktemp("one-process") / "run"
+    launch("cpu.yaml", equivalence_args(tiny_model_no_dropout, out, 16))
+    return out
+
+
+def test_two_processes_match_one_process_with_twice_the_batch(tmp_path, tiny_model_no_dropout, one_process_batch16):
+    out = tmp_path / "two"
+    proc = launch("multi_cpu.yaml", equivalence_args(tiny_model_no_dropout, out, 8))
+    one, two = assert_same_run(one_process_batch16, out)
+    # Learning-rate schedule in optimizer steps: a prepared scheduler steps once per process per step.
+    _, log, _ = outputs(out)
+    assert log[0]["learning_rate"] == pytest.approx(1e-3 / 4)  # 16 steps, 4 of warmup: step 1 = 1/4 of peak
+    assert two["launch"] == {
+        "num_processes": 2, "distributed_type": "MULTI_CPU", "device_type": "cpu", "mixed_precision": "no",
+        "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "global_batch_size": 16,
+    }  # fmt: skip
+    assert one["launch"]["num_processes"] == 1 and one["launch"]["global_batch_size"] == 16
+    # The uneven validation split (101 on 2 processes) is counted exactly once.
+    assert two["eval_examples"] == 101
+    # Logging, progress, saving and the summary happen once.
+    assert proc.stdout.count("MRPC fine-tune") == 1
+    assert len(re.findall(r"epoch 1: eval accuracy", proc.stdout)) == 1
+    assert len(log) == len({r["step"] for r in log}) == 16
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path, tiny_model_no_dropout, one_process_batch16):
+    out = tmp_path / "accumulated"
+    launch("cpu.yaml", equivalence_args(tiny_model_no_dropout, out, 8, "--gradient_accumulation_steps", "2"))
+    _, accumulated = assert_same_run(one_process_batch16, out)
+    assert accumulated["global_step"] == 16
+    assert accumulated["launch"]["global_batch_size"] == 16
+
+
+def test_bf16_runs_with_real_autocast_on_cpu(tmp_path, tiny_model_dir):
+    out = tmp_path / "bf16"
+    launch("bf16.yaml", tiny_args(tiny_model_dir, out, "--max_train_steps", "4"))
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["launch"]["mixed_precision"] == "bf16"
+    assert results["eval_loss"] == results["eval_loss"]  # finite, not NaN
+
+
+# --- traps ------------------------------------------------------------------------------------
+
+
+def test_multi_cpu_mode_that_starts_one_process_is_refused(tmp_path, tiny_model_dir):
+    trap = tmp_path / "accelerate_multi_cpu.yaml"
+    trap.write_text("distributed_type: MULTI_CPU\nnum_processes: 2\nnum_machines: 1\nmachine_rank: 0\n"
+                    "mixed_precision: 'no'\nuse_cpu: true\n")  # fmt: skip
+    for launcher in (
+        ["--config_file", trap],
+        ["--config_file", ROOT / "accelerate_configs" / "cpu.yaml", "--cpu", "--num_processes", "2"],
+    ):
+        import sys
+
+        command = [sys.executable, "-m", "accelerate.commands.launch", *map(str, launcher), "-m", "train_mrpc"]
+        proc = run_cli(tiny_args(tiny_model_dir, tmp_path / "out"), launcher=command)
+        assert proc.returncode != 0
+        assert "starts only one without mpirun" in proc.stderr and "multi_cpu.yaml" in proc.stderr
+
+
+def test_world_size_mismatch_is_refused(monkeypatch):
+    from train_mrpc.errors import UserError
+    from train_mrpc.launch import check_launch
+
+    # What a plain Accelerator() reports inside a 2-process torchrun launch on a CPU-only machine.
+    unsynchronised = types.SimpleNamespace(num_processes=1, device=torch.device("cpu"), mixed_precision="no")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="started 2 processes .* but Accelerate joined 1"):
+        check_launch(unsynchronised)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    check_launch(unsynchronised)
+
+
+def test_fp16_on_cpu_is_refused_with_bf16_suggested(tmp_path, tiny_model_dir):
+    proc = run_cli(tiny_args(tiny_model_dir, tmp_path), launcher=accelerate_launch("fp16.yaml"))
+    assert proc.returncode != 0
+    assert "train-mrpc: error: mixed precision fp16 on CPU" in proc.stderr and "bf16" in proc.stderr
+
+
+def test_deepspeed_without_deepspeed_says_how_to_install(tmp_path, tiny_model_dir):
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("deepspeed is installed")
+    proc = run_cli(tiny_args(tiny_model_dir, tmp_path), env={"ACCELERATE_USE_DEEPSPEED": "true"})
+    assert proc.returncode == 2
+    assert "asks for DeepSpeed, which is not installed: pip install deepspeed" in proc.stderr
+    proc = run_cli(tiny_args(tiny_model_dir, tmp_path), launcher=accelerate_launch("deepspeed_zero2.yaml", "--num_processes", "2"))
+    assert proc.returncode != 0 and "DeepSpeed is not installed" in proc.stderr
+
+
+# --- the shipped configs ----------------------------------------------------------------------
+
+
+def test_every_config_is_shipped_and_loads_with_accelerate():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    assert {c.name for c in CONFIGS} == set(EXPECTED)
+    for path in CONFIGS:
+        config = load_config_from_file(str(path))
+        distributed_type, mixed_precision, use_cpu = EXPECTED[path.name]
+        assert config.distributed_type.value == distributed_type, path.name
+        assert config.mixed_precision == mixed_precision, path.name
+        assert bool(config.use_cpu) == use_cpu, path.name
+    multi_node = load_config_from_file(str(ROOT / "accelerate_configs" / "multi_node.yaml"))
+    assert multi_node.num_machines == 2 and multi_node.num_processes % 2 == 0
+    assert load_config_from_file(str(ROOT / "accelerate_configs" / "multi_cpu.yaml")).num_processes == 2
+    assert load_config_from_file(str(ROOT / "accelerate_configs" / "deepspeed_zero2.yaml")).deepspeed_config["zero_stage"] == 2
+    assert load_config_from_file(str(ROOT / "accelerate_configs" / "fsdp.yaml")).fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "BertLayer"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_has_launch_command_comments_and_no_hyperparameters(path):
+    import dataclasses
+
+    import yaml
+
+    from train_mrpc.config import TrainConfig
+
+    lines = path.read_text().splitlines()
+    header = "\n".join(line for line in lines if line.startswith("#"))
+    assert f"accelerate launch --config_file accelerate_configs/{path.name}" in header
+    for line in lines:
+        if line.strip() and not line.lstrip().startswith("#"):
+            assert " # " in line or line.rstrip().endswith(":"), f"{path.name}: no comment on {line!r}"
+
+    def keys(mapping):
+        for key, value in mapping.items():
+            yield key
+            if isinstance(value, dict):
+                yield from keys(value)
+
+    hyperparameters = {f.name for f in dataclasses.fields(TrainConfig)} | {"gradient_clipping", "gradient_accumulation_steps"}
+    assert not set(keys(yaml.safe_load(path.read_text()))) & hyperparameters
