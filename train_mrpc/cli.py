@@ -14,26 +14,49 @@ def _print_error(message: str) -> None:
         print(f"train-mrpc: error: {message}", file=sys.stderr)
 
 
-def run_training(argv: list[str]) -> None:
+def parse_for_run(argv: list[str], prog: str):
+    """Parse the flags, then go offline at once if the run needs the Hub and cannot reach it."""
     from train_mrpc.config import SYNTHETIC, parse_config
     from train_mrpc.hub import go_offline_if_unreachable, is_hub_name
     from train_mrpc.synthetic import TINY_MODEL
-    from train_mrpc.train import train
 
-    config = parse_config(argv)
+    config = parse_config(argv, prog=prog)
     needs_hub = []
     if config.model_name_or_path != TINY_MODEL and is_hub_name(config.model_name_or_path):
         needs_hub.append(config.model_name_or_path)
     if not (config.data_dir or config.train_file or config.dataset == SYNTHETIC):
         needs_hub.append(config.dataset)
     go_offline_if_unreachable(needs_hub)
-    train(config)
+    return config
+
+
+def run_prefetch(argv: list[str]) -> None:
+    """train-mrpc prefetch [training flags]: cache the model, tokenizer and data of that run for offline nodes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from train_mrpc.hub import prefetch
+
+    config = parse_for_run(argv, prog="train-mrpc prefetch")
+    table = Table(title="Ready for HF_HUB_OFFLINE=1", show_header=False, title_justify="left")
+    for name, value in prefetch(config):
+        table.add_row(name, value)
+    Console().print(table)
+
+
+def run_training(argv: list[str]) -> None:
+    from train_mrpc.train import train
+
+    train(parse_for_run(argv, prog="train-mrpc"))
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        run_training(argv)
+        if argv[:1] == ["prefetch"]:
+            run_prefetch(argv[1:])
+        else:
+            run_training(argv)
     except UserError as err:
         _print_error(str(err))
         sys.exit(2)

@@ -177,7 +177,8 @@ def build_parser(prog: str = "train-mrpc"):
         prog=prog,
         allow_abbrev=False,  # a typo like --learning_rat must fail, not silently match --learning_rate
         description="Fine-tune a BERT-style model on GLUE MRPC. Every flag can also be set in a YAML or "
-        "JSON file given with --config; flags on the command line win over the file.",
+        "JSON file given with --config; flags on the command line win over the file. "
+        "`train-mrpc prefetch [flags]` caches the model, tokenizer and data of a run for offline nodes.",
     )
     parser.add_argument("--config", default=None, help="YAML or JSON file of the flags below (keys = flag names).")
     return parser
