@@ -33,12 +33,18 @@ def test_tiny_model_learns_and_the_saved_model_reloads(tmp_path, tiny_model_dir)
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
     assert results["global_step"] == 5 * 1024 // 16
 
+    # The saved model and tokenizer reproduce the run's own final evaluation.
+    from train_mrpc.synthetic import generate_pairs
+
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
-    batch = tokenizer(["Officials said the deal rose."], ["Authorities stated the agreement increased."], return_tensors="pt")
-    trained = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    pairs = generate_pairs("validation", seed=0, size=None)
+    batch = tokenizer(pairs["sentence1"][:100], pairs["sentence2"][:100], padding=True, return_tensors="pt")
+    labels = torch.tensor(pairs["label"][:100])
     with torch.no_grad():
-        assert torch.equal(reloaded(**batch).logits, trained(**batch).logits)
+        logits = reloaded(**batch).logits
+    assert torch.nn.functional.cross_entropy(logits, labels).item() == pytest.approx(results["eval_loss"], rel=1e-5)
+    assert (logits.argmax(-1) == labels).float().mean().item() == pytest.approx(results["eval_accuracy"])
     assert reloaded.config.id2label == {0: "not_equivalent", 1: "equivalent"}
 
 
