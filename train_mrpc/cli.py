@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
+from train_mrpc.checkpointing import PREEMPTED_EXIT_CODE, Preempted
 from train_mrpc.errors import UserError
 
 
@@ -52,6 +54,11 @@ def run_training(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    logger = logging.getLogger("train_mrpc")
+    if os.environ.get("RANK", "0") == "0" and not logger.handlers:  # our warnings (a skipped checkpoint), once
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("train-mrpc: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
     try:
         if argv[:1] == ["prefetch"]:
             run_prefetch(argv[1:])
@@ -60,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as err:
         _print_error(str(err))
         sys.exit(2)
+    except Preempted as stop:
+        _print_error(str(stop))
+        sys.exit(PREEMPTED_EXIT_CODE)
     except KeyboardInterrupt:
         _print_error("interrupted")
         sys.exit(130)

@@ -33,6 +33,9 @@ class TrainConfig:
         "Hub model id (e.g. bert-base-uncased) or a local directory with config, weights and tokenizer.",
         default="bert-base-uncased",
     )
+    trust_remote_code: bool = _help(
+        "Allow a Hub model to run its own Python code. Off unless you trust that repository.", default=False
+    )
     attn_implementation: Literal["sdpa", "eager"] = _help(
         "Attention kernel: 'sdpa' (PyTorch scaled_dot_product_attention; falls back to eager where the "
         "model has no SDPA path) or 'eager'.",
@@ -94,7 +97,24 @@ class TrainConfig:
     seed: int = _help("Seed for model initialisation, data order and dropout.", default=42)
     # --- outputs ------------------------------------------------------------------------------
     output_dir: str = _help("Where the model, tokenizer, metrics and logs are written.", default="runs/mrpc")
-    logging_steps: int = _help("Log the training loss every N optimizer steps.", default=10)
+    logging_steps: int = _help(
+        "Log the training loss every N optimizer steps (multi-process runs also agree on a preemption stop there).",
+        default=10,
+    )
+    # --- checkpoints --------------------------------------------------------------------------
+    checkpointing_steps: str = _help(
+        "Save a resumable checkpoint every N optimizer steps, after every 'epoch', or 'no'.", default="epoch"
+    )
+    save_total_limit: Optional[int] = _help(
+        "Keep the last K checkpoints plus the best by --metric_for_best_model; unset keeps all.", default=None
+    )
+    resume_from_checkpoint: Optional[str] = _help(
+        "Resume from this checkpoint directory, or 'latest' in --output_dir (starts fresh when there is none).",
+        default=None,
+    )
+    metric_for_best_model: Literal["accuracy", "f1", "loss"] = _help(
+        "Validation metric that decides the best checkpoint (higher is better, except loss).", default="accuracy"
+    )
     dataloader_num_workers: int = _help("DataLoader worker processes (0 loads in the main process).", default=0)
 
     def __post_init__(self) -> None:
@@ -119,6 +139,12 @@ class TrainConfig:
             _check(0 <= getattr(self, name) < 1, name, getattr(self, name), "a number in [0, 1)")
         _check(self.adam_epsilon > 0, "adam_epsilon", self.adam_epsilon, "a number > 0")
         _check(self.dataloader_num_workers >= 0, "dataloader_num_workers", self.dataloader_num_workers, "an integer >= 0")
+        _check(
+            self.checkpointing_steps in ("epoch", "no") or (self.checkpointing_steps.isdigit() and int(self.checkpointing_steps) > 0),
+            "checkpointing_steps", self.checkpointing_steps, "a number of steps >= 1, 'epoch' or 'no'",
+        )  # fmt: skip
+        if self.save_total_limit is not None:
+            _check(self.save_total_limit >= 1, "save_total_limit", self.save_total_limit, "an integer >= 1")
         files = [f for f in ("train_file", "validation_file", "test_file") if getattr(self, f)]
         if self.data_dir and files:
             raise UserError(f"--data_dir and --{files[0]} both name training data; pass one source, not both")
@@ -161,6 +187,8 @@ def _check_types(config: TrainConfig) -> None:
         if typing.get_origin(hint) is Literal:
             choices = typing.get_args(hint)
             _check(value in choices, f.name, value, f"one of {', '.join(choices)}")
+        elif hint is bool:
+            _check(isinstance(value, bool), f.name, value, "true or false")
         elif hint is float:
             _check(isinstance(value, (int, float)) and not isinstance(value, bool), f.name, value, "a number")
         elif hint is int:

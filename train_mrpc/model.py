@@ -21,10 +21,11 @@ def load_tokenizer_and_model(config: TrainConfig):
     else:
         where = "model" if is_hub_name(name) else "model directory"
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=config.trust_remote_code)
         except Exception as err:  # OSError offline or for a folder without tokenizer files
             raise offline_error(f"tokenizer of {where}", name, err) from None
         kwargs = dict(
+            trust_remote_code=config.trust_remote_code,
             num_labels=len(LABEL_NAMES),
             id2label=dict(enumerate(LABEL_NAMES)),
             label2id={label: i for i, label in enumerate(LABEL_NAMES)},

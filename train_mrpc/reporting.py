@@ -34,6 +34,14 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def trim_jsonl(path: str | Path, max_step: int) -> None:
+    """Drop records logged after ``max_step`` (by a run that stopped after its last checkpoint)."""
+    path = Path(path)
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= max_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
 def print_summary(results: dict, console: Console | None = None) -> None:
     launch = results["launch"]
     table = Table(title=f"MRPC fine-tune: {results['model']}", show_header=False, title_justify="left")

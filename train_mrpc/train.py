@@ -10,7 +10,7 @@ from train_mrpc.config import TrainConfig
 from train_mrpc.errors import UserError
 
 
-def prepare_output_dir(output_dir: str) -> Path:
+def prepare_output_dir(output_dir: str, resuming: bool) -> Path:
     path = Path(output_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -19,8 +19,9 @@ def prepare_output_dir(output_dir: str) -> Path:
         probe.unlink()
     except OSError as err:
         raise UserError(f"--output_dir {output_dir} cannot be written: {err.strerror or err}") from None
-    for stale in ("train_log.jsonl", "eval_results.jsonl"):
-        (path / stale).unlink(missing_ok=True)
+    if not resuming:  # a fresh run starts fresh logs; a resumed one keeps them (trimmed to the checkpoint)
+        for stale in ("train_log.jsonl", "eval_results.jsonl"):
+            (path / stale).unlink(missing_ok=True)
     return path
 
 
@@ -29,16 +30,21 @@ def train(config: TrainConfig) -> dict:
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
+    from train_mrpc.checkpointing import (
+        LoopState, Preempted, PreemptionHandler, find_latest, load_checkpoint, resolve_resume, rotate_checkpoints,
+        save_checkpoint,
+    )  # fmt: skip
     from train_mrpc.data import build_dataloaders, load_raw_splits, tokenize_dataset
     from train_mrpc.evaluation import evaluate_model, load_metric
     from train_mrpc.launch import create_accelerator, describe_launch
     from train_mrpc.model import build_optimizer, load_tokenizer_and_model, save_model
-    from train_mrpc.reporting import append_jsonl, print_summary, training_progress, write_json
+    from train_mrpc.reporting import append_jsonl, print_summary, trim_jsonl, training_progress, write_json
 
     accelerator = create_accelerator(config)
     output_dir = Path(config.output_dir)
+    resume_path = resolve_resume(config.resume_from_checkpoint, output_dir)
     if accelerator.is_main_process:
-        prepare_output_dir(config.output_dir)
+        prepare_output_dir(config.output_dir, resuming=resume_path is not None)
         config.save(output_dir)
     set_seed(config.seed)
 
@@ -65,18 +71,54 @@ def train(config: TrainConfig) -> dict:
         num_training_steps=max_steps * accelerator.num_processes,
     )  # fmt: skip
     scheduler = accelerator.prepare(scheduler)
+    every = int(config.checkpointing_steps) if config.checkpointing_steps.isdigit() else None
+    greater_is_better = config.metric_for_best_model != "loss"
+
+    # --- resume -------------------------------------------------------------------------------
+    state = LoopState()
+    if resume_path is not None:
+        state = load_checkpoint(accelerator, resume_path)
+        if accelerator.is_main_process:
+            for log in ("train_log.jsonl", "eval_results.jsonl"):  # drop what the stopped run logged after it
+                trim_jsonl(output_dir / log, max_step=state.step)
+        accelerator.print(f"resumed from {resume_path} at step {state.step} (epoch {state.epoch + 1})")
+    running_loss = torch.tensor(state.running_loss, device=accelerator.device)
+    tokens = torch.tensor(state.tokens, device=accelerator.device, dtype=torch.int64)
+    samples_before, tokens_before = state.samples, state.tokens  # throughput counts this run's work only
+
+    def diverged(loss: float) -> UserError:
+        latest = find_latest(output_dir)
+        kept = f"the last good checkpoint, {latest}, is kept" if latest else "no checkpoint had been saved yet"
+        return UserError(f"the training loss became non-finite ({loss}) by step {state.step}, so training stopped; "
+                         f"{kept}. Lower --learning_rate (or use bf16 rather than fp16) and resume with "
+                         "--resume_from_checkpoint latest")  # fmt: skip
+
+    def checkpoint() -> Path:
+        # Never save a diverged model: the previous checkpoint stays the last good one.
+        loss_sum = accelerator.reduce(running_loss.clone(), "sum").item()
+        if not math.isfinite(loss_sum):
+            raise diverged(loss_sum)
+        state.running_loss, state.tokens = running_loss.item(), int(tokens.item())
+        path = save_checkpoint(accelerator, output_dir, state)
+        if accelerator.is_main_process:
+            rotate_checkpoints(output_dir, config.save_total_limit, config.metric_for_best_model, greater_is_better)
+        return path
 
     # --- the loop -----------------------------------------------------------------------------
-    step, samples, tokens = 0, 0, torch.zeros((), device=accelerator.device)
-    running_loss, running_batches, last_loss = torch.zeros((), device=accelerator.device), 0, float("nan")
-    eval_time, eval_metrics = 0.0, {}
+    eval_time, eval_metrics = 0.0, dict(state.eval_metrics)
+    last_loss = float("nan")
     start = log_start = time.perf_counter()
     progress = training_progress(accelerator.is_main_process)
-    with progress:
-        task = progress.add_task("train", total=max_steps, epoch=1, loss=float("nan"), lr=0.0, samples_per_s=0.0)
-        for epoch in range(num_epochs):
+    with progress, PreemptionHandler() as preemption:
+        task = progress.add_task("train", total=max_steps, completed=state.step, epoch=state.epoch + 1,
+                                 loss=float("nan"), lr=scheduler.get_last_lr()[0], samples_per_s=0.0)  # fmt: skip
+        while state.epoch < num_epochs and state.step < max_steps:
+            # Set the epoch on the prepared loader itself: a loader from skip_first_batches cannot pass it
+            # down to the sampler, which then replays an earlier epoch's order (accelerate issue 2016).
+            train_loader.set_epoch(state.epoch)
+            batches = accelerator.skip_first_batches(train_loader, state.batches_in_epoch) if state.batches_in_epoch else train_loader
             model.train()
-            for batch in train_loader:
+            for batch in batches:
                 with accelerator.accumulate(model):
                     loss = model(**batch).loss
                     accelerator.backward(loss)
@@ -87,58 +129,82 @@ def train(config: TrainConfig) -> dict:
                     optimizer.zero_grad(set_to_none=True)
                 # Device-side accumulation: no host synchronisation until a logging step.
                 running_loss += loss.detach()
-                running_batches += 1
                 tokens += batch["attention_mask"].sum()
-                samples += len(batch["labels"]) * accelerator.num_processes
+                state.running_batches += 1
+                state.batches_in_epoch += 1
+                state.samples += len(batch["labels"]) * accelerator.num_processes
                 if not accelerator.sync_gradients:
                     continue
-                step += 1
-                if step % config.logging_steps == 0 or step == max_steps:
-                    last_loss = accelerator.reduce(running_loss / running_batches, "mean").item()
+                state.step += 1
+                stop = preemption.received is not None
+                if state.step % config.logging_steps == 0 or state.step == max_steps:
+                    # One collective carries the mean loss and whether any process was asked to stop.
+                    synced = accelerator.reduce(torch.stack([running_loss / state.running_batches,
+                                                             torch.tensor(float(stop), device=running_loss.device)]), "mean")  # fmt: skip
+                    last_loss, stop = synced[0].item(), synced[1].item() > 0
+                    if not math.isfinite(last_loss):
+                        raise diverged(last_loss)
                     now = time.perf_counter()
-                    rate = running_batches * len(batch["labels"]) * accelerator.num_processes / (now - log_start)
-                    record = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": last_loss,
+                    rate = state.running_batches * len(batch["labels"]) * accelerator.num_processes / (now - log_start)
+                    record = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4), "loss": last_loss,
                               "learning_rate": scheduler.get_last_lr()[0], "samples_per_second": rate}  # fmt: skip
                     if accelerator.is_main_process:
                         append_jsonl(output_dir / "train_log.jsonl", record)
                     running_loss.zero_()
-                    running_batches, log_start = 0, now
+                    state.running_batches, log_start = 0, now
                     progress.update(task, loss=last_loss, samples_per_s=rate)
-                progress.update(task, advance=1, epoch=epoch + 1, lr=scheduler.get_last_lr()[0])
-                if step >= max_steps:
+                elif accelerator.num_processes > 1:
+                    stop = False  # processes agree on a stop only at logging steps, where they synchronise anyway
+                progress.update(task, advance=1, epoch=state.epoch + 1, lr=scheduler.get_last_lr()[0])
+                if stop:
+                    path = checkpoint()
+                    raise Preempted(f"stopped by {preemption.received or 'a signal to another process'} at step "
+                                    f"{state.step}; checkpoint saved to {path}. Resume with --resume_from_checkpoint latest")  # fmt: skip
+                if every and state.step % every == 0:
+                    checkpoint()
+                if state.step >= max_steps:
                     break
+            if state.batches_in_epoch >= len(train_loader):  # the epoch ran to its end
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
 
             eval_start = time.perf_counter()
             eval_metrics = evaluate_model(model, eval_loader, accelerator, metric)
             eval_time += time.perf_counter() - eval_start
             log_start += time.perf_counter() - eval_start
+            state.eval_metrics = eval_metrics
             if accelerator.is_main_process:
-                record = {"epoch": epoch + 1, "step": step, **{f"eval_{k}": v for k, v in eval_metrics.items()}}
+                record = {"epoch": state.epoch, "step": state.step, **{f"eval_{k}": v for k, v in eval_metrics.items()}}
                 append_jsonl(output_dir / "eval_results.jsonl", record)
                 progress.console.print(
-                    f"epoch {epoch + 1}: eval accuracy {eval_metrics['accuracy']:.4f}, "
+                    f"epoch {state.epoch}: eval accuracy {eval_metrics['accuracy']:.4f}, "
                     f"F1 {eval_metrics['f1']:.4f}, loss {eval_metrics['loss']:.4f}"
                 )
+            if config.checkpointing_steps != "no":  # after every evaluation: it carries the metric for "best"
+                checkpoint()
+            state.eval_metrics = {}
     runtime = time.perf_counter() - start
+    if not eval_metrics:  # resumed from the final step's checkpoint: nothing left to train
+        eval_metrics = evaluate_model(model, eval_loader, accelerator, metric)
 
     # --- outputs ------------------------------------------------------------------------------
     save_model(accelerator, model, tokenizer, output_dir)
-    total_tokens = accelerator.reduce(tokens, "sum").item()
-    train_time = runtime - eval_time
+    new_tokens = accelerator.reduce(tokens - tokens_before, "sum").item()
+    train_time = max(runtime - eval_time, 1e-9)
     results = {
         "model": config.model_name_or_path,
         "data_source": config.data_source,
         "train_examples": len(raw["train"]),
         "eval_examples": eval_metrics["num_examples"],
-        "epoch": round(step / steps_per_epoch, 4),
-        "global_step": step,
+        "epoch": round(state.step / steps_per_epoch, 4),
+        "global_step": state.step,
         "train_loss": last_loss,
         **{f"eval_{k}": v for k, v in eval_metrics.items() if k != "num_examples"},
         "train_runtime": runtime,
         "eval_runtime": eval_time,
-        "train_samples": samples,
-        "train_samples_per_second": samples / train_time,
-        "train_tokens_per_second": total_tokens / train_time,
+        "train_samples": state.samples,
+        "train_samples_per_second": (state.samples - samples_before) / train_time,
+        "train_tokens_per_second": new_tokens / train_time,
+        "resumed_from": str(resume_path) if resume_path else None,
         "launch": describe_launch(accelerator, config),
         "output_dir": str(output_dir),
     }

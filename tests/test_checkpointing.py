@@ -1,0 +1,214 @@
+"""Nothing lost: killed, preempted and resumed runs end exactly where an uninterrupted run ends."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TEST_ENV, accelerate_launch, run_cli, tiny_args
+
+from train_mrpc.checkpointing import PREEMPTED_EXIT_CODE, rotate_checkpoints
+
+# 320 pairs / batch 16 = 20 steps per epoch, 3 epochs, a checkpoint every 10 steps. Dropout stays on:
+# exact resume needs every RNG state restored, not a deterministic model.
+STEPS = 60
+
+
+def run_args(model_dir, out, *extra):
+    return tiny_args(model_dir, out, "--max_train_samples", "320", "--num_train_epochs", "3", "--logging_steps", "1",
+                     "--checkpointing_steps", "10", *extra)  # fmt: skip
+
+
+def read_log(out: Path) -> list[dict]:
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return [{k: r[k] for k in ("step", "loss", "learning_rate")} for r in records]
+
+
+def assert_identical_runs(a: Path, b: Path) -> None:
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert read_log(a) == read_log(b)  # bit-identical losses, before and after the resume point
+    assert [json.loads(x)["eval_loss"] for x in (a / "eval_results.jsonl").read_text().splitlines()] == [
+        json.loads(x)["eval_loss"] for x in (b / "eval_results.jsonl").read_text().splitlines()
+    ]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir):
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    proc = run_cli(run_args(tiny_model_dir, out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_log(out)[-1]["step"] == STEPS
+    return out
+
+
+def start_and_signal(args, out: Path, at_step: int, sig: int) -> tuple[subprocess.Popen, int, str]:
+    """Start a run, wait until it has logged ``at_step``, then send ``sig``; returns (process, steps logged, stderr)."""
+    import os
+
+    proc = subprocess.Popen([sys.executable, "-m", "train_mrpc", *args], cwd=ROOT, env={**os.environ, **TEST_ENV},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    log = out / "train_log.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= at_step:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.002)
+    _, stderr = proc.communicate(timeout=300)
+    return proc, len(log.read_text().splitlines()), stderr
+
+
+def test_sigkill_mid_epoch_then_resume_latest_is_bit_identical(tmp_path, tiny_model_dir, uninterrupted):
+    out = tmp_path / "killed"
+    proc, logged, _ = start_and_signal(run_args(tiny_model_dir, out), out, at_step=13, sig=signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    checkpoints = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert checkpoints and checkpoints[-1] == "step_000010", checkpoints
+    assert 10 < logged < 20, "the kill must land between checkpoints, mid-epoch"
+
+    resumed = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "step_000010" in resumed.stdout
+    assert_identical_runs(uninterrupted, out)
+
+
+def test_sigterm_saves_exits_75_and_resumes_exactly_in_epoch_2(tmp_path, tiny_model_dir, uninterrupted):
+    out = tmp_path / "preempted"
+    proc, _, stderr = start_and_signal(run_args(tiny_model_dir, out), out, at_step=26, sig=signal.SIGTERM)
+    assert proc.returncode == PREEMPTED_EXIT_CODE == 75
+    stopped_at = max(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
+    assert 26 <= stopped_at < 40 and stopped_at % 10, "checkpoint written at the signal, mid-epoch 2"
+    assert f"stopped by SIGTERM at step {stopped_at}" in stderr
+    assert not (out / "all_results.json").exists()
+
+    resumed = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_identical_runs(uninterrupted, out)
+
+
+@pytest.mark.parametrize("step", [30, 50])
+def test_resume_in_a_later_epoch_keeps_that_epochs_data_order(tmp_path, tiny_model_dir, uninterrupted, step):
+    """accelerate issue 2016: a loader from skip_first_batches replays epoch 0's order after a resume."""
+    out = tmp_path / "resumed"
+    checkpoint = uninterrupted / "checkpoints" / f"step_{step:06d}"
+    shutil.copytree(checkpoint, out / "checkpoints" / checkpoint.name)
+    proc = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", str(out / "checkpoints" / checkpoint.name)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model.safetensors").read_bytes() == (uninterrupted / "model.safetensors").read_bytes()
+    assert read_log(out) == [r for r in read_log(uninterrupted) if r["step"] > step]
+
+
+def test_damaged_checkpoint_is_skipped_by_latest_and_refused_by_path(tmp_path, tiny_model_dir, uninterrupted):
+    out = tmp_path / "damaged"
+    shutil.copytree(uninterrupted / "checkpoints", out / "checkpoints")
+    latest = out / "checkpoints" / "step_000060"
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a truncated file
+    (out / "checkpoints" / ".tmp-step_000070").mkdir()  # a save that died half-way
+    (out / "checkpoints" / "step_000080").mkdir()  # a directory without its trainer state
+
+    proc = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", str(latest)))
+    assert proc.returncode == 2
+    assert f"train-mrpc: error: checkpoint {latest} is damaged: model.safetensors has" in proc.stderr
+
+    proc = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", "latest"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"skipping checkpoint {out / 'checkpoints' / 'step_000080'} is incomplete" in proc.stderr
+    assert f"skipping checkpoint {latest} is damaged" in proc.stderr
+    assert "resumed from" in proc.stdout and "step_000050" in proc.stdout
+    assert (out / "model.safetensors").read_bytes() == (uninterrupted / "model.safetensors").read_bytes()
+
+
+def test_resume_latest_without_checkpoints_starts_fresh(tmp_path, tiny_model_dir):
+    proc = run_cli(tiny_args(tiny_model_dir, tmp_path / "fresh", "--max_train_steps", "3", "--resume_from_checkpoint", "latest"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" not in proc.stdout
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir):
+    out = tmp_path / "diverged"
+    args = tiny_args(tiny_model_dir, out, "--learning_rate", "1e12", "--num_warmup_steps", "10", "--logging_steps", "1",
+                     "--lr_scheduler_type", "constant_with_warmup", "--checkpointing_steps", "2")  # fmt: skip
+    proc = run_cli(args)
+    assert proc.returncode == 2
+    message = proc.stderr.strip().splitlines()[-1]
+    assert "the training loss became non-finite (nan) by step 3" in message
+    assert f"the last good checkpoint, {out / 'checkpoints' / 'step_000002'}, is kept" in message
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000002"]
+    state = json.loads((out / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["running_loss"] == state["running_loss"]  # finite
+
+
+def test_rotation_keeps_the_last_k_plus_the_best(tmp_path):
+    accuracy = {10: 0.70, 20: 0.90, 30: 0.60, 40: 0.65, 50: 0.62}
+    for step, value in accuracy.items():
+        path = tmp_path / "checkpoints" / f"step_{step:06d}"
+        path.mkdir(parents=True)
+        metrics = {"accuracy": value, "loss": 1 - value}
+        (path / "trainer_state.json").write_text(json.dumps({"step": step, "eval_metrics": metrics, "files": {}}))
+    rotate_checkpoints(tmp_path, keep_last=2, metric="accuracy", greater_is_better=True)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000020", "step_000040", "step_000050"]
+    rotate_checkpoints(tmp_path, keep_last=1, metric="loss", greater_is_better=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000020", "step_000050"]
+
+
+def test_checkpoint_contents(uninterrupted):
+    contents = {p.name for p in (uninterrupted / "checkpoints" / "step_000060").iterdir()}
+    assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "trainer_state.json"} <= contents
+    assert len(list((uninterrupted / "checkpoints").glob("step_*"))) == 6  # every 10 steps; none deleted by default
+
+
+def test_real_run_rotation_keeps_the_limit(tmp_path, tiny_model_dir):
+    out = tmp_path / "rotated"
+    proc = run_cli(run_args(tiny_model_dir, out, "--checkpointing_steps", "epoch", "--save_total_limit", "1",
+                            "--metric_for_best_model", "loss"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evals = [json.loads(line) for line in (out / "eval_results.jsonl").read_text().splitlines()]
+    best = min(evals, key=lambda e: e["eval_loss"])["step"]
+    expected = {f"step_{STEPS:06d}", f"step_{best:06d}"}
+    assert {p.name for p in (out / "checkpoints").iterdir()} == expected
+
+
+def test_two_process_resume_is_exact(tmp_path, tiny_model_dir):
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    args = lambda out, *extra: run_args(tiny_model_dir, out, "--per_device_train_batch_size", "8", *extra)  # noqa: E731
+    proc = run_cli(args(full), launcher=accelerate_launch("multi_cpu.yaml"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shutil.copytree(full / "checkpoints" / "step_000030", resumed / "checkpoints" / "step_000030")
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in (resumed / "checkpoints" / "step_000030").iterdir()}
+    proc = run_cli(args(resumed, "--resume_from_checkpoint", "latest"), launcher=accelerate_launch("multi_cpu.yaml"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (full / "model.safetensors").read_bytes() == (resumed / "model.safetensors").read_bytes()
+    assert read_log(resumed) == [r for r in read_log(full) if r["step"] > 30]
+
+
+def test_processes_agree_on_a_stop_signalled_to_one_of_them(tmp_path, tiny_model_dir):
+    import os
+
+    out = tmp_path / "one-signalled"
+    args = run_args(tiny_model_dir, out, "--per_device_train_batch_size", "8", "--logging_steps", "2")
+    command = accelerate_launch("multi_cpu.yaml") + args
+    launcher = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **TEST_ENV}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    log = out / "train_log.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 7):
+        time.sleep(0.002)
+    workers = subprocess.run(["pgrep", "-f", "--", f"-m train_mrpc .*{out}"], capture_output=True, text=True).stdout.split()
+    workers = [int(pid) for pid in workers if "accelerate" not in Path(f"/proc/{pid}/cmdline").read_text()]
+    assert len(workers) == 2, workers
+    os.kill(max(workers), signal.SIGUSR1)  # only the second worker hears it
+    _, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode != 0
+    checkpoints = [p for p in (out / "checkpoints").glob("step_*")]
+    assert len(checkpoints) >= 1
+    stopped = max(checkpoints, key=lambda p: p.name)
+    state = json.loads((stopped / "trainer_state.json").read_text())
+    assert state["step"] % 2 == 0 and state["step"] < STEPS  # at a logging step, before the end
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in stopped.iterdir()}
+    assert f"stopped by a signal to another process at step {state['step']}" in stderr
+    assert not (out / "all_results.json").exists()
