@@ -21,8 +21,9 @@ def stub(bin_dir: Path, name: str, body: str) -> None:
 def test_slurm_script_launches_every_node_with_rank_address_and_port_from_the_allocation(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    stub(bin_dir, "scontrol", 'printf "gpu-node-07\\ngpu-node-08\\n"')
-    stub(bin_dir, "scancel", "true")
+    calls = tmp_path / "calls"
+    stub(bin_dir, "scontrol", f'if [ "$1" = requeue ]; then echo "requeue $2" >> {calls}; else printf "gpu-node-07\\ngpu-node-08\\n"; fi')
+    stub(bin_dir, "scancel", f'echo "scancel $*" >> {calls}')
     stub(bin_dir, "srun", 'shift; for node in 0 1; do SLURM_NODEID=$node "$@"; done')  # drop --kill-on-bad-exit
     stub(bin_dir, "accelerate", 'echo "accelerate $*"')
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-node-[07-08]",
@@ -35,8 +36,30 @@ def test_slurm_script_launches_every_node_with_rank_address_and_port_from_the_al
         assert line == (
             "accelerate launch --config_file accelerate_configs/multi_node.yaml --num_machines 2 --num_processes 16 "
             f"--machine_rank {rank} --main_process_ip gpu-node-07 --main_process_port {20000 + 123456 % 20000} "
-            "-m train_mrpc --output_dir runs/mrpc-base --learning_rate 3e-5"
+            "-m train_mrpc --output_dir runs/mrpc-base --resume_from_checkpoint latest --learning_rate 3e-5"
         )
+    assert not calls.exists()  # no preemption: no requeue
+
+
+def test_slurm_script_forwards_the_preemption_warning_and_requeues(tmp_path):
+    import signal
+    import time
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    stub(bin_dir, "scontrol", f'if [ "$1" = requeue ]; then echo "requeue $2" >> {calls}; else echo gpu-node-07; fi')
+    stub(bin_dir, "scancel", f'echo "scancel $*" >> {calls}')
+    stub(bin_dir, "srun", "sleep 3")  # a training step that outlives the warning
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-node-07",
+           "SLURM_JOB_ID": "42", "SLURM_NNODES": "1", "SLURM_JOB_NAME": "mrpc"}  # fmt: skip
+    proc = subprocess.Popen(["bash", str(SBATCH)], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    time.sleep(1)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "preemption warning" in out
+    assert calls.read_text().splitlines() == ["scancel --signal=USR1 42", "requeue 42"]
 
 
 def write_hub_cache(cache: Path, repo: str, model_dir: Path) -> None:
