@@ -20,10 +20,11 @@ EXPECTED = {  # file -> (distributed_type, mixed_precision, use_cpu)
 
 
 def equivalence_args(model_dir, out, batch, *extra):
-    """Dropout-free tiny model, 128 training pairs (even split), 101 validation pairs (uneven on 2 processes)."""
+    """Dropout-free tiny model in fp32, 128 training pairs (even split), 101 validation pairs (uneven on 2
+    processes), length-grouped batches (the default)."""
     return tiny_args(model_dir, out, "--max_train_samples", "128", "--max_eval_samples", "101",
                      "--per_device_train_batch_size", str(batch), "--per_device_eval_batch_size", "16",
-                     "--logging_steps", "1", "--warmup_ratio", "0.25", *extra)  # fmt: skip
+                     "--logging_steps", "1", "--warmup_ratio", "0.25", "--precision", "fp32", *extra)  # fmt: skip
 
 
 def launch(config_file, args, *launch_flags, env=None):

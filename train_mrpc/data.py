@@ -317,21 +317,47 @@ def tokenize_dataset(raw, tokenizer, max_length: int, cache_dir: str | Path | No
     return DatasetDict(tokenized)
 
 
-def build_dataloaders(tokenized, tokenizer, config: TrainConfig, pad_to_multiple_of: int | None):
-    """Train (shuffled) and validation dataloaders; padding is dynamic, to each batch's longest pair."""
+class LengthGroupedSampler:
+    """Random megabatches, each sorted by length, cut into global batches: little padding, still shuffled.
+
+    Grouping uses the global batch (per-device x processes x accumulation), so a run on N processes or with
+    accumulation sees exactly the batches of one process with the whole batch. The order depends only on
+    (seed, epoch): ``set_epoch`` is how Accelerate's loader, and a resumed run, select an epoch.
+    """
+
+    def __init__(self, lengths: list[int], global_batch_size: int, seed: int) -> None:
+        self.lengths, self.global_batch_size, self.seed, self.epoch = lengths, global_batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        import torch
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.global_batch_size, generator=generator))
+
+
+def build_dataloaders(tokenized, tokenizer, config: TrainConfig, pad_to_multiple_of: int | None,
+                      num_processes: int = 1, pin_memory: bool = False):  # fmt: skip
+    """Train and validation dataloaders; padding is dynamic, to each batch's longest pair."""
     import torch
     from torch.utils.data import DataLoader
     from transformers import DataCollatorWithPadding
 
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
     train, validation = (tokenized[split].remove_columns("idx") for split in ("train", "validation"))
-    generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(
-        train, batch_size=config.per_device_train_batch_size, shuffle=True, generator=generator,
-        collate_fn=collator, num_workers=config.dataloader_num_workers,
-    )  # fmt: skip
-    eval_loader = DataLoader(
-        validation, batch_size=config.per_device_eval_batch_size, shuffle=False,
-        collate_fn=collator, num_workers=config.dataloader_num_workers,
-    )  # fmt: skip
+    if config.group_by_length:
+        global_batch = config.per_device_train_batch_size * num_processes * config.gradient_accumulation_steps
+        lengths = [len(ids) for ids in train["input_ids"]]
+        order = {"sampler": LengthGroupedSampler(lengths, global_batch, config.seed)}
+    else:  # Accelerate swaps this RandomSampler for its seedable one (order from seed and epoch)
+        order = {"shuffle": True, "generator": torch.Generator().manual_seed(config.seed)}
+    common = {"collate_fn": collator, "num_workers": config.dataloader_num_workers, "pin_memory": pin_memory}
+    train_loader = DataLoader(train, batch_size=config.per_device_train_batch_size, **order, **common)
+    eval_loader = DataLoader(validation, batch_size=config.per_device_eval_batch_size, shuffle=False, **common)
     return train_loader, eval_loader

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from train_mrpc.config import TrainConfig
 from train_mrpc.errors import UserError
@@ -13,10 +14,13 @@ def create_accelerator(config: TrainConfig):
     from accelerate import Accelerator, DataLoaderConfiguration
 
     check_launch_environment()
+    use_cpu = not torch.accelerator.is_available()
+    mixed_precision, _ = resolve_precision(config.precision, cuda=torch.cuda.is_available())
     accelerator = Accelerator(
         # On a machine without an accelerator, cpu=True is what turns a multi-process launch into real
         # gloo data parallelism; without it each process trains its own copy on all the data.
-        cpu=not torch.accelerator.is_available(),
+        cpu=use_cpu,
+        mixed_precision=mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         # Seeded sampler: the data order depends on (seed, epoch) only, so resumed and multi-process
         # runs see the same order as an uninterrupted single-process run.
@@ -25,7 +29,34 @@ def create_accelerator(config: TrainConfig):
     )
     check_launch(accelerator)
     quiet_other_processes(accelerator)
+    if accelerator.device.type == "cuda" and config.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return accelerator
+
+
+def has_fast_bf16(cuda: bool) -> bool:
+    """bf16 matmuls faster than fp32: Ampere+ GPUs, or CPUs with avx512_bf16 / AMX (measured 1.7x here)."""
+    import torch
+
+    if cuda:
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to know, stay with fp32
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(requested: str, cuda: bool) -> tuple[str, str]:
+    """Accelerate's mixed_precision value for --precision, and why it was chosen."""
+    if requested != "auto":
+        return ("no" if requested == "fp32" else requested), f"--precision {requested}"
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launched != "no":
+        return launched, "launch config"
+    if has_fast_bf16(cuda):
+        return "bf16", f"auto: {'GPU' if cuda else 'CPU'} has fast bf16"
+    return "no", f"auto: no fast bf16 on this {'GPU' if cuda else 'CPU'}"
 
 
 def check_launch_environment() -> None:
@@ -90,4 +121,17 @@ def describe_launch(accelerator, config: TrainConfig) -> dict:
         "per_device_train_batch_size": per_device,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "global_batch_size": per_device * accelerator.num_processes * config.gradient_accumulation_steps,
+    }
+
+
+def describe_speed_choices(accelerator, config: TrainConfig, pad_to: int | None) -> dict:
+    """The choices that set this run's speed, so the summary can say what made it fast or slow."""
+    return {
+        "precision": "fp32" if accelerator.mixed_precision == "no" else accelerator.mixed_precision,
+        "precision_reason": resolve_precision(config.precision, cuda=accelerator.device.type == "cuda")[1],
+        "batching": "length-grouped" if config.group_by_length else "random",
+        "pad_to_multiple_of": pad_to,
+        "torch_compile": config.torch_compile,
+        "attention": config.attn_implementation,
+        "tf32": accelerator.device.type == "cuda" and config.tf32,
     }

@@ -43,7 +43,7 @@ def trim_jsonl(path: str | Path, max_step: int) -> None:
 
 
 def print_summary(results: dict, console: Console | None = None) -> None:
-    launch = results["launch"]
+    launch, speed = results["launch"], results["speed"]
     table = Table(title=f"MRPC fine-tune: {results['model']}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -53,6 +53,8 @@ def print_summary(results: dict, console: Console | None = None) -> None:
                    f"{'fp32' if launch['mixed_precision'] == 'no' else launch['mixed_precision']} precision"),
         ("global batch", f"{launch['global_batch_size']} ({launch['per_device_train_batch_size']}/device x "
                          f"{launch['num_processes']} x {launch['gradient_accumulation_steps']} accumulation)"),
+        ("speed choices", f"{speed['precision']} ({speed['precision_reason']}), {speed['batching']} batches, "
+                          f"pad to {speed['pad_to_multiple_of'] or 1}, compile {'on' if speed['torch_compile'] else 'off'}"),
         ("epochs / steps", f"{results['epoch']:g} / {results['global_step']}"),
         ("train loss", f"{results['train_loss']:.4f}"),
         ("eval accuracy", f"{results['eval_accuracy']:.4f}"),

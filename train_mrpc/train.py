@@ -36,7 +36,7 @@ def train(config: TrainConfig) -> dict:
     )  # fmt: skip
     from train_mrpc.data import build_dataloaders, load_raw_splits, tokenize_dataset
     from train_mrpc.evaluation import evaluate_model, load_metric
-    from train_mrpc.launch import create_accelerator, describe_launch
+    from train_mrpc.launch import create_accelerator, describe_launch, describe_speed_choices
     from train_mrpc.model import build_optimizer, load_tokenizer_and_model, save_model
     from train_mrpc.reporting import append_jsonl, print_summary, trim_jsonl, training_progress, write_json
 
@@ -53,10 +53,14 @@ def train(config: TrainConfig) -> dict:
         raw = load_raw_splits(config)
         tokenizer, model = load_tokenizer_and_model(config)
         tokenized = tokenize_dataset(raw, tokenizer, config.max_length)
-    pad_to = config.pad_to_multiple_of or (8 if accelerator.mixed_precision != "no" else None)
-    train_loader, eval_loader = build_dataloaders(tokenized, tokenizer, config, pad_to)
-    optimizer = build_optimizer(model, config, fused=accelerator.device.type == "cuda")
+    # Compiled graphs specialise on shapes: buckets of 32 tokens bound the recompiles to max_length / 32.
+    pad_to = config.pad_to_multiple_of or (32 if config.torch_compile else 8 if accelerator.mixed_precision != "no" else None)
+    cuda = accelerator.device.type == "cuda"
+    train_loader, eval_loader = build_dataloaders(tokenized, tokenizer, config, pad_to, accelerator.num_processes, pin_memory=cuda)
+    optimizer = build_optimizer(model, config, fused=cuda)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    if config.torch_compile:
+        model = torch.compile(model)
     metric = load_metric()
 
     # --- schedule, counted in optimizer steps ---------------------------------------------------
@@ -206,6 +210,7 @@ def train(config: TrainConfig) -> dict:
         "train_tokens_per_second": new_tokens / train_time,
         "resumed_from": str(resume_path) if resume_path else None,
         "launch": describe_launch(accelerator, config),
+        "speed": describe_speed_choices(accelerator, config, pad_to),
         "output_dir": str(output_dir),
     }
     if accelerator.is_main_process:
