@@ -344,7 +344,7 @@ class LengthGroupedSampler:
 
 def build_dataloaders(tokenized, tokenizer, config: TrainConfig, pad_to_multiple_of: int | None,
                       num_processes: int = 1, pin_memory: bool = False):  # fmt: skip
-    """Train and validation dataloaders; padding is dynamic, to each batch's longest pair."""
+    """Train, validation and (with --do_predict) test dataloaders; padding is dynamic, per batch."""
     import torch
     from torch.utils.data import DataLoader
     from transformers import DataCollatorWithPadding
@@ -356,8 +356,17 @@ def build_dataloaders(tokenized, tokenizer, config: TrainConfig, pad_to_multiple
         lengths = [len(ids) for ids in train["input_ids"]]
         order = {"sampler": LengthGroupedSampler(lengths, global_batch, config.seed)}
     else:  # Accelerate swaps this RandomSampler for its seedable one (order from seed and epoch)
-        order = {"shuffle": True, "generator": torch.Generator().manual_seed(config.seed)}
+        order = {"shuffle": True}
     common = {"collate_fn": collator, "num_workers": config.dataloader_num_workers, "pin_memory": pin_memory}
-    train_loader = DataLoader(train, batch_size=config.per_device_train_batch_size, **order, **common)
-    eval_loader = DataLoader(validation, batch_size=config.per_device_eval_batch_size, shuffle=False, **common)
-    return train_loader, eval_loader
+    # Each loader gets its own generator: without one, every new iterator draws its base seed from the
+    # global RNG, so a resumed run (one extra iterator) would shift every dropout mask after it.
+    train_loader = DataLoader(train, batch_size=config.per_device_train_batch_size, **order, **common,
+                              generator=torch.Generator().manual_seed(config.seed))  # fmt: skip
+    eval_loader = DataLoader(validation, batch_size=config.per_device_eval_batch_size, shuffle=False, **common,
+                             generator=torch.Generator())  # fmt: skip
+    test_loader = None
+    if config.do_predict and "test" in tokenized:
+        test = tokenized["test"].remove_columns(["idx", "labels"])  # GLUE's test labels are hidden (-1)
+        test_loader = DataLoader(test, batch_size=config.per_device_eval_batch_size, shuffle=False, **common,
+                                 generator=torch.Generator())  # fmt: skip
+    return train_loader, eval_loader, test_loader
