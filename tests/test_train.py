@@ -147,7 +147,7 @@ def test_minilm_reaches_real_accuracy_on_mrpc(tmp_path):
     out = tmp_path / "minilm"
     args = ["--model_name_or_path", get_model_path(), "--data_dir", SHARED_MRPC, "--output_dir", out,
             "--learning_rate", "1e-4", "--per_device_train_batch_size", "32", "--num_train_epochs", "3",
-            "--logging_steps", "20"]  # fmt: skip
+            "--logging_steps", "20", "--do_predict", "true"]  # fmt: skip
     start = time.perf_counter()
     proc = run_cli(args, launcher=accelerate_launch("cpu.yaml", "--mixed_precision", "bf16"), timeout=1800)
     elapsed = time.perf_counter() - start
@@ -157,3 +157,6 @@ def test_minilm_reaches_real_accuracy_on_mrpc(tmp_path):
           f"train {results['train_runtime']:.0f} s, end to end {elapsed:.0f} s")  # fmt: skip
     assert results["eval_examples"] == 408
     assert results["eval_accuracy"] >= 0.77 and results["eval_f1"] >= 0.84
+    rows = (out / "MRPC.tsv").read_text().splitlines()
+    assert rows[0] == "index\tprediction" and len(rows) == 1 + 1725
+    assert [int(r.split("\t")[0]) for r in rows[1:]] == list(range(1725))

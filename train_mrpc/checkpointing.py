@@ -37,6 +37,9 @@ class LoopState:
     samples: int = 0
     tokens: int = 0  # real (non-padding) tokens trained on, this process
     eval_metrics: dict = field(default_factory=dict)  # the evaluation at this step, if one ran here
+    best_metric: float | None = None  # best --metric_for_best_model so far, and where
+    best_step: int = 0
+    evals_without_improvement: int = 0  # for --early_stopping_patience
 
 
 class Preempted(Exception):

@@ -16,20 +16,21 @@ def _print_error(message: str) -> None:
         print(f"train-mrpc: error: {message}", file=sys.stderr)
 
 
-def parse_for_run(argv: list[str], prog: str):
+def parse_for_run(argv: list[str], prog: str, extra_types: tuple = ()):
     """Parse the flags, then go offline at once if the run needs the Hub and cannot reach it."""
     from train_mrpc.config import SYNTHETIC, parse_config
     from train_mrpc.hub import go_offline_if_unreachable, is_hub_name
     from train_mrpc.synthetic import TINY_MODEL
 
-    config = parse_config(argv, prog=prog)
+    parsed = parse_config(argv, prog=prog, extra_types=extra_types)
+    config = parsed[0] if extra_types else parsed
     needs_hub = []
     if config.model_name_or_path != TINY_MODEL and is_hub_name(config.model_name_or_path):
         needs_hub.append(config.model_name_or_path)
     if not (config.data_dir or config.train_file or config.dataset == SYNTHETIC):
         needs_hub.append(config.dataset)
     go_offline_if_unreachable(needs_hub)
-    return config
+    return parsed
 
 
 def run_prefetch(argv: list[str]) -> None:
@@ -44,6 +45,14 @@ def run_prefetch(argv: list[str]) -> None:
     for name, value in prefetch(config):
         table.add_row(name, value)
     Console().print(table)
+
+
+def run_reproduce(argv: list[str]) -> None:
+    """train-mrpc reproduce [training flags] [--num_seeds N]: the recipe over N seeds, then a report."""
+    from train_mrpc.reproduce import ReproduceConfig, reproduce
+
+    config, options = parse_for_run(argv, prog="train-mrpc reproduce", extra_types=(ReproduceConfig,))
+    reproduce(config, options.num_seeds)
 
 
 def run_training(argv: list[str]) -> None:
@@ -62,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if argv[:1] == ["prefetch"]:
             run_prefetch(argv[1:])
+        elif argv[:1] == ["reproduce"]:
+            run_reproduce(argv[1:])
         else:
             run_training(argv)
     except UserError as err:

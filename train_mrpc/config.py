@@ -19,6 +19,9 @@ from typing import Literal, Optional
 from train_mrpc.errors import UserError
 
 SYNTHETIC = "synthetic"
+# Accelerate's tracker name -> the module it needs.
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+            "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}  # fmt: skip
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 
@@ -120,6 +123,19 @@ class TrainConfig:
         "Log the training loss every N optimizer steps (multi-process runs also agree on a preemption stop there).",
         default=10,
     )
+    do_predict: bool = _help(
+        "After training, predict the test split: MRPC.tsv (GLUE submission: index, prediction) and "
+        "test_probabilities.tsv; test accuracy/F1 too when the test split has labels.",
+        default=False,
+    )
+    early_stopping_patience: Optional[int] = _help(
+        "Stop after this many evaluations without improvement of --metric_for_best_model.", default=None
+    )
+    report_to: str = _help(
+        "Experiment trackers through Accelerate, comma-separated: tensorboard (offline), wandb, mlflow, "
+        "comet_ml, aim, clearml, dvclive, all, or none.",
+        default="none",
+    )
     # --- checkpoints --------------------------------------------------------------------------
     checkpointing_steps: str = _help(
         "Save a resumable checkpoint every N optimizer steps, after every 'epoch', or 'no'.", default="epoch"
@@ -132,7 +148,9 @@ class TrainConfig:
         default=None,
     )
     metric_for_best_model: Literal["accuracy", "f1", "loss"] = _help(
-        "Validation metric that decides the best checkpoint (higher is better, except loss).", default="accuracy"
+        "Validation metric that picks the best checkpoint and the model kept in output_dir/best_model "
+        "(higher is better, except loss).",
+        default="accuracy",
     )
     dataloader_num_workers: int = _help("DataLoader worker processes (0 loads in the main process).", default=0)
 
@@ -143,32 +161,41 @@ class TrainConfig:
             "gradient_accumulation_steps", "logging_steps",
         )  # fmt: skip
         for name in positive_ints:
-            _check(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
+            check_value(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
         for name in ("max_train_steps", "max_train_samples", "max_eval_samples", "num_warmup_steps", "pad_to_multiple_of"):
             value = getattr(self, name)
             if value is not None:
                 minimum = 0 if name == "num_warmup_steps" else 1
-                _check(value >= minimum, name, value, f"an integer >= {minimum}")
-        _check(self.learning_rate > 0, "learning_rate", self.learning_rate, "a number > 0")
-        _check(self.num_train_epochs > 0, "num_train_epochs", self.num_train_epochs, "a number > 0")
-        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
-        _check(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "a number >= 0 (0 = no clipping)")
-        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
+                check_value(value >= minimum, name, value, f"an integer >= {minimum}")
+        check_value(self.learning_rate > 0, "learning_rate", self.learning_rate, "a number > 0")
+        check_value(self.num_train_epochs > 0, "num_train_epochs", self.num_train_epochs, "a number > 0")
+        check_value(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        check_value(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "a number >= 0 (0 = no clipping)")
+        check_value(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
         for name in ("adam_beta1", "adam_beta2"):
-            _check(0 <= getattr(self, name) < 1, name, getattr(self, name), "a number in [0, 1)")
-        _check(self.adam_epsilon > 0, "adam_epsilon", self.adam_epsilon, "a number > 0")
-        _check(self.dataloader_num_workers >= 0, "dataloader_num_workers", self.dataloader_num_workers, "an integer >= 0")
-        _check(
+            check_value(0 <= getattr(self, name) < 1, name, getattr(self, name), "a number in [0, 1)")
+        check_value(self.adam_epsilon > 0, "adam_epsilon", self.adam_epsilon, "a number > 0")
+        check_value(self.dataloader_num_workers >= 0, "dataloader_num_workers", self.dataloader_num_workers, "an integer >= 0")
+        check_value(
             self.checkpointing_steps in ("epoch", "no") or (self.checkpointing_steps.isdigit() and int(self.checkpointing_steps) > 0),
             "checkpointing_steps", self.checkpointing_steps, "a number of steps >= 1, 'epoch' or 'no'",
         )  # fmt: skip
         if self.save_total_limit is not None:
-            _check(self.save_total_limit >= 1, "save_total_limit", self.save_total_limit, "an integer >= 1")
+            check_value(self.save_total_limit >= 1, "save_total_limit", self.save_total_limit, "an integer >= 1")
+        if self.early_stopping_patience is not None:
+            check_value(self.early_stopping_patience >= 1, "early_stopping_patience", self.early_stopping_patience, "an integer >= 1")
+        unknown = set(self.trackers) - set(TRACKERS)
+        check_value(not unknown, "report_to", self.report_to, f"a comma-separated list of {', '.join(TRACKERS)}, all or none")
         files = [f for f in ("train_file", "validation_file", "test_file") if getattr(self, f)]
         if self.data_dir and files:
             raise UserError(f"--data_dir and --{files[0]} both name training data; pass one source, not both")
         if files and not (self.train_file and self.validation_file):
             raise UserError("--train_file and --validation_file must be given together")
+
+    @property
+    def trackers(self) -> list[str]:
+        names = [n.strip() for n in self.report_to.split(",") if n.strip()]
+        return list(TRACKERS) if names == ["all"] else [n for n in names if n != "none"]
 
     @property
     def data_source(self) -> str:
@@ -189,7 +216,7 @@ class TrainConfig:
         return path
 
 
-def _check(ok: bool, name: str, value, expected: str) -> None:
+def check_value(ok: bool, name: str, value, expected: str) -> None:
     if not ok:
         raise UserError(f"--{name} {value!r} is invalid: expected {expected}")
 
@@ -205,33 +232,34 @@ def _check_types(config: TrainConfig) -> None:
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
         if typing.get_origin(hint) is Literal:
             choices = typing.get_args(hint)
-            _check(value in choices, f.name, value, f"one of {', '.join(choices)}")
+            check_value(value in choices, f.name, value, f"one of {', '.join(choices)}")
         elif hint is bool:
-            _check(isinstance(value, bool), f.name, value, "true or false")
+            check_value(isinstance(value, bool), f.name, value, "true or false")
         elif hint is float:
-            _check(isinstance(value, (int, float)) and not isinstance(value, bool), f.name, value, "a number")
+            check_value(isinstance(value, (int, float)) and not isinstance(value, bool), f.name, value, "a number")
         elif hint is int:
-            _check(isinstance(value, int) and not isinstance(value, bool), f.name, value, "an integer")
+            check_value(isinstance(value, int) and not isinstance(value, bool), f.name, value, "an integer")
         elif hint is str:
-            _check(isinstance(value, str), f.name, value, "a string")
+            check_value(isinstance(value, str), f.name, value, "a string")
 
 
-def build_parser(prog: str = "train-mrpc"):
+def build_parser(prog: str = "train-mrpc", extra_types: tuple = ()):
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(
-        TrainConfig,
+        [TrainConfig, *extra_types],
         prog=prog,
         allow_abbrev=False,  # a typo like --learning_rat must fail, not silently match --learning_rate
         description="Fine-tune a BERT-style model on GLUE MRPC. Every flag can also be set in a YAML or "
         "JSON file given with --config; flags on the command line win over the file. "
-        "`train-mrpc prefetch [flags]` caches the model, tokenizer and data of a run for offline nodes.",
+        "Subcommands: `train-mrpc prefetch [flags]` caches the model, tokenizer and data of a run for offline "
+        "nodes; `train-mrpc reproduce [flags] [--num_seeds N]` runs the recipe over N seeds and writes a report.",
     )
     parser.add_argument("--config", default=None, help="YAML or JSON file of the flags below (keys = flag names).")
     return parser
 
 
-def load_config_file(path: str) -> dict:
+def load_config_file(path: str, types: tuple = (TrainConfig,)) -> dict:
     """Read a YAML/JSON config file into a dict, with errors that name the file."""
     file = Path(path)
     if not file.is_file():
@@ -252,23 +280,27 @@ def load_config_file(path: str) -> dict:
         values = {}
     if not isinstance(values, dict):
         raise UserError(f"config file {path} must hold a mapping of flag names to values, got {type(values).__name__}")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = {f.name for t in types for f in dataclasses.fields(t)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(f"config file {path}: unknown key(s) {', '.join(unknown)}; run train-mrpc --help for the valid names")
     return values
 
 
-def parse_config(argv: list[str] | None = None, prog: str = "train-mrpc") -> TrainConfig:
-    """Parse flags (and an optional --config file under them) into a validated TrainConfig."""
+def parse_config(argv: list[str] | None = None, prog: str = "train-mrpc", extra_types: tuple = ()):
+    """Parse flags (and an optional --config file under them) into a validated TrainConfig.
+
+    With ``extra_types`` (a subcommand's own dataclasses), returns a tuple: TrainConfig, then one of each.
+    """
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(prog)
+    parser = build_parser(prog, extra_types)
     config_path = parser.parse_known_args(argv)[0].config
     if config_path:
         # File values become the parser's defaults, so flags on the command line override them.
-        parser.set_defaults(**load_config_file(config_path))
+        parser.set_defaults(**load_config_file(config_path, (TrainConfig, *extra_types)))
     namespace, remaining = parser.parse_known_args(argv)
     if remaining:
         parser.error(f"unrecognized arguments: {' '.join(remaining)}")
-    values = {k: v for k, v in vars(namespace).items() if k != "config"}
-    return TrainConfig(**values)
+    values = vars(namespace)
+    configs = tuple(t(**{f.name: values[f.name] for f in dataclasses.fields(t)}) for t in (TrainConfig, *extra_types))
+    return configs if extra_types else configs[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from train_mrpc.config import TrainConfig
 from train_mrpc.errors import UserError
@@ -14,6 +13,7 @@ def create_accelerator(config: TrainConfig):
     from accelerate import Accelerator, DataLoaderConfiguration
 
     check_launch_environment()
+    check_trackers(config.trackers)
     use_cpu = not torch.accelerator.is_available()
     mixed_precision, _ = resolve_precision(config.precision, cuda=torch.cuda.is_available())
     accelerator = Accelerator(
@@ -26,6 +26,7 @@ def create_accelerator(config: TrainConfig):
         # runs see the same order as an uninterrupted single-process run.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         project_dir=config.output_dir,
+        log_with=config.trackers or None,
     )
     check_launch(accelerator)
     quiet_other_processes(accelerator)
@@ -38,12 +39,11 @@ def has_fast_bf16(cuda: bool) -> bool:
     """bf16 matmuls faster than fp32: Ampere+ GPUs, or CPUs with avx512_bf16 / AMX (measured 1.7x here)."""
     import torch
 
+    from train_mrpc.environment import cpu_info
+
     if cuda:
         return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no cheap way to know, stay with fp32
-        return False
+    flags = cpu_info()["flags_of_interest"]  # empty off Linux: stay with fp32 there
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -75,6 +75,16 @@ def check_launch_environment() -> None:
 
         if importlib.util.find_spec("deepspeed") is None:
             raise UserError("the launch config asks for DeepSpeed, which is not installed: pip install deepspeed")
+
+
+def check_trackers(trackers: list[str]) -> None:
+    import importlib.util
+
+    from train_mrpc.config import TRACKERS
+
+    for name in trackers:
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise UserError(f"--report_to {name} needs the {TRACKERS[name]} package, which is not installed: pip install {TRACKERS[name]}")
 
 
 def check_launch(accelerator) -> None:

@@ -35,7 +35,7 @@ def train(config: TrainConfig) -> dict:
         save_checkpoint,
     )  # fmt: skip
     from train_mrpc.data import build_dataloaders, load_raw_splits, tokenize_dataset
-    from train_mrpc.evaluation import evaluate_model, load_metric
+    from train_mrpc.evaluation import evaluate_model, load_metric, predict_logits, score, write_predictions
     from train_mrpc.launch import create_accelerator, describe_launch, describe_speed_choices
     from train_mrpc.model import build_optimizer, load_tokenizer_and_model, save_model
     from train_mrpc.reporting import append_jsonl, print_summary, trim_jsonl, training_progress, write_json
@@ -56,9 +56,13 @@ def train(config: TrainConfig) -> dict:
     # Compiled graphs specialise on shapes: buckets of 32 tokens bound the recompiles to max_length / 32.
     pad_to = config.pad_to_multiple_of or (32 if config.torch_compile else 8 if accelerator.mixed_precision != "no" else None)
     cuda = accelerator.device.type == "cuda"
-    train_loader, eval_loader = build_dataloaders(tokenized, tokenizer, config, pad_to, accelerator.num_processes, pin_memory=cuda)
+    train_loader, eval_loader, test_loader = build_dataloaders(
+        tokenized, tokenizer, config, pad_to, accelerator.num_processes, pin_memory=cuda
+    )
     optimizer = build_optimizer(model, config, fused=cuda)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    if test_loader is not None:
+        test_loader = accelerator.prepare(test_loader)
     if config.torch_compile:
         model = torch.compile(model)
     metric = load_metric()
@@ -77,6 +81,7 @@ def train(config: TrainConfig) -> dict:
     scheduler = accelerator.prepare(scheduler)
     every = int(config.checkpointing_steps) if config.checkpointing_steps.isdigit() else None
     greater_is_better = config.metric_for_best_model != "loss"
+    accelerator.init_trackers("train_mrpc", config={k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))})
 
     # --- resume -------------------------------------------------------------------------------
     state = LoopState()
@@ -154,6 +159,7 @@ def train(config: TrainConfig) -> dict:
                               "learning_rate": scheduler.get_last_lr()[0], "samples_per_second": rate}  # fmt: skip
                     if accelerator.is_main_process:
                         append_jsonl(output_dir / "train_log.jsonl", record)
+                    accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step)
                     running_loss.zero_()
                     state.running_batches, log_start = 0, now
                     progress.update(task, loss=last_loss, samples_per_s=rate)
@@ -183,15 +189,34 @@ def train(config: TrainConfig) -> dict:
                     f"epoch {state.epoch}: eval accuracy {eval_metrics['accuracy']:.4f}, "
                     f"F1 {eval_metrics['f1']:.4f}, loss {eval_metrics['loss']:.4f}"
                 )
+            accelerator.log({f"eval/{k}": v for k, v in eval_metrics.items()}, step=state.step)
+            value = eval_metrics[config.metric_for_best_model]
+            if state.best_metric is None or (value > state.best_metric if greater_is_better else value < state.best_metric):
+                state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+                save_model(accelerator, model, tokenizer, output_dir / "best_model")
+            else:
+                state.evals_without_improvement += 1
             if config.checkpointing_steps != "no":  # after every evaluation: it carries the metric for "best"
                 checkpoint()
             state.eval_metrics = {}
+            if config.early_stopping_patience and state.evals_without_improvement >= config.early_stopping_patience:
+                accelerator.print(f"early stopping: {config.metric_for_best_model} has not improved for "
+                                  f"{state.evals_without_improvement} evaluations (best at step {state.best_step})")  # fmt: skip
+                break
     runtime = time.perf_counter() - start
     if not eval_metrics:  # resumed from the final step's checkpoint: nothing left to train
         eval_metrics = evaluate_model(model, eval_loader, accelerator, metric)
 
     # --- outputs ------------------------------------------------------------------------------
     save_model(accelerator, model, tokenizer, output_dir)
+    test_metrics = {}
+    if test_loader is not None:
+        test_logits = predict_logits(model, test_loader, accelerator)
+        labels = torch.tensor(raw["test"]["label"])
+        if accelerator.is_main_process:
+            write_predictions(output_dir, raw["test"]["idx"], test_logits)
+        if (labels >= 0).all():  # generated or user-labelled test sets; GLUE's hides its labels
+            test_metrics = {f"test_{k}": v for k, v in score(test_logits, labels, metric).items()}
     new_tokens = accelerator.reduce(tokens - tokens_before, "sum").item()
     train_time = max(runtime - eval_time, 1e-9)
     results = {
@@ -208,6 +233,9 @@ def train(config: TrainConfig) -> dict:
         "train_samples": state.samples,
         "train_samples_per_second": (state.samples - samples_before) / train_time,
         "train_tokens_per_second": new_tokens / train_time,
+        f"best_{config.metric_for_best_model}": state.best_metric,
+        "best_step": state.best_step,
+        **test_metrics,
         "resumed_from": str(resume_path) if resume_path else None,
         "launch": describe_launch(accelerator, config),
         "speed": describe_speed_choices(accelerator, config, pad_to),

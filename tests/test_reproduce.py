@@ -1,0 +1,146 @@
+"""Reproducing accuracy: multi-seed reports, test-set predictions, tracking, early stopping and best model."""
+
+import csv
+import json
+
+import pytest
+from conftest import run_cli, tiny_args
+
+from test_data import write_glue_dir
+
+
+def reproduce_args(model_dir, out, *extra):
+    return ["reproduce", *tiny_args(model_dir, out, "--max_train_samples", "128", "--max_eval_samples", "64",
+                                    "--num_seeds", "2", *extra)]  # fmt: skip
+
+
+def test_reproduce_writes_a_complete_report(tmp_path, tiny_model_dir):
+    out = tmp_path / "rep"
+    proc = run_cli(reproduce_args(tiny_model_dir, out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    assert report["seeds"] == [42, 43] and len(report["runs"]) == 2
+    for run in report["runs"]:
+        assert 0 <= run["eval_accuracy"] <= 1 and run["train_runtime"] > 0 and len(run["curve"]) == 2
+    assert set(report["summary"]) == {"eval_accuracy", "eval_f1", "eval_loss", "train_runtime"}
+    assert report["summary"]["eval_loss"]["std"] > 0  # seeds give different runs
+    assert report["runs"][0]["eval_loss"] != report["runs"][1]["eval_loss"]
+    assert {b["model"] for b in report["published_baselines"]} == {"bert-base-uncased", "bert-base-cased"}
+    assert report["environment"]["versions"]["torch"] and report["config"]["learning_rate"] == 1e-3
+    markdown = (out / "results.md").read_text()
+    assert "| **mean ± std** |" in markdown and "published figures, not run here" in markdown
+    assert "85.78" in markdown and "84.55" in markdown and "84.07" in markdown
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mean ± std" in proc.stdout
+
+    # The same seeds again: identical results. An interrupted reproduce keeps finished seeds.
+    again = tmp_path / "again"
+    proc = run_cli(reproduce_args(tiny_model_dir, again))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rerun = json.loads((again / "results.json").read_text())
+    for a, b in zip(report["runs"], rerun["runs"]):
+        assert (a["eval_accuracy"], a["eval_f1"], a["eval_loss"]) == (b["eval_accuracy"], b["eval_f1"], b["eval_loss"])
+
+
+def test_interrupted_reproduce_resumes_the_unfinished_seeds(tmp_path, tiny_model_dir):
+    out = tmp_path / "rep"
+    assert run_cli(reproduce_args(tiny_model_dir, out, "--checkpointing_steps", "4")).returncode == 0
+    first = json.loads((out / "results.json").read_text())
+    finished = (out / "seed_42" / "all_results.json").stat().st_mtime_ns
+    # As if stopped during seed 43 after its step-4 checkpoint: its later checkpoints and results are gone.
+    (out / "seed_43" / "all_results.json").unlink()
+    for path in (out / "seed_43" / "checkpoints").glob("step_*"):
+        if path.name != "step_000004":
+            import shutil
+
+            shutil.rmtree(path)
+    proc = run_cli(reproduce_args(tiny_model_dir, out, "--checkpointing_steps", "4"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "seed_42" / "all_results.json").stat().st_mtime_ns == finished  # not retrained
+    assert "resumed from" in proc.stdout and "seed_43/checkpoints/step_000004" in proc.stdout
+    second = json.loads((out / "results.json").read_text())
+    assert [r["eval_loss"] for r in second["runs"]] == [r["eval_loss"] for r in first["runs"]]
+
+
+def read_tsv(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f, delimiter="\t"))
+
+
+def test_do_predict_writes_one_glue_prediction_per_test_row(tmp_path, tiny_model_dir):
+    data = write_glue_dir(tmp_path / "glue", ["1\t1\t2\tA dog runs.\tA dog is running.", "0\t3\t4\tCats purr.\tDogs bark."] * 20)
+    test_rows = ["index\t#1 ID\t#2 ID\t#1 String\t#2 String"] + [f"{i}\t{i}\t{i}\tSentence {i}.\tOther {i}." for i in range(7, 30)]
+    (data / "test.tsv").write_text("\n".join(test_rows) + "\n")
+    out = tmp_path / "run"
+    args = [a for a in tiny_args(tiny_model_dir, out, "--max_train_steps", "2", "--do_predict", "true") if a != "synthetic"]
+    args[args.index("--dataset") : args.index("--dataset") + 1] = ["--data_dir", str(data)]
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_tsv(out / "MRPC.tsv")
+    assert rows[0] == ["index", "prediction"]
+    assert [int(r[0]) for r in rows[1:]] == list(range(7, 30))
+    assert {r[1] for r in rows[1:]} <= {"0", "1"}
+    probabilities = read_tsv(out / "test_probabilities.tsv")
+    assert probabilities[0] == ["index", "prediction", "p_not_equivalent", "p_equivalent"] and len(probabilities) == 24
+    assert all(abs(float(r[2]) + float(r[3]) - 1) < 1e-5 for r in probabilities[1:])
+    assert "test_accuracy" not in json.loads((out / "all_results.json").read_text())  # GLUE test has no labels
+
+
+def test_labelled_test_split_is_scored(tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    proc = run_cli(tiny_args(tiny_model_dir, out, "--max_train_steps", "2", "--do_predict", "true"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["test_num_examples"] == 1725 and 0 <= results["test_accuracy"] <= 1
+    assert len(read_tsv(out / "MRPC.tsv")) == 1726
+
+
+def test_tensorboard_events_hold_the_logged_scalars(tmp_path, tiny_model_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    proc = run_cli(tiny_args(tiny_model_dir, out, "--report_to", "tensorboard"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = list(out.rglob("events.out.tfevents.*"))
+    assert events
+    accumulator = EventAccumulator(str(events[0].parent)).Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    assert {"train/loss", "train/learning_rate", "train/samples_per_second", "eval/accuracy", "eval/f1", "eval/loss"} <= tags
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [e.step for e in accumulator.Scalars("train/loss")] == [r["step"] for r in logged]
+    assert accumulator.Scalars("train/loss")[-1].value == pytest.approx(logged[-1]["loss"], rel=1e-6)
+
+
+def test_missing_tracker_package_is_named(tmp_path, tiny_model_dir):
+    import importlib.util
+
+    if importlib.util.find_spec("comet_ml") is not None:
+        pytest.skip("comet_ml is installed")
+    proc = run_cli(tiny_args(tiny_model_dir, tmp_path, "--report_to", "comet_ml"))
+    assert proc.returncode == 2
+    assert "--report_to comet_ml needs the comet_ml package, which is not installed: pip install comet_ml" in proc.stderr
+    proc = run_cli(tiny_args(tiny_model_dir, tmp_path, "--report_to", "tensorbored"))
+    assert proc.returncode == 2 and "--report_to 'tensorbored' is invalid" in proc.stderr
+
+
+def test_early_stopping_keeps_the_best_model(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    args = tiny_args(tiny_model_dir, out, "--num_train_epochs", "5", "--learning_rate", "1e-9",
+                     "--metric_for_best_model", "accuracy", "--early_stopping_patience", "2")  # fmt: skip
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    evaluations = (out / "eval_results.jsonl").read_text().splitlines()
+    assert len(evaluations) == 3 and "early stopping" in proc.stdout  # accuracy frozen: best at 1, stop at 3
+    assert results["best_step"] == json.loads(evaluations[0])["step"]
+    best = load_file(out / "best_model" / "model.safetensors")
+    final = load_file(out / "model.safetensors")
+    assert best.keys() == final.keys() and (out / "best_model" / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("flag", ["--num_seeds=0"])
+def test_bad_reproduce_flag_is_named(tmp_path, tiny_model_dir, flag):
+    proc = run_cli(reproduce_args(tiny_model_dir, tmp_path) + [flag])
+    assert proc.returncode == 2 and "--num_seeds 0 is invalid: expected an integer >= 1" in proc.stderr

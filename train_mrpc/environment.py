@@ -1,0 +1,100 @@
+"""What a result was measured on: hardware, library versions and the code's commit."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CPU_FLAGS_OF_INTEREST = (
+    "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+    "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16", "asimd", "sve", "sve2",
+)  # fmt: skip
+
+
+def cpu_info() -> dict:
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "Model name") and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = value.split()
+    except OSError:  # not Linux
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "model": model,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "flags_of_interest": [f for f in CPU_FLAGS_OF_INTEREST if f in flags],
+        "load_average_1m": load_average(),
+    }
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: above the core count, other work shared the CPU during the measurement."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def git_commit() -> dict:
+    def git(*args):
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain")
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def environment() -> dict:
+    """Everything a reader needs to compare one record with another: hardware, versions, commit."""
+    import importlib.metadata as metadata
+
+    import torch
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for package in ("transformers", "accelerate", "datasets", "tokenizers", "evaluate", "numpy", "train-mrpc"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    cuda = torch.cuda.is_available()
+    gpu = None
+    if cuda:
+        props = torch.cuda.get_device_properties(0)
+        gpu = {
+            "name": props.name,
+            "count": torch.cuda.device_count(),
+            "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        }
+    cpu = cpu_info()
+    return {
+        "device": "cuda" if cuda else "cpu",
+        "device_name": gpu["name"] if gpu else f"{cpu['model']} ({cpu['usable_cpus']} CPUs)",
+        "cpu": cpu,
+        "gpu": gpu,
+        "torch_threads": torch.get_num_threads(),
+        "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM"),
+        "platform": platform.platform(),
+        "versions": versions,
+        "git": git_commit(),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
