@@ -18,16 +18,24 @@ def stub(bin_dir: Path, name: str, body: str) -> None:
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
-def test_slurm_script_launches_every_node_with_rank_address_and_port_from_the_allocation(tmp_path):
-    bin_dir = tmp_path / "bin"
+def fake_slurm(tmp_path: Path, srun: str, job_id: str, nodes: list[str]) -> tuple[dict, Path]:
+    """Stub SLURM commands on PATH: scontrol lists the nodes and records requeues, scancel records signals."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
     bin_dir.mkdir()
-    calls = tmp_path / "calls"
-    stub(bin_dir, "scontrol", f'if [ "$1" = requeue ]; then echo "requeue $2" >> {calls}; else printf "gpu-node-07\\ngpu-node-08\\n"; fi')
+    hosts = "\\n".join(nodes)
+    stub(bin_dir, "scontrol", f'if [ "$1" = requeue ]; then echo "requeue $2" >> {calls}; else printf "{hosts}\\n"; fi')
     stub(bin_dir, "scancel", f'echo "scancel $*" >> {calls}')
-    stub(bin_dir, "srun", 'shift; for node in 0 1; do SLURM_NODEID=$node "$@"; done')  # drop --kill-on-bad-exit
+    stub(bin_dir, "srun", srun)
     stub(bin_dir, "accelerate", 'echo "accelerate $*"')
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-node-[07-08]",
-           "SLURM_JOB_ID": "123456", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "mrpc-base"}  # fmt: skip
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": f"{nodes[0]}..",
+           "SLURM_JOB_ID": job_id, "SLURM_NNODES": str(len(nodes)), "SLURM_JOB_NAME": "mrpc-base"}  # fmt: skip
+    return env, calls
+
+
+def test_slurm_script_launches_every_node_with_rank_address_and_port_from_the_allocation(tmp_path):
+    # srun runs the step once per node (dropping --kill-on-bad-exit); accelerate prints its command line.
+    env, calls = fake_slurm(tmp_path, 'shift; for node in 0 1; do SLURM_NODEID=$node "$@"; done', "123456",
+                            ["gpu-node-07", "gpu-node-08"])  # fmt: skip
     proc = subprocess.run(["bash", str(SBATCH), "--learning_rate", "3e-5"], env=env, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
@@ -45,14 +53,7 @@ def test_slurm_script_forwards_the_preemption_warning_and_requeues(tmp_path):
     import signal
     import time
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "calls"
-    stub(bin_dir, "scontrol", f'if [ "$1" = requeue ]; then echo "requeue $2" >> {calls}; else echo gpu-node-07; fi')
-    stub(bin_dir, "scancel", f'echo "scancel $*" >> {calls}')
-    stub(bin_dir, "srun", "sleep 3")  # a training step that outlives the warning
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-node-07",
-           "SLURM_JOB_ID": "42", "SLURM_NNODES": "1", "SLURM_JOB_NAME": "mrpc"}  # fmt: skip
+    env, calls = fake_slurm(tmp_path, "sleep 3", "42", ["gpu-node-07"])  # a step that outlives the warning
     proc = subprocess.Popen(["bash", str(SBATCH)], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     time.sleep(1)
     proc.send_signal(signal.SIGUSR1)

