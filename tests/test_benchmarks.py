@@ -87,6 +87,7 @@ def test_tokenization_quick(tmp_path):
             positive(method["seconds"][key], f"{name}.seconds.{key}")
         for key in ("pairs_per_s", "tokens_per_s", "throughput_ratio_to_floor", "time_ratio_to_floor"):
             positive(method[key], f"{name}.{key}")
+        assert method["guard"]["attempts"] >= 1 and "other_cpu_cores" in method["guard"], name
         # Every method does the same work: the floor's token ids, pair for pair.
         assert method["identical_ids_fraction"] == 1.0, name
     assert record["methods"]["floor"]["throughput_ratio_to_floor"] == 1.0
@@ -124,6 +125,7 @@ def test_train_step_quick(tmp_path):
                 positive(figures[figure], f"{key}.{variant}.{figure}")
             assert len(figures["warmup_seconds"]) == cell["warmup_steps"] >= 1
             assert figures["attn_implementation_used"] == cell["attn"], key
+            assert figures["guard"]["attempts"] >= 1 and "contended" in figures["guard"], key
             if cell["compile"]:
                 assert figures["compile_seconds"] >= 0 and figures["graphs_compiled_during_timing"] == 0, key
     # Padding strategies differ as they should (a property of the data, not of speed).

@@ -1,0 +1,703 @@
+"""Training-step throughput: forward + backward + AdamW step over a grid of settings, with a bare baseline.
+
+    python benchmarks/bench_train_step.py            # full grid for this device (CPU: 7-10 minutes)
+    python benchmarks/bench_train_step.py --quick    # smoke test: tiny model, every strategy, seconds
+
+The model of a cell is AutoModelForSequenceClassification.from_config(config, attn_implementation=...)
+with random weights (they time exactly like pretrained ones). Each cell runs the step exactly as the
+project's training loop does (Accelerator.prepare, accumulate, backward, clip_grad_norm_, AdamW, linear
+schedule) and, as a baseline on the same batches, a bare PyTorch loop doing the identical work without
+Accelerate. Batches hold real MRPC pair lengths (or generated ones with MRPC's distribution), padded by
+one of three strategies. See benchmarks/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402  (sets up sys.path for train_mrpc too)
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+PADDINGS = ("fixed", "dynamic", "grouped")
+ATTENTIONS = ("eager", "sdpa")
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+# bert-base-uncased's architecture, used when ../shared/models/bert-base-uncased/config.json is absent.
+BERT_BASE = {
+    "model_type": "bert", "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
+    "num_attention_heads": 12, "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512, "type_vocab_size": 2,
+    "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
+}  # fmt: skip
+# all-MiniLM-L6-v2's shape: BERT with 6 layers, 384 hidden, 12 heads, bert-base-uncased's vocabulary.
+MINILM_L6 = {**BERT_BASE, "hidden_size": 384, "num_hidden_layers": 6, "intermediate_size": 1536}
+LR_WARMUP, LR_TOTAL = 100, 1000  # a linear schedule, as the project's loop uses; only its cost matters
+
+
+# --- plan ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = common.base_parser(__doc__)
+    parser.add_argument(
+        "--model_config", nargs="+", default=None,
+        help="Model architecture(s): 'bert-base' (../shared/models/bert-base-uncased/config.json, or the same "
+        "numbers built in), 'minilm-l6' (6 layers, 384 hidden, 12 heads, 1536 intermediate, vocab 30522), "
+        "'tiny' (the project's 2-layer test model), or a folder/config.json. Default: CPU bert-base at batch 8 "
+        "and minilm-l6 at batch 32; GPU both at batch 32 and 128; --quick: tiny at batch 8.",
+    )  # fmt: skip
+    parser.add_argument("--batch_size", type=int, nargs="+", default=None,
+                        help="Per-device batch size(s); every model runs every size (default: per model, above).")
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=None,
+                        help="Precisions: fp32, bf16 (mixed, autocast), fp16 (mixed + loss scaling; CUDA only). "
+                             "Default: fp32 bf16 on CPU, all three on GPU.")  # fmt: skip
+    parser.add_argument("--padding", nargs="+", choices=PADDINGS, default=list(PADDINGS),
+                        help="Padding strategies: fixed (every batch to 128, run_glue's default), dynamic "
+                             "(random batches, each padded to its longest pair, Accelerate's example), grouped "
+                             "(the project's length-grouped batches, --group_by_length). Default: all three.")
+    parser.add_argument("--attn", nargs="+", choices=ATTENTIONS, default=list(ATTENTIONS),
+                        help="Attention implementations (default: eager sdpa).")
+    parser.add_argument(
+        "--compile", choices=("auto", "on", "off"), default="auto",
+        help="torch.compile twins of cells. auto (default): for the smallest model, its fixed-padding sdpa "
+        "cells in every precision (a CPU compile takes 20-60 s); with --quick, one cell on the 'eager' "
+        "backend (no code generation). on: every cell. off: none.",
+    )  # fmt: skip
+    parser.add_argument("--compile_backend", default=None,
+                        help="torch.compile backend (default: inductor; --quick: eager).")
+    parser.add_argument(
+        "--bare_baseline", choices=("all", "sdpa", "none"), default=None,
+        help="Which cells also run the bare PyTorch loop for Accelerate's overhead ratio: all; sdpa (cells "
+        "with sdpa attention and no compile: the overhead does not depend on the attention kernel); none. "
+        "Default: all on GPU and with --quick, sdpa on a full CPU run.",
+    )  # fmt: skip
+    parser.add_argument("--steps", type=int, default=None, help="Timed steps per run (default: CPU 5, GPU 20, --quick 3).")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="Untimed warm-up steps per run (default 2, --quick 1; +1 for compiled cells with "
+                             "varying batch shapes). The first step of a compiled cell compiles.")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice, one per core; --quick: 1, since "
+                             "a tiny model's small ops stall in OpenMP barriers when other work shares the cores).")
+    parser.add_argument("--matmul_size", type=int, default=None,
+                        help="Side of the square matmul whose speed is the MFU peak (default: CPU 2048, GPU "
+                             "8192, --quick 512).")  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def default_batch(model: str, cuda: bool, quick: bool) -> list[int]:
+    if quick:
+        return [8]
+    if cuda:
+        return [32, 128]
+    return {"bert-base": [8], "minilm-l6": [32]}.get(model, [8])
+
+
+def build_plan(args, cuda: bool) -> dict:
+    if args.quick:
+        models = args.model_config or ["tiny"]
+    else:
+        models = args.model_config or ["bert-base", "minilm-l6"]
+    precisions = args.precision or (["fp32", "bf16", "fp16"] if cuda else ["fp32", "bf16"])
+    if "fp16" in precisions and not cuda:
+        raise SystemExit("--precision fp16 needs a CUDA GPU: on CPU, Accelerate would silently run fp32")
+    runs = [(m, b) for m in models for b in (args.batch_size or default_batch(m, cuda, args.quick))]
+    return {
+        "quick": args.quick,
+        "runs": runs,
+        "precisions": precisions,
+        "paddings": args.padding,
+        "attentions": args.attn,
+        "compile": args.compile,
+        "compile_backend": args.compile_backend or ("eager" if args.quick else "inductor"),
+        "bare_baseline": args.bare_baseline or ("all" if cuda or args.quick else "sdpa"),
+        "steps": args.steps or (3 if args.quick else 20 if cuda else 5),
+        "warmup": args.warmup if args.warmup is not None else (1 if args.quick else 2),
+        "matmul_size": args.matmul_size or (512 if args.quick else 8192 if cuda else 2048),
+        "matmul_repeats": 3 if args.quick else 10,
+    }
+
+
+# --- models and FLOPs ------------------------------------------------------------------------------
+
+
+def load_model_config(name: str):
+    """(transformers config with 2 labels, description)."""
+    from transformers import AutoConfig
+
+    if name == "tiny":
+        from train_mrpc.synthetic import build_tiny_model
+
+        return copy.deepcopy(build_tiny_model(0)[1].config), "tiny: the project's 2-layer test BERT (train_mrpc.synthetic)"
+    if name == "bert-base":
+        if (common.SHARED_BERT / "config.json").is_file():
+            return AutoConfig.from_pretrained(common.SHARED_BERT, num_labels=2), f"bert-base-uncased architecture ({common.SHARED_BERT}/config.json)"
+        return AutoConfig.for_model(**BERT_BASE, num_labels=2), "bert-base-uncased architecture (built-in numbers)"
+    if name == "minilm-l6":
+        return AutoConfig.for_model(**MINILM_L6, num_labels=2), "MiniLM-L6 shape (6 layers, 384 hidden, 12 heads, 1536 FFN)"
+    path = Path(name)
+    if path.is_file():
+        import json
+
+        values = json.loads(path.read_text())
+        return AutoConfig.for_model(**{**values, "num_labels": 2}), str(path)
+    if path.is_dir():
+        return AutoConfig.from_pretrained(path, num_labels=2), str(path)
+    raise SystemExit(f"--model_config {name}: not a preset (bert-base, minilm-l6, tiny), a folder or a config.json")
+
+
+def build_model(config, attn: str, seed: int):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(config)
+    # What BERT's forward sets on its first call anyway; set up front, it spares torch.compile a recompile.
+    config.problem_type = "single_label_classification"
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(config, attn_implementation=attn)
+
+
+def count_parameters(model) -> dict:
+    """Parameters by how often their matmuls run: per token (encoder), per sequence (pooler, head), never
+    (embedding tables: a lookup, not a matmul)."""
+    import torch
+
+    embedding = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters())
+    per_sequence = sum(
+        p.numel() for name, m in model.named_modules()
+        if name.split(".")[-1] in ("pooler", "classifier") and name.count(".") <= 1 for p in m.parameters()
+    )  # fmt: skip
+    total = sum(p.numel() for p in model.parameters())
+    return {"total": total, "embedding": embedding, "per_sequence": per_sequence, "per_token": total - embedding - per_sequence}
+
+
+def training_flops(params: dict, config, lengths: list[int]) -> float:
+    """Forward + backward FLOPs of sequences of these lengths: 6 x parameters x tokens (each weight: a
+    multiply-add forward, two backward) plus attention's scores and weighted sum, 12 x layers x hidden x T^2."""
+    layers, hidden = config.num_hidden_layers, config.hidden_size
+    return sum(6 * params["per_token"] * t + 6 * params["per_sequence"] + 12 * layers * hidden * t * t for t in lengths)
+
+
+def matmul_peak(device, precision: str, size: int, repeats: int, guard: dict) -> dict:
+    """FLOP/s of a large square matmul in this precision: the denominator of MFU, measured in this run."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+
+    def measure():
+        with common.OtherCpu() as other:
+            timed = common.time_calls(lambda: torch.mm(a, b), warmup=2, repeats=repeats)[0]
+        return timed, other.cores
+
+    timed, guarded = common.run_guarded(measure, **guard)
+    stats = common.summarize(timed)
+    return {"size": size, "dtype": str(dtype), "seconds": stats, "flops_per_s": 2 * size**3 / stats["median"], "guard": guarded}
+
+
+# --- batches ---------------------------------------------------------------------------------------
+
+
+def encode_examples(tokenizer, columns: dict) -> list[dict]:
+    out = tokenizer(columns["sentence1"], columns["sentence2"], truncation=True, max_length=common.MAX_LENGTH)
+    return [
+        {"input_ids": ids, "token_type_ids": types, "label": label}
+        for ids, types, label in zip(out["input_ids"], out["token_type_ids"], columns["label"])
+    ]
+
+
+def epoch_batches(lengths: list[int], strategy: str, batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch's batches as index lists: shuffled (fixed, dynamic) or in the order of the project's
+    length-grouped sampler (grouped: random megabatches of 50 batches, each sorted by length)."""
+    if strategy == "grouped":
+        from train_mrpc.data import LengthGroupedSampler
+
+        order = list(LengthGroupedSampler(lengths, batch_size, seed=rng.randrange(2**31)))
+    else:
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [b for b in batches if len(b) == batch_size]  # drop the short last batch
+
+
+def pad_length(longest: int, strategy: str, multiple: int | None) -> int:
+    if strategy == "fixed":
+        return common.MAX_LENGTH
+    return longest if not multiple else math.ceil(longest / multiple) * multiple
+
+
+def select_batches(examples, config, strategy: str, batch_size: int, multiple, warmup: int, steps: int, seed: int):
+    """Warm-up and timed batches as tensors plus their real lengths.
+
+    The timed batches are a stratified sample of one epoch: the batches at evenly spaced quantiles of padded
+    length, in shuffled order, so a few steps see the epoch's mix of short and long batches. Warm-up
+    batches are random others. Token ids above the model's vocabulary wrap around (only shapes matter).
+    """
+    import torch
+
+    rng = random.Random(f"{seed}-{strategy}-{batch_size}")
+    lengths = [len(e["input_ids"]) for e in examples]
+    batches = epoch_batches(lengths, strategy, batch_size, rng)
+    if len(batches) < warmup + steps:
+        raise SystemExit(f"only {len(batches)} batches of {batch_size} in the data; need {warmup + steps}")
+    by_length = sorted(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
+    timed = [by_length[min(len(by_length) - 1, int((k + 0.5) * len(by_length) / steps))] for k in range(steps)]
+    rng.shuffle(timed)
+    others = [b for b in range(len(batches)) if b not in set(timed)]
+    chosen = rng.sample(others, warmup) + timed
+    out = []
+    for b in chosen:
+        rows = [examples[i] for i in batches[b]]
+        width = pad_length(max(len(r["input_ids"]) for r in rows), strategy, multiple)
+        ids = torch.zeros(batch_size, width, dtype=torch.long)
+        types = torch.zeros(batch_size, width, dtype=torch.long)
+        mask = torch.zeros(batch_size, width, dtype=torch.long)
+        for j, row in enumerate(rows):
+            n = len(row["input_ids"])
+            ids[j, :n] = torch.tensor(row["input_ids"]) % config.vocab_size
+            types[j, :n] = torch.tensor(row["token_type_ids"]).clamp(max=config.type_vocab_size - 1)
+            mask[j, :n] = 1
+        labels = torch.tensor([max(r["label"], 0) for r in rows], dtype=torch.long)
+        tensors = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": labels}
+        out.append((tensors, [len(r["input_ids"]) for r in rows], width))
+    return out[:warmup], out[warmup:]
+
+
+# --- the two ways of running a step ----------------------------------------------------------------
+
+
+def reset_accelerate() -> None:
+    """AcceleratorState is a process-wide singleton: forget it so the next cell can pick its own precision."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def make_optimizer_and_schedule(model):
+    from transformers import get_scheduler
+
+    from train_mrpc.config import TrainConfig
+    from train_mrpc.model import build_optimizer
+
+    # The project's AdamW and decay groups, fused on CPU and CUDA as its loop builds it.
+    optimizer = build_optimizer(model, TrainConfig(), fused=True)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=LR_WARMUP, num_training_steps=LR_TOTAL)
+    return optimizer, scheduler
+
+
+def accelerate_step_fn(cell: dict, config, device, seed: int):
+    """The project's loop (train_mrpc/train.py): prepare, accumulate, backward, clip, step, schedule, zero."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import TorchDynamoPlugin
+
+    reset_accelerate()
+    plugin = TorchDynamoPlugin(backend=cell["compile_backend"], dynamic=cell["padding"] != "fixed") if cell["compile"] else None
+    accelerator = Accelerator(
+        cpu=device.type == "cpu", mixed_precision=MIXED_PRECISION[cell["precision"]], dynamo_plugin=plugin
+    )
+    model = build_model(config, cell["attn"], seed)
+    optimizer, scheduler = make_optimizer_and_schedule(model)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model.train()
+    running_loss = torch.zeros((), device=device)
+
+    def step(batch):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with accelerator.accumulate(model):
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        running_loss.add_(loss.detach())  # device-side, as the project's loop
+        return loss
+
+    return step, (accelerator, model, optimizer, scheduler)
+
+
+def bare_step_fn(cell: dict, config, device, seed: int):
+    """The identical work in plain PyTorch: torch.autocast for bf16/fp16, GradScaler for fp16, no Accelerate."""
+    import torch
+
+    model = build_model(config, cell["attn"], seed).to(device)
+    optimizer, scheduler = make_optimizer_and_schedule(model)
+    if cell["compile"]:
+        model = torch.compile(model, backend=cell["compile_backend"], dynamic=cell["padding"] != "fixed")
+    model.train()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cell["precision"])
+    scaler = torch.amp.GradScaler(device.type) if cell["precision"] == "fp16" else None
+    running_loss = torch.zeros((), device=device)
+
+    def step(batch):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+            loss = model(**batch).loss
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        running_loss.add_(loss.detach())
+        return loss
+
+    return step, (model, optimizer, scheduler)
+
+
+def graphs_compiled() -> int:
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    except Exception:  # counters are internal; a missing key is not an error here
+        return 0
+
+
+def run_variant(kind: str, cell: dict, config, device, warm_batches, timed_batches, seed: int) -> dict:
+    """Build (outside the clock), warm up (reported, not counted), then time each step."""
+    import torch
+
+    common.release_memory()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    if cell["compile"]:
+        torch._dynamo.reset()
+    rss_before = common.rss_bytes()
+    with common.PeakRSS() as rss:
+        make = accelerate_step_fn if kind == "accelerate" else bare_step_fn
+        step, keep = make(cell, config, device, seed)
+        torch.manual_seed(seed + 1)  # same dropout masks in both variants
+        warm = []
+        for batch, _, _ in warm_batches:
+            common.synchronize()
+            start = time.perf_counter()
+            step(batch)
+            common.synchronize()
+            warm.append(time.perf_counter() - start)
+        graphs_before = graphs_compiled()
+        timed, loss = [], None
+        with common.OtherCpu() as other:
+            for batch, _, _ in timed_batches:
+                common.synchronize()
+                start = time.perf_counter()
+                loss = step(batch)
+                common.synchronize()
+                timed.append(time.perf_counter() - start)
+        last_loss = float(loss.detach().float().item())
+        recompiles = graphs_compiled() - graphs_before
+    if device.type == "cuda":
+        peak, memory_kind = torch.cuda.max_memory_allocated(), "cuda_max_allocated"
+    else:
+        peak, memory_kind = rss.peak, "process_rss_peak"
+    attn_used = getattr(getattr(keep[1] if kind == "accelerate" else keep[0], "config", None), "_attn_implementation", None)
+    del step, keep
+    if kind == "accelerate":
+        reset_accelerate()
+    return {
+        "timed": timed, "warm": warm, "last_loss": last_loss, "peak_memory_bytes": peak, "memory_kind": memory_kind,
+        "rss_before_bytes": rss_before, "graphs_compiled_during_timing": recompiles, "attn_implementation_used": attn_used,
+        "other_cpu_cores": other.cores,
+    }  # fmt: skip
+
+
+def variant_figures(raw: dict, cell: dict, work: dict, peak_flops: float) -> dict:
+    stats = common.summarize(raw["timed"])
+    total = sum(raw["timed"])
+    steps = len(raw["timed"])
+    figures = {
+        "step_seconds": stats,
+        "warmup_seconds": raw["warm"],
+        "samples_per_s": steps * cell["batch_size"] / total,
+        "real_tokens_per_s": work["real_tokens"] / total,
+        "padded_tokens_per_s": work["padded_tokens"] / total,
+        "achieved_flops_per_s": work["flops"] / total,
+        "mfu": work["flops"] / total / peak_flops,
+        "useful_mfu": work["useful_flops"] / total / peak_flops,
+        "peak_memory_bytes": raw["peak_memory_bytes"],
+        "memory_kind": raw["memory_kind"],
+        "rss_before_bytes": raw["rss_before_bytes"],
+        "last_loss": raw["last_loss"],
+        "attn_implementation_used": raw["attn_implementation_used"],
+    }
+    if cell["compile"]:
+        # The first warm-up step traces and compiles; a plain step's cost is taken off to leave compile time.
+        figures["compile_seconds"] = max(0.0, raw["warm"][0] - stats["median"]) if raw["warm"] else None
+        figures["graphs_compiled_during_timing"] = raw["graphs_compiled_during_timing"]
+    return figures
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def cell_key(cell: dict) -> str:
+    compiled = f"compile-{cell['compile_backend']}" if cell["compile"] else "eager-mode"
+    return f"{cell['model']}/b{cell['batch_size']}/{cell['precision']}/{cell['padding']}/{cell['attn']}/{compiled}"
+
+
+def plan_cells(plan: dict, model_sizes: dict) -> list[dict]:
+    cells = []
+    smallest = min(model_sizes, key=model_sizes.get)
+    for model, batch_size in plan["runs"]:
+        for precision in plan["precisions"]:
+            for padding in plan["paddings"]:
+                for attn in plan["attentions"]:
+                    base = {"model": model, "batch_size": batch_size, "precision": precision, "padding": padding,
+                            "attn": attn, "compile": False, "compile_backend": None}  # fmt: skip
+                    cells.append(base)
+                    if plan["compile"] == "on":
+                        twin = True
+                    elif plan["compile"] == "auto":
+                        first_precision_only = plan["quick"]  # --quick: one compiled cell
+                        twin = (model == smallest and padding == plan["paddings"][0] and attn == plan["attentions"][-1]
+                                and batch_size == min(b for m, b in plan["runs"] if m == model)
+                                and (precision == plan["precisions"][0] or not first_precision_only))  # fmt: skip
+                    else:
+                        twin = False
+                    if twin:
+                        cells.append({**base, "compile": True, "compile_backend": plan["compile_backend"]})
+    for cell in cells:
+        bare = plan["bare_baseline"]
+        cell["bare_baseline"] = bare == "all" or (bare == "sdpa" and cell["attn"] == "sdpa" and not cell["compile"])
+        cell["key"] = cell_key(cell)
+    return cells
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    # A fresh inductor cache per run: compile times are what a first run pays, not a previous run's cache hit.
+    inductor_cache = tempfile.TemporaryDirectory(prefix="bench-inductor-")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", inductor_cache.name)
+    import torch
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    plan = build_plan(args, cuda)
+    guard = common.guard_settings(args)
+    env = common.environment()
+    started = time.perf_counter()
+
+    # --- inputs (outside every clock) ---------------------------------------------------------------
+    splits, source = common.load_pairs(args.data_dir, args.seed)
+    tokenizer, _, tokenizer_name = common.load_tokenizer(args.tokenizer)
+    examples = encode_examples(tokenizer, splits["train"])
+    lengths = sorted(len(e["input_ids"]) for e in examples)
+    configs, model_info = {}, {}
+    for model, _ in plan["runs"]:
+        if model not in configs:
+            config, description = load_model_config(model)
+            configs[model] = config
+            params = count_parameters(build_model(config, "sdpa", args.seed))
+            model_info[model] = {
+                "description": description, "parameters": params,
+                "layers": config.num_hidden_layers, "hidden": config.hidden_size,
+                "heads": config.num_attention_heads, "intermediate": config.intermediate_size,
+                "vocab": config.vocab_size,
+            }  # fmt: skip
+    cells = plan_cells(plan, {m: info["parameters"]["total"] for m, info in model_info.items()})
+    peaks = {p: matmul_peak(device, p, plan["matmul_size"], plan["matmul_repeats"], guard) for p in plan["precisions"]}
+
+    # --- the grid ---------------------------------------------------------------------------------------
+    batch_cache = {}
+    for number, cell in enumerate(cells, start=1):
+        config = configs[cell["model"]]
+        # As the project's loop: lengths a multiple of 32 under compile, of 8 under mixed precision.
+        multiple = 32 if cell["compile"] else 8 if cell["precision"] != "fp32" else None
+        # Compiled cells with varying batch shapes: one more warm-up step (a second shape can recompile).
+        warmup = plan["warmup"] + (1 if cell["compile"] and cell["padding"] != "fixed" else 0)
+        key = (cell["model"], cell["batch_size"], cell["padding"], multiple, warmup)
+        if key not in batch_cache:
+            batch_cache[key] = select_batches(examples, config, cell["padding"], cell["batch_size"], multiple,
+                                              warmup, plan["steps"], args.seed)  # fmt: skip
+        warm_batches, timed_batches = batch_cache[key]
+        params = model_info[cell["model"]]["parameters"]
+        real = [t for _, lens, _ in timed_batches for t in lens]
+        padded = [width for _, lens, width in timed_batches for _ in lens]
+        work = {
+            "real_tokens": sum(real),
+            "padded_tokens": sum(padded),
+            "flops": training_flops(params, config, padded),
+            "useful_flops": training_flops(params, config, real),
+        }
+        steps = len(timed_batches)
+        cell.update({
+            "padding_fraction": 1 - work["real_tokens"] / work["padded_tokens"],
+            "mean_padded_length": work["padded_tokens"] / (steps * cell["batch_size"]),
+            "mean_real_length": work["real_tokens"] / (steps * cell["batch_size"]),
+            "flops_per_step": work["flops"] / steps,
+            "useful_flops_per_step": work["useful_flops"] / steps,
+            "warmup_steps": len(warm_batches),
+            "timed_steps": steps,
+        })  # fmt: skip
+        cell["load_average_1m_at_start"] = common.load_average()  # other work on the machine skews a cell
+        print(f"[{number}/{len(cells)}] {cell['key']}", file=sys.stderr, flush=True)
+        peak = peaks[cell["precision"]]["flops_per_s"]
+        for kind in ("accelerate", "bare") if cell["bare_baseline"] else ("accelerate",):
+
+            def measure(kind=kind, cell=cell, config=config, warm_batches=warm_batches, timed_batches=timed_batches):
+                raw = run_variant(kind, cell, config, device, warm_batches, timed_batches, args.seed)
+                return raw, raw["other_cpu_cores"]
+
+            raw, guarded = common.run_guarded(measure, **guard)
+            cell[kind] = {**variant_figures(raw, cell, work, peak), "guard": guarded}
+        if cell["bare_baseline"]:
+            cell["accelerate_overhead_ratio"] = cell["accelerate"]["step_seconds"]["median"] / cell["bare"]["step_seconds"]["median"]
+            cell["last_loss_abs_diff"] = abs(cell["accelerate"]["last_loss"] - cell["bare"]["last_loss"])
+        else:
+            cell["bare"], cell["accelerate_overhead_ratio"], cell["last_loss_abs_diff"] = None, None, None
+    common.release_memory()
+
+    ratios = [c["accelerate_overhead_ratio"] for c in cells if c["accelerate_overhead_ratio"] is not None]
+    record = {
+        "benchmark": "train_step",
+        "quick": args.quick,
+        "environment": env,
+        "settings": {
+            **{k: v for k, v in plan.items() if k != "runs"},
+            "runs": [{"model": m, "batch_size": b} for m, b in plan["runs"]],
+            "guard": guard,
+            "data_source": source,
+            "tokenizer": tokenizer_name,
+            "train_pairs": len(examples),
+            "max_length": common.MAX_LENGTH,
+            "optimizer": "fused torch.optim.AdamW via train_mrpc.model.build_optimizer (lr 2e-5, decay 0.01), "
+                         "clip_grad_norm_ 1.0, linear schedule",
+            "grouped_batches": "train_mrpc.data.LengthGroupedSampler",
+            "pad_to_multiple_of": "32 under compile, 8 under bf16/fp16, else none (as train_mrpc/train.py)",
+            "timing": "per-step wall time with device synchronisation; warm-up steps reported, not counted",
+            "flops": "6 x (per-token parameters x tokens + per-sequence parameters x sequences) + 12 x layers "
+                     "x hidden x length^2 per sequence; embedding lookups not counted",
+        },  # fmt: skip
+        "pair_lengths": {
+            "mean": sum(lengths) / len(lengths), "median": common.percentile(lengths, 50),
+            "p95": common.percentile(lengths, 95), "max": lengths[-1],
+        },  # fmt: skip
+        "models": model_info,
+        "matmul_peak": peaks,
+        "cells": cells,
+        "summary": {
+            "cells": len(cells),
+            "contended_runs": [f"{c['key']}:{kind}" for c in cells for kind in ("accelerate", "bare")
+                               if c.get(kind) and c[kind]["guard"]["contended"]],  # fmt: skip
+            "accelerate_overhead_ratio_median": sorted(ratios)[len(ratios) // 2] if ratios else None,
+            "accelerate_overhead_ratio_min": min(ratios) if ratios else None,
+            "accelerate_overhead_ratio_max": max(ratios) if ratios else None,
+        },
+        "environment_end": {"load_average_1m": common.load_average()},
+        "wall_seconds": time.perf_counter() - started,
+    }
+    inductor_cache.cleanup()
+    write_outputs(args, record)
+    return record
+
+
+# --- output ----------------------------------------------------------------------------------------
+
+PRECISION_COLORS = {"fp32": "#4c72b0", "bf16": "#dd8452", "fp16": "#55a868"}
+
+
+def cell_label(cell: dict, with_model: bool = False) -> str:
+    parts = [cell["precision"], cell["padding"], cell["attn"]] + (["compiled"] if cell["compile"] else [])
+    return (f"{cell['model']} b{cell['batch_size']} " if with_model else "") + " · ".join(parts)
+
+
+def contended(cell: dict) -> bool:
+    """Whether other processes used the CPU during a run of this cell despite the guard's retries."""
+    return any(cell.get(k) and cell[k]["guard"]["contended"] for k in ("accelerate", "bare"))
+
+
+def human_count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def write_outputs(args, record: dict) -> None:
+    env, cells = record["environment"], record["cells"]
+    gib = 2**30
+    rows = []
+    for c in cells:
+        a = c["accelerate"]
+        s = a["step_seconds"]
+        rows.append([
+            f"{c['model']} b{c['batch_size']}", c["precision"], c["padding"], c["attn"],
+            "yes" if c["compile"] else "", f"{s['median']:.3f} ({s['min']:.3f}–{s['max']:.3f})",
+            f"{a['samples_per_s']:,.1f}", f"{a['real_tokens_per_s']:,.0f}", f"{100 * c['padding_fraction']:.0f}%",
+            f"{a['peak_memory_bytes'] / gib:.2f}", f"{a['achieved_flops_per_s'] / 1e9:,.1f}",
+            f"{100 * a['mfu']:.1f} ({100 * a['useful_mfu']:.1f})",
+            f"{c['accelerate_overhead_ratio']:.3f}" if c["accelerate_overhead_ratio"] is not None else "–",
+            f"{a['compile_seconds']:.1f}" if c["compile"] else "",
+            "yes" if contended(c) else "",
+        ])  # fmt: skip
+    peaks = ", ".join(f"{p} {v['flops_per_s'] / 1e9:,.0f} GFLOP/s" for p, v in record["matmul_peak"].items())
+    memory = "CUDA max allocated" if env["device"] == "cuda" else "process RSS peak"
+    common.print_table(
+        f"Training step (forward + backward + AdamW) on {env['device_name']}: Accelerate, as the project's loop",
+        [("model", "left"), ("prec", "left"), ("padding", "left"), ("attn", "left"), ("compile", "left"),
+         ("step s median (min–max)", "right"), ("samples/s", "right"), ("real tok/s", "right"), ("pad", "right"),
+         (f"peak GiB ({memory})", "right"), ("GFLOP/s", "right"), ("MFU % (useful)", "right"),
+         ("Accelerate / bare", "right"), ("compile s", "right"), ("contended", "left")],
+        rows,
+        caption=f"matmul peak ({record['matmul_peak'][next(iter(record['matmul_peak']))]['size']}²): {peaks}; "
+        f"{record['settings']['steps']} timed steps after {record['settings']['warmup']} warm-up; "
+        f"{common.short_env(env)}",
+    )  # fmt: skip
+
+    panels = []
+    for model, batch_size in [(r["model"], r["batch_size"]) for r in record["settings"]["runs"]]:
+        group = [c for c in cells if c["model"] == model and c["batch_size"] == batch_size]
+        params = record["models"][model]["parameters"]["total"]
+        panels.append({
+            "title": f"{model} ({human_count(params)} parameters), batch {batch_size}"
+                     + (" — quick: not a speed claim" if record["quick"] else ""),
+            "labels": [cell_label(c) for c in group],
+            "values": [c["accelerate"]["samples_per_s"] for c in group],
+            "markers": [c["bare"]["samples_per_s"] if c["bare"] else None for c in group],
+            "colors": [PRECISION_COLORS[c["precision"]] for c in group],
+            "texts": [f"{c['accelerate']['samples_per_s']:,.1f}/s · MFU {100 * c['accelerate']['mfu']:.0f}% "
+                      f"· pad {100 * c['padding_fraction']:.0f}%" + (" · CONTENDED" if contended(c) else "")
+                      for c in group],
+            "xlabel": "samples/s through Accelerate (bar); bare PyTorch loop on the same batches (black tick)",
+            "legend": [(p, PRECISION_COLORS[p]) for p in record["settings"]["precisions"]],
+        })  # fmt: skip
+    plot = common.barh_panels(
+        args.out / "train_step.png", panels, title="Training-step throughput per cell (higher is better)",
+        footnote=common.short_env(env),
+    )
+    record["plots"] = [plot.name]
+    path = common.write_json(args.out / "train_step.json", record)
+    best = max(cells, key=lambda c: c["accelerate"]["samples_per_s"])
+    common.print_summary_line({
+        "benchmark": "train_step", "quick": record["quick"], "json": common.display_path(path),
+        "plots": [common.display_path(plot)], "device": env["device_name"], "cells": len(cells),
+        "best_cell": best["key"], "best_samples_per_s": round(best["accelerate"]["samples_per_s"], 3),
+        "accelerate_overhead_ratio_median": (round(record["summary"]["accelerate_overhead_ratio_median"], 4)
+                                             if record["summary"]["accelerate_overhead_ratio_median"] else None),
+        "wall_seconds": round(record["wall_seconds"], 2),
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
