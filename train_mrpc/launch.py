@@ -41,8 +41,8 @@ def has_fast_bf16(cuda: bool) -> bool:
 
     from train_mrpc.environment import cpu_info
 
-    if cuda:
-        return torch.cuda.is_bf16_supported()
+    if cuda:  # emulated bf16 (pre-Ampere GPUs) is slower than fp32, so it does not count
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     flags = cpu_info()["flags_of_interest"]  # empty off Linux: stay with fp32 there
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
