@@ -47,6 +47,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3, help="Runs per variant (seeds 42, 43, ...).")
     parser.add_argument("--learning_rate", type=float, default=1e-4, help="Same for both variants (MiniLM's).")
     parser.add_argument("--num_train_epochs", type=float, default=3.0)
+    parser.add_argument("--previous", type=Path, default=None,
+                        help="An earlier end_to_end.json: keep its runs except those named by --rerun (same flags; "
+                        "e.g. after a change that only the defaults see, or to replace a run disturbed by other work).")  # fmt: skip
+    parser.add_argument("--rerun", default="", help="With --previous: comma-separated variant:seed runs to measure again.")
     return parser.parse_args()
 
 
@@ -139,12 +143,18 @@ def main() -> None:
     common = ["--model_name_or_path", model_path(args), *flags, "--learning_rate", str(args.learning_rate),
               "--num_train_epochs", str(epochs), "--logging_steps", "50"]  # fmt: skip
     seeds = [42 + i for i in range(1 if args.quick else args.seeds)]
+    previous = {}
+    if args.previous:
+        previous = {(r["variant"], r["seed"]): r for r in json.loads(args.previous.read_text())["runs"]}
+    rerun = {tuple(item.split(":")) for item in args.rerun.split(",") if item}
     runs = []
     for seed in seeds:
         for variant in VARIANTS:
-            runs.append(run_once(variant, seed, common, args.out))
+            kept = previous.get((variant, seed)) if (variant, str(seed)) not in rerun else None
+            runs.append({**kept, "kept_from": str(args.previous)} if kept else run_once(variant, seed, common, args.out))
             r = runs[-1]
-            print(f"{variant:>9} seed {seed}: {r['wall_s']:.1f} s wall, accuracy {r['eval_accuracy']:.4f}", flush=True)
+            print(f"{variant:>9} seed {seed}: {r['wall_s']:.1f} s wall, accuracy {r['eval_accuracy']:.4f}"
+                  f"{' (kept from --previous)' if kept else ''}", flush=True)  # fmt: skip
     record = {
         "benchmark": "end_to_end",
         "quick": args.quick,

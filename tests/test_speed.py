@@ -70,7 +70,7 @@ def test_run_reports_its_speed_choices(tmp_path, tiny_model_dir):
     speed = json.loads((out / "all_results.json").read_text())["speed"]
     assert speed["batching"] == "length-grouped" and speed["torch_compile"] is False
     assert speed["precision_reason"].startswith("auto")
-    assert (speed["precision"] == "bf16") == (speed["pad_to_multiple_of"] == 8)
+    assert speed["pad_to_multiple_of"] is None  # multiples of 8 only for GPU tensor cores
     assert "speed choices" in proc.stdout and "length-grouped batches" in proc.stdout
 
     out = tmp_path / "reference"

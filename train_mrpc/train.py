@@ -54,8 +54,9 @@ def train(config: TrainConfig) -> dict:
         tokenizer, model = load_tokenizer_and_model(config)
         tokenized = tokenize_dataset(raw, tokenizer, config.max_length)
     # Compiled graphs specialise on shapes: buckets of 32 tokens bound the recompiles to max_length / 32.
-    pad_to = config.pad_to_multiple_of or (32 if config.torch_compile else 8 if accelerator.mixed_precision != "no" else None)
+    # Multiples of 8 feed GPU tensor cores; on a CPU they are only extra tokens (8-9 % slower, measured here).
     cuda = accelerator.device.type == "cuda"
+    pad_to = config.pad_to_multiple_of or (32 if config.torch_compile else 8 if cuda and accelerator.mixed_precision != "no" else None)
     train_loader, eval_loader, test_loader = build_dataloaders(
         tokenized, tokenizer, config, pad_to, accelerator.num_processes, pin_memory=cuda
     )
