@@ -246,5 +246,8 @@ def train(config: TrainConfig) -> dict:
     if accelerator.is_main_process:
         write_json(output_dir / "all_results.json", results)
         print_summary(results, progress.console)
+    # end_training destroys the process group: a rank doing so while another still writes its results
+    # can abort at exit ("terminate called without an active exception"), so all finish together.
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return results
