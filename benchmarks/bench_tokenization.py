@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
     import tokenizers
     from datasets import DatasetDict
 
-    from train_mrpc.data import _to_dataset, tokenize_dataset, tokenize_pairs
+    from train_mrpc.data import to_dataset, tokenize_dataset, tokenize_pairs
 
     datasets.disable_progress_bars()
     datasets.utils.logging.set_verbosity_error()
@@ -95,8 +95,8 @@ def main(argv=None) -> dict:
     floor_tokenizer = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     floor_tokenizer.no_padding()
     floor_tokenizer.enable_truncation(max_length=common.MAX_LENGTH)
-    raw = DatasetDict({split: _to_dataset(columns) for split, columns in splits.items()})
-    flat = _to_dataset({k: [v for c in splits.values() for v in c[k]] for k in ("sentence1", "sentence2", "label", "idx")})
+    raw = DatasetDict({split: to_dataset(columns) for split, columns in splits.items()})
+    flat = to_dataset({k: [v for c in splits.values() for v in c[k]] for k in ("sentence1", "sentence2", "label", "idx")})
     max_length = common.MAX_LENGTH
     call_kwargs = {"truncation": True, "max_length": max_length}
     workdir = tempfile.TemporaryDirectory(prefix="bench-tokenization-")

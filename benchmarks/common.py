@@ -288,7 +288,7 @@ def guard_settings(args) -> dict:
 # One record of hardware, versions and commit for every result the project writes (train_mrpc/environment.py):
 # device name, CPU model and SIMD flags, GPU model/capability/memory/CUDA/cuDNN/TF32, torch threads,
 # library versions, git commit and dirty flag, command line, start time, load average.
-from train_mrpc.environment import environment, load_average  # noqa: E402
+from train_mrpc.environment import environment, load_average  # noqa: E402, F401  (re-exported: common.environment)
 
 
 # --- output ----------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import stat
 import subprocess
 from pathlib import Path
 
-import pytest
 from conftest import ROOT, run_cli, tiny_args
 
 SBATCH = ROOT / "examples" / "slurm" / "train_mrpc.sbatch"

@@ -1,7 +1,6 @@
 """Training end to end: the loss falls, outputs reload, the CLI works through accelerate launch, errors are clear."""
 
 import json
-import os
 import time
 
 import pytest

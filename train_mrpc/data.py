@@ -186,7 +186,7 @@ def normalise(columns: Columns, locations: list[str], path: Path, names: dict[st
     return out
 
 
-def _to_dataset(columns: Columns):
+def to_dataset(columns: Columns):
     from datasets import ClassLabel, Dataset, Features, Value
 
     features = Features(
@@ -251,13 +251,13 @@ def load_raw_splits(config: TrainConfig):
     from datasets import DatasetDict
 
     if config.data_dir:
-        raw = DatasetDict({split: _to_dataset(cols) for split, cols in read_glue_dir(config.data_dir).items()})
+        raw = DatasetDict({split: to_dataset(cols) for split, cols in read_glue_dir(config.data_dir).items()})
     elif config.train_file:
-        raw = DatasetDict({split: _to_dataset(cols) for split, cols in read_files(config).items()})
+        raw = DatasetDict({split: to_dataset(cols) for split, cols in read_files(config).items()})
     elif config.dataset == SYNTHETIC:
         from train_mrpc.synthetic import SPLIT_SIZES, generate_pairs
 
-        raw = DatasetDict({s: _to_dataset(generate_pairs(s, config.synthetic_seed)) for s in SPLIT_SIZES})
+        raw = DatasetDict({s: to_dataset(generate_pairs(s, config.synthetic_seed)) for s in SPLIT_SIZES})
     else:
         raw = load_hub_dataset(config)
     for split, limit in (("train", config.max_train_samples), ("validation", config.max_eval_samples)):

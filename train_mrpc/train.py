@@ -119,6 +119,7 @@ def train(config: TrainConfig) -> dict:
     eval_time, eval_metrics = 0.0, dict(state.eval_metrics)
     last_loss = float("nan")
     start = log_start = time.perf_counter()
+    logged_samples = state.samples  # samples/s at a logging step counts what was trained since the last one
     progress = training_progress(accelerator.is_main_process)
     with progress, PreemptionHandler() as preemption:
         task = progress.add_task("train", total=max_steps, completed=state.step, epoch=state.epoch + 1,
@@ -156,14 +157,14 @@ def train(config: TrainConfig) -> dict:
                     if not math.isfinite(last_loss):
                         raise diverged(last_loss)
                     now = time.perf_counter()
-                    rate = state.running_batches * len(batch["labels"]) * accelerator.num_processes / (now - log_start)
+                    rate = (state.samples - logged_samples) / (now - log_start)
                     record = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4), "loss": last_loss,
                               "learning_rate": scheduler.get_last_lr()[0], "samples_per_second": rate}  # fmt: skip
                     if accelerator.is_main_process:
                         append_jsonl(output_dir / "train_log.jsonl", record)
                     accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step)
                     running_loss.zero_()
-                    state.running_batches, log_start = 0, now
+                    state.running_batches, log_start, logged_samples = 0, now, state.samples
                     progress.update(task, loss=last_loss, samples_per_s=rate)
                 elif accelerator.num_processes > 1:
                     stop = False  # processes agree on a stop only at logging steps, where they synchronise anyway
