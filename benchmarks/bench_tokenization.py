@@ -1,4 +1,4 @@
-"""Tokenization throughput of MRPC sentence pairs: seven ways, each as a ratio to the Rust library's floor.
+"""Tokenization throughput of MRPC sentence pairs: nine ways, each as a ratio to the Rust library's floor.
 
     python benchmarks/bench_tokenization.py            # full run (real MRPC when ../shared has it)
     python benchmarks/bench_tokenization.py --quick    # smoke test, a few seconds
@@ -19,13 +19,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets up sys.path for train_mrpc too)
 
 FLOOR = "floor"
+FAST_FLOOR = "floor_no_offsets"
 METHODS = {  # name -> what it measures (kept in the JSON next to the figures)
     FLOOR: "tokenizers.Tokenizer.encode_batch on the raw pairs (Rust, parallel; Encoding objects, no Python lists)",
-    "project_cold": "train_mrpc.data.tokenize_dataset, empty cache: datasets.map(batched) + Arrow file written",
+    FAST_FLOOR: "tokenizers.Tokenizer.encode_batch_fast: the same without character offsets (what the project calls)",
+    "project_cold": "train_mrpc.data.tokenize_dataset, empty cache: datasets.map(batched) + Arrow files written",
     "project_warm": "train_mrpc.data.tokenize_dataset again, cache hit: content fingerprint + Arrow file loaded",
     "course_padding_true": "one tokenizer call over whole columns, padding=True (the Hugging Face course)",
     "per_pair_call": "one tokenizer call per pair, in a Python loop",
     "legacy_python": "BertTokenizerLegacy (pure-Python WordPiece), one call over whole columns",
+    "transformers_in_map": "datasets.map over a tokenizer(a, b, truncation=True) call, in memory, types inferred",
     "datasets_map_1proc": "datasets.map(tokenize_pairs, batched=True, num_proc=1), in memory",
     "datasets_map_2proc": "datasets.map(tokenize_pairs, batched=True, num_proc=2), in memory",
 }
@@ -44,7 +47,7 @@ def ids_of(encodings) -> list[list[int]]:
     return [list(e) for e in encodings]
 
 
-def warm_breakdown(raw, tokenizer, warmup: int, repeats: int, warm_median: float) -> dict | None:
+def warm_breakdown(raw, tokenizer, max_length: int, warmup: int, repeats: int, warm_median: float) -> dict | None:
     """Where a cache hit's time goes: the project's two content fingerprints, and the rest (datasets' own
     hashing of the map call, opening the Arrow files). None if those private helpers are gone."""
     from train_mrpc import data
@@ -52,7 +55,8 @@ def warm_breakdown(raw, tokenizer, warmup: int, repeats: int, warm_median: float
     tokenizer_fp, split_fp = getattr(data, "_tokenizer_fingerprint", None), getattr(data, "_split_fingerprint", None)
     if tokenizer_fp is None or split_fp is None:
         return None
-    tok = common.summarize(common.time_calls(lambda: tokenizer_fp(tokenizer), warmup=warmup, repeats=repeats)[0])
+    tok = common.summarize(common.time_calls(lambda: tokenizer_fp(tokenizer, max_length, True), warmup=warmup,
+                                             repeats=repeats)[0])
     content = common.summarize(common.time_calls(lambda: [split_fp(d) for d in raw.values()], warmup=warmup, repeats=repeats)[0])
     return {
         "tokenizer_fingerprint_seconds": tok["median"],
@@ -68,7 +72,12 @@ def main(argv=None) -> dict:
     import tokenizers
     from datasets import DatasetDict
 
-    from train_mrpc.data import to_dataset, tokenize_dataset, tokenize_pairs
+    from train_mrpc.data import (
+        pair_encoder,
+        to_dataset,
+        tokenize_dataset,
+        tokenize_pairs,
+    )
 
     datasets.disable_progress_bars()
     datasets.utils.logging.set_verbosity_error()
@@ -99,6 +108,7 @@ def main(argv=None) -> dict:
     flat = to_dataset({k: [v for c in splits.values() for v in c[k]] for k in ("sentence1", "sentence2", "label", "idx")})
     max_length = common.MAX_LENGTH
     call_kwargs = {"truncation": True, "max_length": max_length}
+    encoder = pair_encoder(tokenizer, max_length)
     workdir = tempfile.TemporaryDirectory(prefix="bench-tokenization-")
     cold_dirs = iter(range(10**6))
     state = {}
@@ -111,17 +121,21 @@ def main(argv=None) -> dict:
 
     runs = {
         FLOOR: (lambda: floor_tokenizer.encode_batch(pairs), None),
+        FAST_FLOOR: (lambda: floor_tokenizer.encode_batch_fast(pairs), None),
         "project_cold": (lambda: tokenize_dataset(raw, tokenizer, max_length, cache_dir=state["cache"]), fresh_cache_dir),
         "project_warm": (lambda: tokenize_dataset(raw, tokenizer, max_length, cache_dir=warm_dir), None),
         "course_padding_true": (lambda: tokenizer(first, second, padding=True, **call_kwargs), None),
         "per_pair_call": (lambda: [tokenizer(a, b, **call_kwargs) for a, b in pairs], None),
         "legacy_python": (lambda: legacy(first, second, return_token_type_ids=True, **call_kwargs), None),
+        "transformers_in_map": (lambda: flat.map(lambda b: tokenizer(b["sentence1"], b["sentence2"], **call_kwargs),
+                                                 batched=True, batch_size=1000, keep_in_memory=True,
+                                                 load_from_cache_file=False), None),
         "datasets_map_1proc": (lambda: flat.map(tokenize_pairs, batched=True, batch_size=1000, num_proc=None,
-                                                fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
-                                                keep_in_memory=True, load_from_cache_file=False), None),
+                                                fn_kwargs={"encoder": encoder}, keep_in_memory=True,
+                                                load_from_cache_file=False), None),
         "datasets_map_2proc": (lambda: flat.map(tokenize_pairs, batched=True, batch_size=1000, num_proc=2,
-                                                fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
-                                                keep_in_memory=True, load_from_cache_file=False), None),
+                                                fn_kwargs={"encoder": encoder}, keep_in_memory=True,
+                                                load_from_cache_file=False), None),
     }  # fmt: skip
 
     # How each method's output becomes a list of token-id lists, to check it against the floor's.
@@ -130,6 +144,8 @@ def main(argv=None) -> dict:
 
     extract = {
         FLOOR: lambda out: [e.ids for e in out],
+        FAST_FLOOR: lambda out: [e.ids for e in out],
+        "transformers_in_map": lambda out: out["input_ids"],
         "project_cold": lambda out: [ids for split in out.values() for ids in split["input_ids"]],
         "project_warm": lambda out: [ids for split in out.values() for ids in split["input_ids"]],
         "course_padding_true": unpadded,
@@ -173,12 +189,14 @@ def main(argv=None) -> dict:
             record["padding_fraction"] = 1 - tokens / padded
         results[name] = record
         del out
-    breakdown = warm_breakdown(raw, tokenizer, args.warmup, repeats, results["project_warm"]["seconds"]["median"])
-    floor_median = results[FLOOR]["seconds"]["median"]
+    breakdown = warm_breakdown(raw, tokenizer, max_length, args.warmup, repeats,
+                               results["project_warm"]["seconds"]["median"])
+    floor_median, fast_median = (results[name]["seconds"]["median"] for name in (FLOOR, FAST_FLOOR))
     for record in results.values():
         if "seconds" in record:
             record["throughput_ratio_to_floor"] = floor_median / record["seconds"]["median"]
             record["time_ratio_to_floor"] = record["seconds"]["median"] / floor_median
+            record["time_ratio_to_floor_no_offsets"] = record["seconds"]["median"] / fast_median
     workdir.cleanup()
 
     lengths_sorted = sorted(lengths)
@@ -218,20 +236,21 @@ def main(argv=None) -> dict:
     rows = []
     for name, r in results.items():
         if "skipped" in r:
-            rows.append([name, "skipped", "", "", "", "", r["skipped"], ""])
+            rows.append([name, "skipped", "", "", "", "", "", r["skipped"], ""])
             continue
         s = r["seconds"]
         rows.append([
             name, f"{r['pairs_per_s']:,.0f}", f"{r['tokens_per_s']:,.0f}",
             f"{s['median'] * 1e3:,.1f} ({s['min'] * 1e3:,.1f}–{s['max'] * 1e3:,.1f})",
             f"{r['throughput_ratio_to_floor']:.3f}", f"{r['time_ratio_to_floor']:.2f}x",
-            f"{r['identical_ids_fraction']:.4f}", "yes" if r["guard"]["contended"] else "",
+            f"{r['time_ratio_to_floor_no_offsets']:.2f}x", f"{r['identical_ids_fraction']:.4f}", "yes" if r["guard"]["contended"] else "",
         ])  # fmt: skip
     lens = record["lengths"]
     common.print_table(
         f"Tokenization: {n} pairs ({source}), tokenizer {tokenizer_name}",
         [("method", "left"), ("pairs/s", "right"), ("tokens/s", "right"), ("ms median (min–max)", "right"),
-         ("throughput / floor", "right"), ("time / floor", "right"), ("ids = floor", "right"), ("contended", "left")],
+         ("throughput / floor", "right"), ("time / floor", "right"), ("time / no-offsets floor", "right"),
+         ("ids = floor", "right"), ("contended", "left")],
         rows,
         caption=f"tokens per pair: mean {lens['mean']:.1f}, median {lens['median']:.0f}, p95 {lens['p95']:.0f}, "
         f"max {lens['max']}; {repeats} timed repeats after {args.warmup} warm-up"
@@ -264,6 +283,8 @@ def main(argv=None) -> dict:
         "plots": [common.display_path(plot)], "device": env["device_name"], "pairs": n,
         "floor_pairs_per_s": round(results[FLOOR]["pairs_per_s"], 1),
         "ratio_to_floor": {name: round(r["throughput_ratio_to_floor"], 4) for name, r in plotted},
+        "project_cold_time_ratio": {"floor": round(results["project_cold"]["time_ratio_to_floor"], 4),
+                                    FAST_FLOOR: round(results["project_cold"]["time_ratio_to_floor_no_offsets"], 4)},
         "project_warm_seconds": round(results["project_warm"]["seconds"]["median"], 5),
         "wall_seconds": round(record["wall_seconds"], 2),
     })  # fmt: skip

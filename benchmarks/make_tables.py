@@ -36,17 +36,19 @@ def tokenization_table(record: dict) -> str:
         f"median of {s['repeats']} repeats after {s['warmup']} warm-up. Tokens per pair: mean {lens['mean']:.1f}, "
         f"median {lens['median']:.0f}, p95 {lens['p95']:.0f}, max {lens['max']}.",
         "",
-        "| method | pairs/s | tokens/s | median ms (min–max) | throughput / floor | ids = floor | other CPU (cores) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        ("| method | pairs/s | tokens/s | median ms (min–max) | throughput / floor | time / floor "
+         "| time / no-offsets floor | ids = floor | other CPU (cores) |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in record["methods"].items():
         if "skipped" in m:
-            lines.append(f"| {name} | skipped: {m['skipped']} | | | | | |")
+            lines.append(f"| {name} | skipped: {m['skipped']} | | | | | | | |")
             continue
         t = m["seconds"]
         lines.append(
             f"| {name} | {m['pairs_per_s']:,.0f} | {m['tokens_per_s']:,.0f} | {t['median'] * 1e3:,.1f} "
             f"({t['min'] * 1e3:,.1f}–{t['max'] * 1e3:,.1f}) | {m['throughput_ratio_to_floor']:.2f} | "
+            f"{m['time_ratio_to_floor']:.2f}× | {m['time_ratio_to_floor_no_offsets']:.2f}× | "
             f"{m['identical_ids_fraction']:.4f} | {other_cores(m)} |"
         )
     b = record.get("project_warm_breakdown")

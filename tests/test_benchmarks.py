@@ -23,8 +23,8 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 TOKENIZATION_METHODS = [
-    "floor", "project_cold", "project_warm", "course_padding_true", "per_pair_call", "legacy_python",
-    "datasets_map_1proc", "datasets_map_2proc",
+    "floor", "floor_no_offsets", "project_cold", "project_warm", "course_padding_true", "per_pair_call",
+    "legacy_python", "transformers_in_map", "datasets_map_1proc", "datasets_map_2proc",
 ]  # fmt: skip
 QUICK_CELLS = [  # model/batch/precision/padding/attention/compile of the default --quick grid on CPU
     f"tiny/b8/{precision}/{padding}/{attn}/eager-mode"
@@ -85,7 +85,8 @@ def test_tokenization_quick(tmp_path):
         assert "skipped" not in method, f"{name} skipped: {method.get('skipped')}"
         for key in STEP_STATS:
             positive(method["seconds"][key], f"{name}.seconds.{key}")
-        for key in ("pairs_per_s", "tokens_per_s", "throughput_ratio_to_floor", "time_ratio_to_floor"):
+        for key in ("pairs_per_s", "tokens_per_s", "throughput_ratio_to_floor", "time_ratio_to_floor",
+                    "time_ratio_to_floor_no_offsets"):
             positive(method[key], f"{name}.{key}")
         assert method["guard"]["attempts"] >= 1 and "other_cpu_cores" in method["guard"], name
         # Every method does the same work: the floor's token ids, pair for pair.

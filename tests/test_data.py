@@ -7,7 +7,13 @@ import pytest
 from conftest import SHARED_MRPC, SHARED_TOKENIZER, requires_shared
 
 from train_mrpc.config import TrainConfig
-from train_mrpc.data import load_raw_splits, read_glue_dir, tokenize_dataset
+from train_mrpc.data import (
+    load_raw_splits,
+    pair_encoder,
+    read_glue_dir,
+    tokenize_dataset,
+    tokenize_pairs,
+)
 from train_mrpc.errors import UserError
 from train_mrpc.synthetic import SPLIT_SIZES, generate_pairs
 
@@ -33,6 +39,23 @@ def test_course_example_pair_tokenizes_like_bert_base_uncased():
     encoded = tokenizer("This is the first sentence.", "This is the second one.")
     assert encoded["input_ids"] == [101, 2023, 2003, 1996, 2034, 6251, 1012, 102, 2023, 2003, 1996, 2117, 2028, 1012, 102]
     assert encoded["token_type_ids"] == [0] * 8 + [1] * 7
+
+
+@requires_shared
+@pytest.mark.parametrize("max_length,side", [(128, "right"), (40, "right"), (40, "left")])
+def test_pair_encoder_matches_the_transformers_call_on_real_mrpc(max_length, side):
+    """The fast path (Rust batch encoder, no offsets) gives exactly what ``tokenizer(a, b, truncation=True)``
+    gives, also when pairs are truncated (max_length 40 cuts most MRPC pairs) and from the left."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(SHARED_TOKENIZER, truncation_side=side)
+    train = read_glue_dir(SHARED_MRPC)["train"]
+    batch = {"sentence1": train["sentence1"][:500], "sentence2": train["sentence2"][:500]}
+    expected = tokenizer(batch["sentence1"], batch["sentence2"], truncation=True, max_length=max_length)
+    got = tokenize_pairs(batch, pair_encoder(tokenizer, max_length))
+    assert got["input_ids"] == expected["input_ids"]
+    assert got["token_type_ids"] == expected["token_type_ids"]
+    assert (max_length < 128) == any(len(ids) == max_length for ids in got["input_ids"])
 
 
 @requires_shared
@@ -222,3 +245,24 @@ def test_tokenization_is_cached_by_content(tmp_path):
     assert set(first["train"].column_names) == {"input_ids", "token_type_ids", "labels", "idx"}  # mask made by padding
     tokenize_dataset(raw, tokenizer, max_length=32, cache_dir=tmp_path)  # another max_length: new entries
     assert len(list(tmp_path.glob("*.arrow"))) == 6
+
+
+def test_tokenization_leaves_out_token_type_ids_for_models_without_them(tmp_path):
+    """DistilBERT/RoBERTa-style tokenizers do not list token_type_ids; passing them would break the model."""
+    from train_mrpc.synthetic import build_tiny_model
+
+    tokenizer, _ = build_tiny_model()
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    raw = load_raw_splits(TrainConfig(dataset="synthetic", max_train_samples=20, max_eval_samples=10))
+    tokenized = tokenize_dataset(raw, tokenizer, max_length=64, cache_dir=tmp_path)
+    assert set(tokenized["train"].column_names) == {"input_ids", "labels", "idx"}
+    expected = tokenizer(list(raw["train"]["sentence1"]), list(raw["train"]["sentence2"]), truncation=True, max_length=64)
+    assert tokenized["train"]["input_ids"] == expected["input_ids"]
+
+
+def test_tokenizer_without_rust_backend_is_named():
+    class PythonOnlyTokenizer:
+        truncation_side = "right"
+
+    with pytest.raises(UserError, match="PythonOnlyTokenizer has no Rust `tokenizers` backend"):
+        pair_encoder(PythonOnlyTokenizer(), 128)
