@@ -4,7 +4,7 @@ import csv
 import json
 
 import pytest
-from conftest import run_cli, tiny_args
+from conftest import accelerate_launch, run_cli, tiny_args
 
 from test_data import write_glue_dir
 
@@ -40,6 +40,24 @@ def test_reproduce_writes_a_complete_report(tmp_path, tiny_model_dir):
     rerun = json.loads((again / "results.json").read_text())
     for a, b in zip(report["runs"], rerun["runs"]):
         assert (a["eval_accuracy"], a["eval_f1"], a["eval_loss"]) == (b["eval_accuracy"], b["eval_f1"], b["eval_loss"])
+
+
+def test_two_process_reproduce_equals_one_process(tmp_path, tiny_model_no_dropout):
+    """Several seeds under one 2-process launch: each seed trains on the same process group (none is torn down
+    between seeds), and the results equal a single-process reproduce with the same global batch (no dropout,
+    whose masks differ with the split into processes)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc = run_cli(reproduce_args(tiny_model_no_dropout, one, "--per_device_train_batch_size", "16"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli(reproduce_args(tiny_model_no_dropout, two, "--per_device_train_batch_size", "8"),
+                   launcher=accelerate_launch("multi_cpu.yaml"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single, double = (json.loads((out / "results.json").read_text()) for out in (one, two))
+    assert double["launch"]["num_processes"] == 2 and double["seeds"] == [42, 43]
+    for a, b in zip(single["runs"], double["runs"]):
+        assert b["eval_accuracy"] == a["eval_accuracy"]
+        assert b["eval_loss"] == pytest.approx(a["eval_loss"], rel=1e-4)
+    assert double["runs"][0]["eval_loss"] != double["runs"][1]["eval_loss"]  # two seeds really ran
 
 
 def test_interrupted_reproduce_resumes_the_unfinished_seeds(tmp_path, tiny_model_dir):

@@ -47,18 +47,33 @@ def run_prefetch(argv: list[str]) -> None:
     Console().print(table)
 
 
+def end_process_group() -> None:
+    """Once per command, after its last run: every rank arrives, then the (gloo/NCCL) group is torn down.
+
+    A rank tearing it down while another still writes its results can abort at exit ("terminate called
+    without an active exception"), hence the barrier first.
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    state.wait_for_everyone()
+    state.destroy_process_group()
+
+
 def run_reproduce(argv: list[str]) -> None:
     """train-mrpc reproduce [training flags] [--num_seeds N]: the recipe over N seeds, then a report."""
     from train_mrpc.reproduce import ReproduceConfig, reproduce
 
     config, options = parse_for_run(argv, prog="train-mrpc reproduce", extra_types=(ReproduceConfig,))
     reproduce(config, options.num_seeds)
+    end_process_group()
 
 
 def run_training(argv: list[str]) -> None:
     from train_mrpc.train import train
 
     train(parse_for_run(argv, prog="train-mrpc"))
+    end_process_group()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -247,8 +247,9 @@ def train(config: TrainConfig) -> dict:
     if accelerator.is_main_process:
         write_json(output_dir / "all_results.json", results)
         print_summary(results, progress.console)
-    # end_training destroys the process group: a rank doing so while another still writes its results
-    # can abort at exit ("terminate called without an active exception"), so all finish together.
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    accelerator.wait_for_everyone()  # every rank ends this run (and starts a next seed's) together
+    # The trackers end with the run; the process group outlives it (reproduce trains every seed on it), so
+    # this is end_training without its destroy_process_group, which the command does once at the end.
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return results
