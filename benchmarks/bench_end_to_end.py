@@ -22,14 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path[:0] = [str(BENCH_DIR), str(BENCH_DIR.parent)]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import print_summary_line, print_table, write_json  # noqa: E402
-
-from train_mrpc.environment import environment  # noqa: E402
-
-SHARED_MRPC = BENCH_DIR.parent.parent / "shared" / "data" / "mrpc"
+import common  # noqa: E402  (sets up sys.path for train_mrpc too)
+from common import BENCH_DIR, REPO_ROOT, SHARED_MRPC, print_summary_line, print_table, write_json  # noqa: E402
 VARIANTS = {
     "reference": ["--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32", "--precision", "fp32",
                   "--group_by_length", "false", "--checkpointing_steps", "no"],
@@ -73,12 +69,12 @@ def model_path(args) -> str:
     return args.model
 
 
-def run_once(variant: str, seed: int, common: list[str], out: Path) -> dict:
+def run_once(variant: str, seed: int, flags: list[str], out: Path) -> dict:
     run_dir = out / "runs" / f"{variant}-seed{seed}"
-    command = [sys.executable, "-m", "train_mrpc", *common, "--seed", str(seed), "--output_dir", str(run_dir), *VARIANTS[variant]]
+    command = [sys.executable, "-m", "train_mrpc", *flags, "--seed", str(seed), "--output_dir", str(run_dir), *VARIANTS[variant]]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=BENCH_DIR.parent)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{variant} seed {seed} failed:\n{proc.stderr[-3000:]}")
@@ -114,33 +110,23 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def plot(record: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = record["summary"]["variants"]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    names = list(summary)
-    walls = [summary[n]["wall_s"] for n in names]
-    bars = ax.barh(names, walls, color=["#999999", "#2a7ab9"])
-    for bar, name in zip(bars, names):
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
-                f"  {bar.get_width():.0f} s, acc {100 * summary[name]['eval_accuracy']:.1f}%", va="center")  # fmt: skip
-    ax.set_xlim(0, max(walls) * 1.45)
-    ax.set_xlabel("wall time of a full fine-tune, mean over seeds (s)")
-    ax.set_title(f"{record['model_label']}: defaults {record['summary']['speedup_wall']:.2f}x faster than reference")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    variants = record["summary"]["variants"]
+    common.barh_panels(path, [{
+        "title": f"{record['model_label']}: defaults {record['summary']['speedup_wall']:.2f}x faster than reference",
+        "labels": list(variants),
+        "values": [m["wall_s"] for m in variants.values()],
+        "texts": [f"{m['wall_s']:.0f} s, acc {100 * m['eval_accuracy']:.1f}%" for m in variants.values()],
+        "colors": ["#999999", "#2a7ab9"],
+        "xlabel": "wall time of a full fine-tune, mean over seeds (s)",
+    }], title="End to end: project defaults vs the reference setup", footnote=common.short_env(record["environment"]))  # fmt: skip
 
 
 def main() -> None:
     args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    flags, data_label = data_flags(args)
+    data, data_label = data_flags(args)
     epochs = 1.0 if args.quick else args.num_train_epochs
-    common = ["--model_name_or_path", model_path(args), *flags, "--learning_rate", str(args.learning_rate),
+    flags = ["--model_name_or_path", model_path(args), *data, "--learning_rate", str(args.learning_rate),
               "--num_train_epochs", str(epochs), "--logging_steps", "50"]  # fmt: skip
     seeds = [42 + i for i in range(1 if args.quick else args.seeds)]
     previous = {}
@@ -151,7 +137,7 @@ def main() -> None:
     for seed in seeds:
         for variant in VARIANTS:
             kept = previous.get((variant, seed)) if (variant, str(seed)) not in rerun else None
-            runs.append({**kept, "kept_from": str(args.previous)} if kept else run_once(variant, seed, common, args.out))
+            runs.append({**kept, "kept_from": str(args.previous)} if kept else run_once(variant, seed, flags, args.out))
             r = runs[-1]
             print(f"{variant:>9} seed {seed}: {r['wall_s']:.1f} s wall, accuracy {r['eval_accuracy']:.4f}"
                   f"{' (kept from --previous)' if kept else ''}", flush=True)  # fmt: skip
@@ -165,7 +151,7 @@ def main() -> None:
         "variants": VARIANTS,
         "runs": runs,
         "summary": summarize(runs),
-        "environment": environment(),
+        "environment": common.environment(),
     }
     write_json(args.out / "end_to_end.json", record)
     plot(record, args.out / "end_to_end.png")

@@ -64,6 +64,7 @@ def reproduce(config: TrainConfig, num_seeds: int) -> dict:
     from accelerate import PartialState
 
     from train_mrpc.environment import environment
+    from train_mrpc.reporting import write_json
 
     root = Path(config.output_dir)
     runs = [run_seed(config, config.seed + i) for i in range(num_seeds)]
@@ -80,7 +81,7 @@ def reproduce(config: TrainConfig, num_seeds: int) -> dict:
         "environment": environment(),
     }
     if PartialState().is_main_process:
-        (root / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json(root / "results.json", report)
         (root / "results.md").write_text(markdown_report(report))
         plot_report(report, root / "results.png")
         print_report(report)
