@@ -26,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (sets up sys.path for train_mrpc too)
 from common import BENCH_DIR, REPO_ROOT, SHARED_MRPC, print_summary_line, print_table, write_json  # noqa: E402
+
+from train_mrpc.schema import ALL_RESULTS  # noqa: E402
+
 VARIANTS = {
     "reference": ["--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32", "--precision", "fp32",
                   "--group_by_length", "false", "--checkpointing_steps", "no"],
@@ -78,7 +81,7 @@ def run_once(variant: str, seed: int, flags: list[str], out: Path) -> dict:
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{variant} seed {seed} failed:\n{proc.stderr[-3000:]}")
-    results = json.loads((run_dir / "all_results.json").read_text())
+    results = json.loads((run_dir / ALL_RESULTS).read_text())
     return {
         "variant": variant, "seed": seed, "wall_s": wall, "train_runtime_s": results["train_runtime"],
         "eval_runtime_s": results["eval_runtime"], "eval_accuracy": results["eval_accuracy"], "eval_f1": results["eval_f1"],

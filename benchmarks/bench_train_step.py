@@ -14,7 +14,6 @@ one of three strategies. See benchmarks/README.md for what each figure means.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import random
 import sys
@@ -208,9 +207,12 @@ def matmul_peak(device, precision: str, size: int, repeats: int, guard: dict) ->
 
 
 def encode_examples(tokenizer, columns: dict) -> list[dict]:
-    out = tokenizer(columns["sentence1"], columns["sentence2"], truncation=True, max_length=common.MAX_LENGTH)
+    """Token ids of every pair, by the project's own encoder (train_mrpc.data.tokenize_pairs)."""
+    from train_mrpc.data import pair_encoder, tokenize_pairs
+
+    out = tokenize_pairs(columns, pair_encoder(tokenizer, common.MAX_LENGTH))
     return [
-        {"input_ids": ids, "token_type_ids": types, "label": label}
+        {"input_ids": ids, "token_type_ids": types, "labels": max(label, 0)}
         for ids, types, label in zip(out["input_ids"], out["token_type_ids"], columns["label"])
     ]
 
@@ -229,21 +231,23 @@ def epoch_batches(lengths: list[int], strategy: str, batch_size: int, rng: rando
     return [b for b in batches if len(b) == batch_size]  # drop the short last batch
 
 
-def pad_length(longest: int, strategy: str, multiple: int | None) -> int:
-    if strategy == "fixed":
-        return common.MAX_LENGTH
-    return longest if not multiple else math.ceil(longest / multiple) * multiple
+def collator_for(tokenizer, strategy: str, multiple: int | None):
+    """The project's collator: each batch padded to its longest pair (up to ``multiple``), or all to 128."""
+    from transformers import DataCollatorWithPadding
+
+    if strategy == "fixed":  # run_glue's default: every batch padded to --max_seq_length
+        return DataCollatorWithPadding(tokenizer, padding="max_length", max_length=common.MAX_LENGTH)
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
 
 
-def select_batches(examples, config, strategy: str, batch_size: int, multiple, warmup: int, steps: int, seed: int):
-    """Warm-up and timed batches as tensors plus their real lengths.
+def select_batches(examples, tokenizer, config, strategy: str, batch_size: int, multiple, warmup: int, steps: int,
+                   seed: int):  # fmt: skip
+    """Warm-up and timed batches, collated as the loop collates them, plus their real lengths.
 
     The timed batches are a stratified sample of one epoch: the batches at evenly spaced quantiles of padded
     length, in shuffled order, so a few steps see the epoch's mix of short and long batches. Warm-up
     batches are random others. Token ids above the model's vocabulary wrap around (only shapes matter).
     """
-    import torch
-
     rng = random.Random(f"{seed}-{strategy}-{batch_size}")
     lengths = [len(e["input_ids"]) for e in examples]
     batches = epoch_batches(lengths, strategy, batch_size, rng)
@@ -254,21 +258,14 @@ def select_batches(examples, config, strategy: str, batch_size: int, multiple, w
     rng.shuffle(timed)
     others = [b for b in range(len(batches)) if b not in set(timed)]
     chosen = rng.sample(others, warmup) + timed
+    collate = collator_for(tokenizer, strategy, multiple)
     out = []
     for b in chosen:
         rows = [examples[i] for i in batches[b]]
-        width = pad_length(max(len(r["input_ids"]) for r in rows), strategy, multiple)
-        ids = torch.zeros(batch_size, width, dtype=torch.long)
-        types = torch.zeros(batch_size, width, dtype=torch.long)
-        mask = torch.zeros(batch_size, width, dtype=torch.long)
-        for j, row in enumerate(rows):
-            n = len(row["input_ids"])
-            ids[j, :n] = torch.tensor(row["input_ids"]) % config.vocab_size
-            types[j, :n] = torch.tensor(row["token_type_ids"]).clamp(max=config.type_vocab_size - 1)
-            mask[j, :n] = 1
-        labels = torch.tensor([max(r["label"], 0) for r in rows], dtype=torch.long)
-        tensors = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": labels}
-        out.append((tensors, [len(r["input_ids"]) for r in rows], width))
+        tensors = dict(collate(rows))
+        tensors["input_ids"] %= config.vocab_size
+        tensors["token_type_ids"].clamp_(max=config.type_vocab_size - 1)
+        out.append((tensors, [len(r["input_ids"]) for r in rows], tensors["input_ids"].shape[1]))
     return out[:warmup], out[warmup:]
 
 
@@ -283,59 +280,62 @@ def reset_accelerate() -> None:
     GradientState._reset_state()
 
 
-def make_optimizer_and_schedule(model):
-    from transformers import get_scheduler
-
+def bench_train_config():
+    """The project's defaults (AdamW lr 2e-5, decay 0.01, clipping 1.0, linear schedule), 1000 steps, 100 warm-up."""
     from train_mrpc.config import TrainConfig
-    from train_mrpc.model import build_optimizer
+    from train_mrpc.train import Schedule
 
-    # The project's AdamW and decay groups, fused on CPU and CUDA as its loop builds it.
-    optimizer = build_optimizer(model, TrainConfig(), fused=True)
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=LR_WARMUP, num_training_steps=LR_TOTAL)
-    return optimizer, scheduler
+    return TrainConfig(), Schedule(steps_per_epoch=LR_TOTAL, max_steps=LR_TOTAL, num_epochs=1, warmup_steps=LR_WARMUP)
 
 
-def accelerate_step_fn(cell: dict, config, device, seed: int):
-    """The project's loop (train_mrpc/train.py): prepare, accumulate, backward, clip, step, schedule, zero."""
-    import torch
+def accelerate_step_fn(cell: dict, model, device, train_config=None, schedule=None):
+    """The project's loop itself: its Accelerator set-up, optimizer, scheduler, compile call, training step
+    (train_mrpc.step.training_step) and loss meter, on batches moved to the device as a prepared loader does."""
     from accelerate import Accelerator
-    from accelerate.utils import TorchDynamoPlugin
 
+    from train_mrpc.meters import Meters
+    from train_mrpc.model import build_optimizer
+    from train_mrpc.step import compile_model, training_step
+    from train_mrpc.train import build_scheduler
+
+    if train_config is None:
+        train_config, schedule = bench_train_config()
     reset_accelerate()
-    plugin = TorchDynamoPlugin(backend=cell["compile_backend"], dynamic=cell["padding"] != "fixed") if cell["compile"] else None
-    accelerator = Accelerator(
-        cpu=device.type == "cpu", mixed_precision=MIXED_PRECISION[cell["precision"]], dynamo_plugin=plugin
-    )
-    model = build_model(config, cell["attn"], seed)
-    optimizer, scheduler = make_optimizer_and_schedule(model)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=MIXED_PRECISION[cell["precision"]],
+                              gradient_accumulation_steps=train_config.gradient_accumulation_steps)  # fmt: skip
+    # Fused AdamW on CPU and CUDA, as the loop builds it.
+    optimizer = build_optimizer(model, train_config, fused=device.type in ("cuda", "cpu"))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = build_scheduler(accelerator, optimizer, train_config, schedule)
+    if cell["compile"]:
+        model = compile_model(model, backend=cell["compile_backend"])
     model.train()
-    running_loss = torch.zeros((), device=device)
+    meters = Meters(device, samples=0)
 
     def step(batch):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with accelerator.accumulate(model):
-            loss = model(**batch).loss
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        running_loss.add_(loss.detach())  # device-side, as the project's loop
+        loss = training_step(accelerator, model, optimizer, scheduler, batch, train_config.max_grad_norm)
+        meters.add(loss, batch)
         return loss
 
     return step, (accelerator, model, optimizer, scheduler)
 
 
-def bare_step_fn(cell: dict, config, device, seed: int):
+def bare_step_fn(cell: dict, model, device):
     """The identical work in plain PyTorch: torch.autocast for bf16/fp16, GradScaler for fp16, no Accelerate."""
     import torch
+    from transformers import get_scheduler
 
-    model = build_model(config, cell["attn"], seed).to(device)
-    optimizer, scheduler = make_optimizer_and_schedule(model)
+    from train_mrpc.model import build_optimizer
+    from train_mrpc.step import compile_model
+
+    train_config, schedule = bench_train_config()
+    model = model.to(device)
+    optimizer = build_optimizer(model, train_config, fused=True)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=schedule.warmup_steps,
+                              num_training_steps=schedule.max_steps)  # fmt: skip
     if cell["compile"]:
-        model = torch.compile(model, backend=cell["compile_backend"], dynamic=cell["padding"] != "fixed")
+        model = compile_model(model, backend=cell["compile_backend"])
     model.train()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cell["precision"])
     scaler = torch.amp.GradScaler(device.type) if cell["precision"] == "fp16" else None
@@ -385,7 +385,7 @@ def run_variant(kind: str, cell: dict, config, device, warm_batches, timed_batch
     rss_before = common.rss_bytes()
     with common.PeakRSS() as rss:
         make = accelerate_step_fn if kind == "accelerate" else bare_step_fn
-        step, keep = make(cell, config, device, seed)
+        step, keep = make(cell, build_model(config, cell["attn"], seed), device)
         torch.manual_seed(seed + 1)  # same dropout masks in both variants
         warm = []
         for batch, _, _ in warm_batches:
@@ -490,6 +490,8 @@ def main(argv=None) -> dict:
     import torch
     import transformers
 
+    from train_mrpc.step import padding_multiple
+
     transformers.utils.logging.set_verbosity_error()
     threads = args.threads or (1 if args.quick else None)
     if threads:
@@ -525,14 +527,15 @@ def main(argv=None) -> dict:
     batch_cache = {}
     for number, cell in enumerate(cells, start=1):
         config = configs[cell["model"]]
-        # As the project's loop: lengths a multiple of 32 under compile, of 8 under mixed precision.
-        multiple = 32 if cell["compile"] else 8 if cell["precision"] != "fp32" else None
+        # The loop's own padding rule (train_mrpc.step.padding_multiple) for this device and precision.
+        multiple = padding_multiple(None, torch_compile=cell["compile"], device_type=device.type,
+                                    mixed_precision=MIXED_PRECISION[cell["precision"]])  # fmt: skip
         # Compiled cells with varying batch shapes: one more warm-up step (a second shape can recompile).
         warmup = plan["warmup"] + (1 if cell["compile"] and cell["padding"] != "fixed" else 0)
         key = (cell["model"], cell["batch_size"], cell["padding"], multiple, warmup)
         if key not in batch_cache:
-            batch_cache[key] = select_batches(examples, config, cell["padding"], cell["batch_size"], multiple,
-                                              warmup, plan["steps"], args.seed)  # fmt: skip
+            batch_cache[key] = select_batches(examples, tokenizer, config, cell["padding"], cell["batch_size"],
+                                              multiple, warmup, plan["steps"], args.seed)  # fmt: skip
         warm_batches, timed_batches = batch_cache[key]
         params = model_info[cell["model"]]["parameters"]
         real = [t for _, lens, _ in timed_batches for t in lens]
@@ -584,10 +587,13 @@ def main(argv=None) -> dict:
             "tokenizer": tokenizer_name,
             "train_pairs": len(examples),
             "max_length": common.MAX_LENGTH,
-            "optimizer": "fused torch.optim.AdamW via train_mrpc.model.build_optimizer (lr 2e-5, decay 0.01), "
-                         "clip_grad_norm_ 1.0, linear schedule",
+            "step": "train_mrpc.step.training_step under the loop's Accelerator, optimizer "
+                    "(train_mrpc.model.build_optimizer: fused AdamW, lr 2e-5, decay 0.01), scheduler "
+                    "(train_mrpc.train.build_scheduler: linear) and compile call (train_mrpc.step.compile_model)",
             "grouped_batches": "train_mrpc.data.LengthGroupedSampler",
-            "pad_to_multiple_of": "32 under compile, 8 under bf16/fp16, else none (as train_mrpc/train.py)",
+            "collator": "transformers DataCollatorWithPadding, as train_mrpc.data.build_dataloaders (fixed: max_length 128)",
+            "pad_to_multiple_of": "train_mrpc.step.padding_multiple: 32 under compile, 8 under mixed precision on "
+                                  "CUDA, else none (the loop's rule)",
             "timing": "per-step wall time with device synchronisation; warm-up steps reported, not counted",
             "flops": "6 x (per-token parameters x tokens + per-sequence parameters x sequences) + 12 x layers "
                      "x hidden x length^2 per sequence; embedding lookups not counted",

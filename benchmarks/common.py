@@ -288,6 +288,7 @@ def guard_settings(args) -> dict:
 # One record of hardware, versions and commit for every result the project writes (train_mrpc/environment.py):
 # device name, CPU model and SIMD flags, GPU model/capability/memory/CUDA/cuDNN/TF32, torch threads,
 # library versions, git commit and dirty flag, command line, start time, load average.
+from train_mrpc import reporting  # noqa: E402
 from train_mrpc.environment import environment, load_average  # noqa: E402, F401  (re-exported: common.environment)
 
 
@@ -326,10 +327,9 @@ def check_finite(record, where: str = "record") -> None:
 
 
 def write_json(path: Path, record: dict) -> Path:
+    """Benchmark figures must all be measured numbers: refuse NaN/inf, then the package's JSON writer."""
     check_finite(record)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-    return path
+    return reporting.write_json(path, record)
 
 
 def print_summary_line(summary: dict) -> None:

@@ -46,6 +46,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+GLUE_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"  # as GLUE ships it: UTF-8 with a BOM
+
+
+def write_glue_dir(path: Path, train_rows: list[str], dev_rows: list[str] | None = None) -> Path:
+    """A GLUE MRPC folder (train.tsv, dev.tsv) holding these tab-separated rows under GLUE's header."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "train.tsv").write_text(GLUE_HEADER + "".join(r + "\n" for r in train_rows), encoding="utf-8")
+    dev = dev_rows if dev_rows is not None else ["1\t3\t4\tA dog runs.\tA dog is running."]
+    (path / "dev.tsv").write_text(GLUE_HEADER + "".join(r + "\n" for r in dev), encoding="utf-8")
+    return path
+
+
 def run_cli(args: list[str], cwd: Path = ROOT, launcher: list[str] | None = None, timeout: float = 600, env=None):
     """Run train-mrpc in a subprocess exactly as a user would; returns the CompletedProcess."""
     command = (launcher or [sys.executable, "-m", "train_mrpc"]) + [str(a) for a in args]

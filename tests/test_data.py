@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_MRPC, SHARED_TOKENIZER, requires_shared
+from conftest import SHARED_MRPC, SHARED_TOKENIZER, requires_shared, write_glue_dir
 
 from train_mrpc.config import TrainConfig
 from train_mrpc.data import (
@@ -16,17 +16,6 @@ from train_mrpc.data import (
 )
 from train_mrpc.errors import UserError
 from train_mrpc.synthetic import SPLIT_SIZES, generate_pairs
-
-GLUE_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
-
-
-def write_glue_dir(path: Path, train_rows: list[str], dev_rows: list[str] | None = None) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "train.tsv").write_text(GLUE_HEADER + "".join(r + "\n" for r in train_rows), encoding="utf-8")
-    dev = dev_rows if dev_rows is not None else ["1\t3\t4\tA dog runs.\tA dog is running."]
-    (path / "dev.tsv").write_text(GLUE_HEADER + "".join(r + "\n" for r in dev), encoding="utf-8")
-    return path
-
 
 # --- real assets ------------------------------------------------------------------------------
 

@@ -91,11 +91,30 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path, tiny_model_no_
 
 
 def test_bf16_runs_with_real_autocast_on_cpu(tmp_path, tiny_model_dir):
-    out = tmp_path / "bf16"
-    launch("bf16.yaml", tiny_args(tiny_model_dir, out, "--max_train_steps", "4"))
-    results = json.loads((out / "all_results.json").read_text())
-    assert results["launch"]["mixed_precision"] == "bf16"
-    assert results["eval_loss"] == results["eval_loss"]  # finite, not NaN
+    """bf16.yaml trains end to end, and its results differ from the same run in fp32 (real bf16 arithmetic)."""
+    runs = {}
+    for name, config_file, extra in (("bf16", "bf16.yaml", []), ("fp32", "cpu.yaml", ["--precision", "fp32"])):
+        out = tmp_path / name
+        launch(config_file, tiny_args(tiny_model_dir, out, "--max_train_steps", "4", *extra))
+        runs[name] = json.loads((out / "all_results.json").read_text())
+    assert runs["bf16"]["launch"]["mixed_precision"] == "bf16" and runs["fp32"]["launch"]["mixed_precision"] == "no"
+    assert runs["bf16"]["eval_loss"] == pytest.approx(runs["fp32"]["eval_loss"], rel=0.05)  # the same run...
+    assert runs["bf16"]["eval_loss"] != runs["fp32"]["eval_loss"]  # ...in other arithmetic
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_the_loops_model_computes_in_the_precision_asked(tmp_path, tiny_model_dir, precision, dtype):
+    """Inside the loop's prepared model, the encoder's linear layers output bf16 under bf16 autocast."""
+    from train_mrpc.config import parse_config
+    from train_mrpc.step import training_step
+    from train_mrpc.train import setup
+
+    run = setup(parse_config(tiny_args(tiny_model_dir, tmp_path / "run", "--precision", precision)))
+    seen = []
+    layer = run.accelerator.unwrap_model(run.model).bert.encoder.layer[0].attention.self.query
+    layer.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    loss = training_step(run.accelerator, run.model, run.optimizer, run.scheduler, next(iter(run.train_loader)), 1.0)
+    assert seen == [dtype] and torch.isfinite(loss)
 
 
 # --- traps ------------------------------------------------------------------------------------

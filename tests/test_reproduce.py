@@ -4,9 +4,7 @@ import csv
 import json
 
 import pytest
-from conftest import accelerate_launch, run_cli, tiny_args
-
-from test_data import write_glue_dir
+from conftest import accelerate_launch, run_cli, tiny_args, write_glue_dir
 
 
 def reproduce_args(model_dir, out, *extra):
@@ -16,7 +14,8 @@ def reproduce_args(model_dir, out, *extra):
 
 def test_reproduce_writes_a_complete_report(tmp_path, tiny_model_dir):
     out = tmp_path / "rep"
-    proc = run_cli(reproduce_args(tiny_model_dir, out))
+    # fp32: in bf16 two seeds' nearly equal logits can round to the very same eval loss.
+    proc = run_cli(reproduce_args(tiny_model_dir, out, "--precision", "fp32"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
     assert report["seeds"] == [42, 43] and len(report["runs"]) == 2
@@ -35,7 +34,7 @@ def test_reproduce_writes_a_complete_report(tmp_path, tiny_model_dir):
 
     # The same seeds again: identical results. An interrupted reproduce keeps finished seeds.
     again = tmp_path / "again"
-    proc = run_cli(reproduce_args(tiny_model_dir, again))
+    proc = run_cli(reproduce_args(tiny_model_dir, again, "--precision", "fp32"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rerun = json.loads((again / "results.json").read_text())
     for a, b in zip(report["runs"], rerun["runs"]):
@@ -141,21 +140,31 @@ def test_missing_tracker_package_is_named(tmp_path, tiny_model_dir):
     assert proc.returncode == 2 and "--report_to 'tensorbored' is invalid" in proc.stderr
 
 
-def test_early_stopping_keeps_the_best_model(tmp_path, tiny_model_dir):
+def test_early_stopping_keeps_the_best_models_weights(tmp_path, tiny_model_dir):
+    """lr 1e-6 moves every weight (well above fp32 resolution) but flips no prediction: accuracy is frozen, so
+    the best evaluation is the first, training stops two evaluations later, and best_model/ must hold the
+    weights of the first evaluation's step (its checkpoint), not the final ones."""
+    import torch
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
-    args = tiny_args(tiny_model_dir, out, "--num_train_epochs", "5", "--learning_rate", "1e-9",
+    args = tiny_args(tiny_model_dir, out, "--num_train_epochs", "5", "--learning_rate", "1e-6",
                      "--metric_for_best_model", "accuracy", "--early_stopping_patience", "2")  # fmt: skip
     proc = run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
-    evaluations = (out / "eval_results.jsonl").read_text().splitlines()
+    evaluations = [json.loads(line) for line in (out / "eval_results.jsonl").read_text().splitlines()]
     assert len(evaluations) == 3 and "early stopping" in proc.stdout  # accuracy frozen: best at 1, stop at 3
-    assert results["best_step"] == json.loads(evaluations[0])["step"]
+    assert len({e["eval_accuracy"] for e in evaluations}) == 1
+    best_step = evaluations[0]["step"]
+    assert results["best_step"] == best_step
     best = load_file(out / "best_model" / "model.safetensors")
+    at_best_step = load_file(out / "checkpoints" / f"step_{best_step:06d}" / "model.safetensors")
     final = load_file(out / "model.safetensors")
-    assert best.keys() == final.keys() and (out / "best_model" / "tokenizer.json").exists()
+    assert best.keys() == at_best_step.keys() == final.keys() and (out / "best_model" / "tokenizer.json").exists()
+    for name in best:
+        assert torch.equal(best[name], at_best_step[name]), name
+    assert any(not torch.equal(best[name], final[name]) for name in best), "training changed no weight"
 
 
 @pytest.mark.parametrize("flag", ["--num_seeds=0"])

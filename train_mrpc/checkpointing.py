@@ -14,29 +14,25 @@ import logging
 import os
 import shutil
 import signal
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from train_mrpc.errors import UserError
+from train_mrpc.schema import CHECKPOINTS_DIR
 
-CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again", what a requeue script checks for
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class LoopState:
-    """Everything besides Accelerate's state that a resumed run needs to continue as if never stopped."""
+class TrainState:
+    """Where the run stands: what a checkpoint restores besides Accelerate's state (weights, optimizer, RNGs)."""
 
     step: int = 0  # optimizer steps done
     epoch: int = 0  # the epoch in progress (0-based)
     batches_in_epoch: int = 0  # micro-batches of that epoch already trained on, per process
-    running_loss: float = 0.0  # loss summed since the last logging step (this process)
-    running_batches: int = 0
-    samples: int = 0
-    tokens: int = 0  # real (non-padding) tokens trained on, this process
-    eval_metrics: dict = field(default_factory=dict)  # the evaluation at this step, if one ran here
+    samples: int = 0  # training examples seen, all processes
     best_metric: float | None = None  # best --metric_for_best_model so far, and where
     best_step: int = 0
     evals_without_improvement: int = 0  # for --early_stopping_patience
@@ -69,7 +65,7 @@ class PreemptionHandler:
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
-    return Path(output_dir) / CHECKPOINTS
+    return Path(output_dir) / CHECKPOINTS_DIR
 
 
 def validate_checkpoint(path: Path) -> dict:
@@ -123,8 +119,13 @@ def resolve_resume(resume_from: str | None, output_dir: str | Path) -> Path | No
     return path
 
 
-def save_checkpoint(accelerator, output_dir: str | Path, state: LoopState) -> Path:
-    """Write a checkpoint atomically: temporary directory, then rename. Every process must call this."""
+def save_checkpoint(accelerator, output_dir: str | Path, state: TrainState, meters: dict, eval_metrics: dict | None) -> Path:
+    """Write a checkpoint atomically: temporary directory, then rename. Every process must call this.
+
+    ``meters`` (the loss and token counts since the last logging step) make the resumed run log exactly
+    the losses of an uninterrupted one; ``eval_metrics`` (the evaluation at this step, if one ran) let
+    rotation keep the best checkpoint.
+    """
     root = checkpoint_root(output_dir)
     final = root / f"step_{state.step:06d}"
     tmp = root / f".tmp-{final.name}"
@@ -136,7 +137,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, state: LoopState) -> Pa
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
-        record = {**asdict(state), "files": files}
+        record = {**asdict(state), "meters": meters, "eval_metrics": eval_metrics or {}, "files": files}
         with open(tmp / STATE_FILE, "w") as f:
             json.dump(record, f, indent=2)
             f.flush()
@@ -149,15 +150,16 @@ def save_checkpoint(accelerator, output_dir: str | Path, state: LoopState) -> Pa
     return final
 
 
-def load_checkpoint(accelerator, path: Path) -> LoopState:
-    """Restore Accelerate's state and return the loop's counters; errors name the checkpoint."""
+def load_checkpoint(accelerator, path: Path) -> tuple[TrainState, dict, dict]:
+    """Restore Accelerate's state; return the run's state, its meters and the evaluation at that step."""
     record = validate_checkpoint(path)
     try:
         accelerator.load_state(str(path))
     except Exception as err:  # a damaged tensor file surfaces as one of several library errors
         raise UserError(f"checkpoint {path} cannot be loaded: {' '.join(str(err).split())[:300]}") from None
-    fields = LoopState.__dataclass_fields__
-    return LoopState(**{k: v for k, v in record.items() if k in fields})
+    fields = TrainState.__dataclass_fields__
+    state = TrainState(**{k: v for k, v in record.items() if k in fields})
+    return state, record.get("meters", {}), record.get("eval_metrics", {})
 
 
 def rotate_checkpoints(output_dir: str | Path, keep_last: int | None, metric: str, greater_is_better: bool) -> None:

@@ -38,7 +38,7 @@ def run_prefetch(argv: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from train_mrpc.hub import prefetch
+    from train_mrpc.prefetch import prefetch
 
     config = parse_for_run(argv, prog="train-mrpc prefetch")
     table = Table(title="Ready for HF_HUB_OFFLINE=1", show_header=False, title_justify="left")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from train_mrpc.errors import UserError
+from train_mrpc.schema import TRAIN_CONFIG
 
 SYNTHETIC = "synthetic"
 # Accelerate's tracker name -> the module it needs.
@@ -198,6 +199,16 @@ class TrainConfig:
         return list(TRACKERS) if names == ["all"] else [n for n in names if n != "none"]
 
     @property
+    def checkpoint_every(self) -> int | None:
+        """N of ``--checkpointing_steps N``; None for 'epoch' and 'no'."""
+        return int(self.checkpointing_steps) if str(self.checkpointing_steps).isdigit() else None
+
+    @property
+    def greater_is_better(self) -> bool:
+        """Whether a larger --metric_for_best_model is better (accuracy, F1) or worse (loss)."""
+        return self.metric_for_best_model != "loss"
+
+    @property
     def data_source(self) -> str:
         """A short description of where the examples come from, for logs and results."""
         if self.data_dir:
@@ -211,7 +222,7 @@ class TrainConfig:
 
     def save(self, output_dir: str | os.PathLike) -> Path:
         """Write the resolved configuration; ``train-mrpc --config <that file>`` repeats the run."""
-        path = Path(output_dir) / "train_config.json"
+        path = Path(output_dir) / TRAIN_CONFIG
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from train_mrpc.config import SYNTHETIC, TrainConfig
 from train_mrpc.errors import UserError
 from train_mrpc.hub import offline_error
+from train_mrpc.schema import LABEL_NAMES
 
-LABEL_NAMES = ["not_equivalent", "equivalent"]
 GLUE_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
 GLUE_HEADER = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
 GLUE_COLUMNS = {"sentence1": "#1 String", "sentence2": "#2 String", "label": "Quality", "idx": "index"}

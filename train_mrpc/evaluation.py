@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from train_mrpc.schema import GLUE_PREDICTIONS, TEST_PROBABILITIES
+
 METRIC_DIR = Path(__file__).parent / "metrics" / "mrpc"
 
 
@@ -51,11 +53,11 @@ def write_predictions(output_dir: Path, idx: list[int], logits) -> None:
     """GLUE's submission file ``MRPC.tsv`` (index, prediction) and the class probabilities beside it."""
     probabilities = logits.softmax(-1)
     predictions = logits.argmax(-1).tolist()
-    with open(output_dir / "MRPC.tsv", "w", newline="") as f:
+    with open(output_dir / GLUE_PREDICTIONS, "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(["index", "prediction"])
         writer.writerows(zip(idx, predictions))
-    with open(output_dir / "test_probabilities.tsv", "w", newline="") as f:
+    with open(output_dir / TEST_PROBABILITIES, "w", newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(["index", "prediction", "p_not_equivalent", "p_equivalent"])
         for i, prediction, (p0, p1) in zip(idx, predictions, probabilities.tolist()):

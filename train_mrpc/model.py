@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from train_mrpc.config import TrainConfig
-from train_mrpc.data import LABEL_NAMES
+from train_mrpc.schema import LABEL_NAMES
 from train_mrpc.errors import UserError
-from train_mrpc.hub import is_hub_name, offline_error
+from train_mrpc.hub import check_model_dir, is_hub_name, local_model_error, offline_error
 from train_mrpc.synthetic import TINY_MODEL, build_tiny_model
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -25,13 +27,33 @@ def training_progress(enabled: bool) -> Progress:
     )
 
 
-def write_json(path: str | Path, record: dict) -> None:
-    Path(path).write_text(json.dumps(record, indent=2) + "\n")
+def finite_or_none(value):
+    """``value`` with every NaN/inf float replaced by None: JSON has no NaN, and strict parsers reject it."""
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | Path, record: dict) -> Path:
+    """The one JSON writer (package and benchmarks): valid JSON (non-finite numbers as null), written whole.
+
+    Written to a temporary file and renamed, so a reader (or a kill mid-write) never sees half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(finite_or_none(record), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
 
 
 def trim_jsonl(path: str | Path, max_step: int) -> None:
@@ -40,6 +62,10 @@ def trim_jsonl(path: str | Path, max_step: int) -> None:
     if path.exists():
         kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= max_step]
         path.write_text("".join(line + "\n" for line in kept))
+
+
+def padding_text(multiple: int | None) -> str:
+    return f"padded to multiples of {multiple}" if multiple else "padded to each batch's longest pair"
 
 
 def print_summary(results: dict, console: Console | None = None) -> None:
@@ -54,10 +80,11 @@ def print_summary(results: dict, console: Console | None = None) -> None:
         ("global batch", f"{launch['global_batch_size']} ({launch['per_device_train_batch_size']}/device x "
                          f"{launch['num_processes']} x {launch['gradient_accumulation_steps']} accumulation)"),
         ("speed choices", f"{speed['precision']} ({speed['precision_reason']}), {speed['batching']} batches, "
-                          f"pad to {speed['pad_to_multiple_of'] or 1}, compile {'on' if speed['torch_compile'] else 'off'}"),
+                          f"{padding_text(speed['pad_to_multiple_of'])}, compile {'on' if speed['torch_compile'] else 'off'}"),
         ("epochs / steps", f"{results['epoch']:g} / {results['global_step']}"),
         ("train loss", f"{results['train_loss']:.4f}"),
-        ("eval accuracy", f"{results['eval_accuracy']:.4f}"),
+        ("eval accuracy", f"{results['eval_accuracy']:.4f} (always answering the majority class: "
+                          f"{results['eval_majority_accuracy']:.4f})"),
         ("eval F1", f"{results['eval_f1']:.4f}"),
         ("eval loss", f"{results['eval_loss']:.4f}"),
         ("train time", f"{results['train_runtime']:.1f} s (evaluation {results['eval_runtime']:.1f} s)"),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from train_mrpc.config import TrainConfig
+from train_mrpc.schema import ALL_RESULTS, EVAL_LOG
 
 # MRPC validation results as published (not run here); accuracy and F1 as fractions.
 PUBLISHED_BASELINES = [
@@ -42,12 +43,12 @@ def run_seed(config: TrainConfig, seed: int) -> dict:
     from train_mrpc.train import train
 
     out = Path(config.output_dir) / f"seed_{seed}"
-    results_file = out / "all_results.json"
+    results_file = out / ALL_RESULTS
     if results_file.exists():  # finished by an earlier, interrupted reproduce
         results = json.loads(results_file.read_text())
     else:
         results = train(dataclasses.replace(config, seed=seed, output_dir=str(out), resume_from_checkpoint="latest"))
-    curve = [json.loads(line) for line in (out / "eval_results.jsonl").read_text().splitlines()]
+    curve = [json.loads(line) for line in (out / EVAL_LOG).read_text().splitlines()]
     return {"seed": seed, **{k: results[k] for k in METRICS}, "curve": curve, "launch": results["launch"],
             "speed": results["speed"]}  # fmt: skip
 

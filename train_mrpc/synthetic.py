@@ -52,13 +52,13 @@ and or but so because although however meanwhile
 NAMES = "smith johnson brown davis miller wilson moore taylor anderson thomas jackson white harris martin".split()
 
 
-def _sentence(rng: random.Random, n_words: int) -> list[str]:
+def _sentence(rng: random.Random, n_words: int, numbers: float = 0.06, names: float = 0.04) -> list[str]:
     words = []
     for i in range(n_words):
         roll = rng.random()
-        if roll < 0.06:
+        if roll < numbers:
             words.append(str(rng.choice([rng.randint(2, 99), rng.randint(100, 9999)])))
-        elif roll < 0.10:
+        elif roll < numbers + names:
             words.append(rng.choice(NAMES).capitalize())
         else:
             word = rng.choice(WORDS)
@@ -86,7 +86,8 @@ def _paraphrase(rng: random.Random, words: list[str]) -> list[str]:
 def _non_paraphrase(rng: random.Random, words: list[str]) -> list[str]:
     keep = max(2, int(len(words) * rng.uniform(0.25, 0.45)))
     n_rest = max(3, len(words) - keep + rng.randint(-3, 3))
-    return words[:keep] + [w.lower() for w in _sentence(rng, n_rest)]
+    # Changed facts, as in MRPC's non-paraphrases: the new part names other figures and people more often.
+    return words[:keep] + [w.lower() for w in _sentence(rng, n_rest, numbers=0.2, names=0.15)]
 
 
 def generate_pairs(split: str, seed: int = 0, size: int | None = None) -> dict[str, list]:

@@ -1,0 +1,76 @@
+"""The one training step and padding rule: the step benchmark runs exactly what the training loop runs."""
+
+from __future__ import annotations
+
+import sys
+from itertools import islice
+
+import pytest
+import torch
+from conftest import ROOT, tiny_args
+
+from train_mrpc.step import padding_multiple
+
+
+@pytest.mark.parametrize(
+    "requested, compiled, device, precision, expected",
+    [
+        (None, False, "cpu", "no", None),
+        (None, False, "cpu", "bf16", None),  # CPUs: extra tokens cost more than alignment gains (8-9 % measured)
+        (None, False, "cuda", "no", None),  # fp32 on a GPU: no tensor-core alignment to gain
+        (None, False, "cuda", "bf16", 8),
+        (None, False, "cuda", "fp16", 8),
+        (None, True, "cpu", "no", 32),  # compiled: 32-token buckets bound the recompiles
+        (None, True, "cuda", "bf16", 32),
+        (64, True, "cuda", "bf16", 64),  # an explicit --pad_to_multiple_of always wins
+        (16, False, "cpu", "no", 16),
+    ],
+)
+def test_padding_multiple(requested, compiled, device, precision, expected):
+    assert padding_multiple(requested, torch_compile=compiled, device_type=device, mixed_precision=precision) == expected
+
+
+@pytest.fixture(scope="module")
+def bench_train_step():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_train_step
+
+    return bench_train_step
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_benchmark_step_is_the_loops_step(tmp_path, tiny_model_no_dropout, bench_train_step, precision):
+    """The loop's final weights after 4 steps equal those of the benchmark's step on the loop's own batches."""
+    from accelerate.state import AcceleratorState, GradientState
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from train_mrpc.config import parse_config
+    from train_mrpc.data import build_dataloaders, load_raw_splits, tokenize_dataset
+    from train_mrpc.model import load_tokenizer_and_model
+    from train_mrpc.train import schedule_for, train
+
+    steps = 4
+    config = parse_config(tiny_args(tiny_model_no_dropout, tmp_path / "loop", "--max_train_steps", str(steps),
+                                    "--precision", precision, "--checkpointing_steps", "no"))  # fmt: skip
+    train(config)
+    loop_weights = load_file(tmp_path / "loop" / "model.safetensors")
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+    # The same batches the loop drew (its loaders, its length-grouped sampler at epoch 0), fed to the benchmark.
+    tokenizer, _ = load_tokenizer_and_model(config)
+    tokenized = tokenize_dataset(load_raw_splits(config), tokenizer, config.max_length)
+    train_loader = build_dataloaders(tokenized, tokenizer, config, pad_to_multiple_of=None)[0]
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_no_dropout)
+    cell = {"precision": precision, "compile": False, "compile_backend": None}
+    step, (_, bench_model, _, _) = bench_train_step.accelerate_step_fn(
+        cell, model, torch.device("cpu"), config, schedule_for(len(train_loader), config)
+    )
+    for batch in islice(train_loader, steps):
+        step(batch)
+    bench_weights = bench_model.state_dict()
+    for name, value in loop_weights.items():
+        assert torch.equal(bench_weights[name], value), name
+    initial = AutoModelForSequenceClassification.from_pretrained(tiny_model_no_dropout).state_dict()
+    assert any(not torch.equal(initial[n], loop_weights[n]) for n in loop_weights), "the loop trained nothing"
