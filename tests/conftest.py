@@ -85,3 +85,44 @@ def tiny_model_no_dropout(tmp_path_factory) -> Path:
     from train_mrpc.synthetic import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("tiny-model-no-dropout"), dropout=0.0)
+
+
+def assert_one_line_error(returncode: int, stderr: str, *fragments: str) -> str:
+    """The project's contract for bad input: exit 2 and exactly one stderr line ``train-mrpc: error: ...``."""
+    lines = stderr.strip().splitlines()
+    assert returncode == 2, stderr
+    assert len(lines) == 1 and lines[0].startswith("train-mrpc: error: "), stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+# Root reads any file whatever its mode; without these two capabilities it obeys file modes like any user.
+_DROP_DAC = ["--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def non_root_launcher(probe_dir: Path) -> list[str]:
+    """A launcher for train-mrpc that honours file permissions (for EACCES tests); skips when none works.
+
+    Non-root users get the plain command. Root gets it under ``setpriv`` with CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH dropped, checked on a mode-000 probe file (a container may forbid dropping them).
+    """
+    import shutil
+
+    plain = [sys.executable, "-m", "train_mrpc"]
+    probe = probe_dir / "mode-000-probe"
+    probe.write_text("secret")
+    probe.chmod(0)
+    try:
+        if os.geteuid() != 0:
+            return plain
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root and setpriv is absent: cannot drop CAP_DAC_OVERRIDE to test permissions")
+        check = subprocess.run([setpriv, *_DROP_DAC, "cat", str(probe)], capture_output=True, text=True)
+        if check.returncode == 0 or "secret" in check.stdout:
+            pytest.skip(f"running as root and setpriv could not drop CAP_DAC_OVERRIDE ({check.stderr.strip()})")
+        return [setpriv, *_DROP_DAC, *plain]
+    finally:
+        probe.chmod(0o600)
+        probe.unlink()

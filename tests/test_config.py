@@ -110,3 +110,13 @@ def test_missing_config_file_is_named(capsys):
 def test_config_validation_runs_without_the_parser():
     with pytest.raises(UserError, match="--num_train_epochs 0 is invalid"):
         TrainConfig(num_train_epochs=0)
+
+
+@pytest.mark.parametrize("steps, every", [("200", 200), ("1", 1), ("epoch", None), ("no", None)])
+def test_checkpoint_every_is_the_step_count_or_none(steps, every):
+    assert TrainConfig(checkpointing_steps=steps).checkpoint_every == every
+
+
+@pytest.mark.parametrize("metric, greater", [("accuracy", True), ("f1", True), ("loss", False)])
+def test_greater_is_better_only_for_scores(metric, greater):
+    assert TrainConfig(metric_for_best_model=metric).greater_is_better is greater

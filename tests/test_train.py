@@ -117,7 +117,7 @@ def test_hub_names_fail_fast_offline_with_a_way_out(tmp_path):
         (["--output_dir", "{tmp}/file.txt/sub"], "--output_dir {tmp}/file.txt/sub cannot be written"),
         (["--data_dir", "{tmp}/missing"], "--data_dir {tmp}/missing: not a directory"),
         (["--train_file", "{tmp}/missing.csv", "--validation_file", "{tmp}/missing.csv"], "{tmp}/missing.csv: file not found"),
-        (["--model_name_or_path", "{tmp}"], "cannot load tokenizer of model directory"),
+        (["--model_name_or_path", "{tmp}"], "cannot load tokenizer of model directory '{tmp}': it has no config.json"),
     ],
 )
 def test_bad_run_inputs_end_in_one_line(tmp_path, tiny_model_dir, capsys, extra, message):

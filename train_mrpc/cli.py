@@ -99,3 +99,19 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _print_error("interrupted")
         sys.exit(130)
+    except OSError as err:
+        # Last resort for a path from user input (--output_dir, data, model, caches) that no check turned into
+        # a message: disk full, read-only, no permission, missing. One line naming the cause and the path; any
+        # other OSError (no errno, a network error) is a bug to see whole, so it is raised again.
+        import errno
+
+        user_path_errors = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS, errno.EACCES,
+                            errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
+                            errno.ELOOP, errno.EIO, errno.EFBIG}  # fmt: skip
+        if err.errno not in user_path_errors:
+            raise
+        cause = os.strerror(err.errno).lower()
+        paths = [os.fsdecode(p) for p in (err.filename, err.filename2) if p is not None]
+        where = " -> ".join(paths) or "a file of this run (--output_dir, the data, the model or the Hugging Face cache)"
+        _print_error(f"{cause}: {where}")
+        sys.exit(2)

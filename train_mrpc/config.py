@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import typing
@@ -23,6 +24,9 @@ SYNTHETIC = "synthetic"
 # Accelerate's tracker name -> the module it needs.
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
             "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}  # fmt: skip
+# numpy's legacy seeding, which accelerate.utils.set_seed calls, takes exactly this range.
+MAX_SEED = 2**32 - 1
+CHECKPOINTING_EXPECTED = "a number of steps >= 1, 'epoch' or 'no'"
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 
@@ -156,7 +160,8 @@ class TrainConfig:
     dataloader_num_workers: int = _help("DataLoader worker processes (0 loads in the main process).", default=0)
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        self._normalise_checkpointing_steps()
+        _check_types(self)  # also refuses inf and nan for every float field
         positive_ints = (
             "max_length", "per_device_train_batch_size", "per_device_eval_batch_size",
             "gradient_accumulation_steps", "logging_steps",
@@ -168,6 +173,8 @@ class TrainConfig:
             if value is not None:
                 minimum = 0 if name == "num_warmup_steps" else 1
                 check_value(value >= minimum, name, value, f"an integer >= {minimum}")
+        check_value(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer from 0 to {MAX_SEED} (2**32 - 1)")
+        check_value(self.output_dir.strip() != "", "output_dir", self.output_dir, "a folder path, not an empty string")
         check_value(self.learning_rate > 0, "learning_rate", self.learning_rate, "a number > 0")
         check_value(self.num_train_epochs > 0, "num_train_epochs", self.num_train_epochs, "a number > 0")
         check_value(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
@@ -179,7 +186,7 @@ class TrainConfig:
         check_value(self.dataloader_num_workers >= 0, "dataloader_num_workers", self.dataloader_num_workers, "an integer >= 0")
         check_value(
             self.checkpointing_steps in ("epoch", "no") or (self.checkpointing_steps.isdigit() and int(self.checkpointing_steps) > 0),
-            "checkpointing_steps", self.checkpointing_steps, "a number of steps >= 1, 'epoch' or 'no'",
+            "checkpointing_steps", self.checkpointing_steps, CHECKPOINTING_EXPECTED,
         )  # fmt: skip
         if self.save_total_limit is not None:
             check_value(self.save_total_limit >= 1, "save_total_limit", self.save_total_limit, "an integer >= 1")
@@ -192,6 +199,16 @@ class TrainConfig:
             raise UserError(f"--data_dir and --{files[0]} both name training data; pass one source, not both")
         if files and not (self.train_file and self.validation_file):
             raise UserError("--train_file and --validation_file must be given together")
+
+    def _normalise_checkpointing_steps(self) -> None:
+        """Config files give numbers as numbers (``checkpointing_steps: 5``), and YAML 1.1 reads ``no`` as false."""
+        steps = self.checkpointing_steps
+        if steps is False:
+            self.checkpointing_steps = "no"
+        elif isinstance(steps, int) and not isinstance(steps, bool):
+            self.checkpointing_steps = str(steps)
+        elif not isinstance(steps, str):
+            check_value(False, "checkpointing_steps", steps, CHECKPOINTING_EXPECTED)
 
     @property
     def trackers(self) -> list[str]:
@@ -232,6 +249,13 @@ def check_value(ok: bool, name: str, value, expected: str) -> None:
         raise UserError(f"--{name} {value!r} is invalid: expected {expected}")
 
 
+def _is_finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float (a config file can hold one)
+        return False
+
+
 def _check_types(config: TrainConfig) -> None:
     """Config files bypass argparse's conversions, so check every value against its annotation."""
     hints = typing.get_type_hints(TrainConfig)
@@ -248,6 +272,7 @@ def _check_types(config: TrainConfig) -> None:
             check_value(isinstance(value, bool), f.name, value, "true or false")
         elif hint is float:
             check_value(isinstance(value, (int, float)) and not isinstance(value, bool), f.name, value, "a number")
+            check_value(_is_finite(value), f.name, value, "a finite number")
         elif hint is int:
             check_value(isinstance(value, int) and not isinstance(value, bool), f.name, value, "an integer")
         elif hint is str:
@@ -257,7 +282,12 @@ def _check_types(config: TrainConfig) -> None:
 def build_parser(prog: str = "train-mrpc", extra_types: tuple = ()):
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(
+    class Parser(HfArgumentParser):
+        def error(self, message: str):
+            # argparse prints its whole usage (~40 lines) before the error; here a bad flag is one line.
+            raise UserError(f"{message} (see {self.prog} --help)")
+
+    parser = Parser(
         [TrainConfig, *extra_types],
         prog=prog,
         allow_abbrev=False,  # a typo like --learning_rat must fail, not silently match --learning_rate
@@ -273,9 +303,22 @@ def build_parser(prog: str = "train-mrpc", extra_types: tuple = ()):
 def load_config_file(path: str, types: tuple = (TrainConfig,)) -> dict:
     """Read a YAML/JSON config file into a dict, with errors that name the file."""
     file = Path(path)
-    if not file.is_file():
-        raise UserError(f"config file {path} does not exist")
-    text = file.read_text(encoding="utf-8")
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a folder; expected a YAML or JSON file") from None
+    except OSError as err:
+        raise UserError(f"config file {path} cannot be read: {(err.strerror or str(err)).lower()}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        offset = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)  # utf-8-sig counts after the BOM
+        line = data[:offset].count(b"\n") + 1
+        raise UserError(
+            f"config file {path}: line {line} is not valid UTF-8 (byte 0x{data[offset]:02x}); expected a UTF-8 text file"
+        ) from None
     try:
         if file.suffix == ".json":
             values = json.loads(text)

@@ -30,10 +30,35 @@ Columns = dict[str, list]
 # --- reading files ---------------------------------------------------------------------------------
 
 
+def _os_reason(err: OSError) -> str:
+    return (err.strerror or str(err)).lower()
+
+
+def _check_readable(path: Path) -> None:
+    """A missing, folder, special or unreadable path ends here with a message (permissions checked by opening)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+        if stat.S_ISREG(mode):
+            with open(path, "rb"):
+                pass
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except OSError as err:  # PermissionError, or a folder on the way that cannot be entered
+        raise UserError(f"{path}: cannot read ({_os_reason(err)})") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{path}: is a folder; expected a data file")
+    if not stat.S_ISREG(mode):  # a pipe or device could block or never end
+        raise UserError(f"{path}: is not a regular file; expected a data file")
+
+
 def _read_text(path: Path) -> str:
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    data = path.read_bytes()
+    _check_readable(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({_os_reason(err)})") from None
     try:
         text = data.decode("utf-8-sig")  # GLUE's files start with a byte-order mark
     except UnicodeDecodeError as err:
@@ -80,17 +105,27 @@ def read_delimited(path: Path, delimiter: str) -> tuple[Columns, list[str]]:
     return columns, locations
 
 
+def _is_one_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 def read_json(path: Path) -> tuple[Columns, list[str]]:
     """JSON lines (one object per line), or a JSON list of objects."""
     text = _read_text(path)
     records, locations = [], []
+    expected = "expected a JSON list of objects ([{...}, {...}]) or JSON lines (one object per line)"
     if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as err:
-                    raise UserError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
+                    if number == 1 and _is_one_json_object(text):  # pretty-printed: valid JSON, not a table
+                        raise UserError(f"{path}: holds one JSON object; {expected}") from None
+                    raise UserError(f"{path}: line {number} is not valid JSON ({err.msg}); {expected}") from None
                 locations.append(f"line {number}")
     else:
         try:
@@ -113,8 +148,7 @@ def read_json(path: Path) -> tuple[Columns, list[str]]:
 def read_parquet(path: Path) -> tuple[Columns, list[str]]:
     import pyarrow.parquet as pq
 
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    _check_readable(path)
     try:
         table = pq.read_table(path)
     except Exception as err:  # pyarrow raises several types for a bad file
@@ -138,20 +172,47 @@ def read_table(path: Path) -> tuple[Columns, list[str]]:
 # --- normalising to one schema --------------------------------------------------------------------
 
 
+INT32_RANGE = (-(2**31), 2**31 - 1)  # the idx column is stored as int32, like the Hub's GLUE MRPC
+
+
+def _shown(value) -> str:
+    """A cell as its file spells it: JSON, YAML and parquet write booleans true/false."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+def _as_integer(value) -> int | None:
+    """The integer a cell holds (an int, or an integer-valued number such as 1.0, written as a number or text), else None.
+
+    Booleans are not numbers here: ``int(True)`` would silently make them 1.
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str):  # CSV/TSV cells: "1", or "1.0" as pandas writes a float column
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                value = float(value)
+            except ValueError:
+                return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):  # other types, nan, inf
+        return None
+    return number if number == value else None  # 1.5 is not a label or row id
+
+
 def _parse_label(value, path: Path, where: str, column: str) -> int:
+    expected = f"expected 0 or 1 (or {LABEL_NAMES[0]}/{LABEL_NAMES[1]})"
+    if isinstance(value, bool):
+        raise UserError(f"{path}: {where}: label {_shown(value)} in column '{column}' is a boolean, not a label; {expected}")
     if isinstance(value, str):
         value = value.strip()
         if value in LABEL_NAMES:
             return LABEL_NAMES.index(value)
-    try:
-        label = int(value)
-    except (TypeError, ValueError):
-        label = None
-    if label not in (0, 1) or (isinstance(value, float) and value != label):
-        raise UserError(
-            f"{path}: {where}: label {value!r} in column '{column}' is invalid; expected 0 or 1 "
-            f"(or {LABEL_NAMES[0]}/{LABEL_NAMES[1]})"
-        )
+    label = _as_integer(value)
+    if label not in (0, 1):
+        raise UserError(f"{path}: {where}: label {_shown(value)} in column '{column}' is invalid; {expected}")
     return label
 
 
@@ -177,10 +238,15 @@ def normalise(columns: Columns, locations: list[str], path: Path, names: dict[st
     else:
         out["label"] = [-1] * len(locations)
     if names.get("idx") in columns:
-        try:
-            out["idx"] = [int(v) for v in columns[names["idx"]]]
-        except (TypeError, ValueError):
-            raise UserError(f"{path}: column '{names['idx']}' must hold integer row ids") from None
+        low, high = INT32_RANGE
+        for value, where in zip(columns[names["idx"]], locations):
+            row_id = _as_integer(value)
+            if row_id is None or not low <= row_id <= high:
+                raise UserError(
+                    f"{path}: {where}: row id {_shown(value)} in column '{names['idx']}' is invalid; expected an "
+                    f"integer from {low} to {high}"
+                )
+            out["idx"].append(row_id)
     else:
         out["idx"] = list(range(len(locations)))
     return out
@@ -196,17 +262,30 @@ def to_dataset(columns: Columns):
     return Dataset.from_dict(columns, features=features)
 
 
+def _may_exist(path: Path) -> bool:
+    """False only when the path is surely absent; when it cannot be checked (a folder that cannot be entered),
+    True, so that reading it reports why."""
+    try:
+        return path.exists()
+    except OSError:
+        return True
+
+
 def read_glue_dir(data_dir: str | Path) -> dict[str, Columns]:
     """Read a GLUE MRPC folder: train.tsv and dev.tsv required, test.tsv optional."""
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
+    try:
+        is_dir = data_dir.is_dir()
+    except OSError as err:  # a folder on the way cannot be entered
+        raise UserError(f"--data_dir {data_dir}: cannot read ({_os_reason(err)})") from None
+    if not is_dir:
         raise UserError(f"--data_dir {data_dir}: not a directory; expected a folder with train.tsv and dev.tsv")
     splits = {}
     for split, name in GLUE_FILES.items():
         path = data_dir / name
-        if split == "test" and not path.exists():
+        if split == "test" and not _may_exist(path):
             continue
-        if not path.exists():
+        if not _may_exist(path):
             raise UserError(f"{path}: file not found; --data_dir must hold {GLUE_FILES['train']} and {GLUE_FILES['validation']}")
         columns, locations = read_delimited(path, "\t")
         if "#1 String" not in columns:

@@ -99,7 +99,8 @@ def check_launch(accelerator) -> None:
     if accelerator.device.type == "cpu" and accelerator.mixed_precision == "fp16":
         raise UserError(
             "mixed precision fp16 on CPU: Accelerate would silently run fp32 without loss scaling, and "
-            "fp16 matmuls are far slower than fp32 on CPUs. Use --mixed_precision bf16 (accelerate_configs/bf16.yaml)"
+            "fp16 matmuls are far slower than fp32 on CPUs. Use bf16: launch with accelerate_configs/bf16.yaml, or "
+            "pass --precision bf16 to train-mrpc"
         )
 
 

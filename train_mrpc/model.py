@@ -19,11 +19,22 @@ def load_tokenizer_and_model(config: TrainConfig):
     if name == TINY_MODEL:
         tokenizer, model = build_tiny_model(config.seed)
     else:
-        where = "model" if is_hub_name(name) else "model directory"
+        hub = is_hub_name(name)
+        where = "model" if hub else "model directory"
+        # A local folder's problems (missing, no config.json, no weights, custom code) are reported as
+        # themselves; only a Hub id can be "not in the cache".
+        load_error = offline_error if hub else local_model_error
+        source = name if hub else str(check_model_dir(name, config.trust_remote_code))
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=config.trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=config.trust_remote_code)
         except Exception as err:  # OSError offline or for a folder without tokenizer files
-            raise offline_error(f"tokenizer of {where}", name, err) from None
+            raise load_error(f"tokenizer of {where}", name, err) from None
+        if len(tokenizer) <= len(tokenizer.all_special_tokens):
+            # transformers builds an empty-vocabulary tokenizer from config.json alone: every word would be [UNK].
+            raise UserError(
+                f"cannot load tokenizer of {where} '{name}': it has no tokenizer files (tokenizer.json, or a "
+                f"vocabulary such as vocab.txt), so every word would be unknown ({len(tokenizer)} tokens, all special)"
+            )
         kwargs = dict(
             trust_remote_code=config.trust_remote_code,
             num_labels=len(LABEL_NAMES),
@@ -33,20 +44,29 @@ def load_tokenizer_and_model(config: TrainConfig):
         try:
             try:
                 model = AutoModelForSequenceClassification.from_pretrained(
-                    name, attn_implementation=config.attn_implementation, **kwargs
+                    source, attn_implementation=config.attn_implementation, **kwargs
                 )
             except ValueError as err:
                 if "attn_implementation" not in str(err) and "sdpa" not in str(err).lower():
                     raise
                 # Architectures without an SDPA path: fall back to the eager attention they do have.
-                model = AutoModelForSequenceClassification.from_pretrained(name, attn_implementation="eager", **kwargs)
+                model = AutoModelForSequenceClassification.from_pretrained(source, attn_implementation="eager", **kwargs)
         except Exception as err:
-            raise offline_error(where, name, err) from None
+            raise load_error(where, name, err) from None
     check_max_length(config.max_length, tokenizer, model, name)
     return tokenizer, model
 
 
 def check_max_length(max_length: int, tokenizer, model, name: str) -> None:
+    # Below one token of each sentence plus the special tokens, the Rust tokenizer gives up truncating (1 or 2
+    # for BERT: whole pairs pass, however long) or keeps a sentence empty (3 or 4): refuse, per tokenizer
+    # (BERT adds 3 special tokens to a pair, RoBERTa 4), so the floor is right for every model family.
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    if max_length < specials + 2:
+        raise UserError(
+            f"--max_length {max_length} is too short for a sentence pair with model {name}: its tokenizer adds "
+            f"{specials} special tokens, so at least {specials + 2} are needed to keep a token of each sentence"
+        )
     limit = model.config.max_position_embeddings
     if tokenizer.model_max_length < 100_000:  # unset tokenizers report a huge sentinel
         limit = min(limit, tokenizer.model_max_length)

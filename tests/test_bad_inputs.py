@@ -1,0 +1,419 @@
+"""Hostile and careless inputs (issue 14): each ends with one line ``train-mrpc: error: ...`` and exit 2.
+
+Most cases run the CLI in a subprocess, as a user meets them; value checks that have many variants run
+``cli.main`` in-process (the same entry point, the same stderr).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import typing
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import assert_one_line_error, non_root_launcher, run_cli
+
+from train_mrpc.cli import main
+from train_mrpc.config import TrainConfig, parse_config
+from train_mrpc.data import load_raw_splits
+from train_mrpc.errors import UserError
+
+TINY = ["--model_name_or_path", "tiny-random-bert", "--dataset", "synthetic"]
+OFFLINE_CACHE_MESSAGE = "not in the local Hugging Face cache"
+
+
+def cli_error(cwd: Path, *args, env=None, launcher=None, fragments=()) -> str:
+    proc = run_cli(list(args), cwd=cwd, env=env, launcher=launcher, timeout=300)
+    return assert_one_line_error(proc.returncode, proc.stderr, *fragments)
+
+
+def main_error(argv, capsys, *fragments) -> str:
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in argv])
+    return assert_one_line_error(info.value.code, capsys.readouterr().err, *fragments)
+
+
+def pair_file(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def file_config(tmp_path: Path, train: Path) -> TrainConfig:
+    return TrainConfig(train_file=str(train), validation_file=str(train), output_dir=str(tmp_path / "run"))
+
+
+# --- item 5: tracebacks where one line was promised ------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_seed_outside_what_set_seed_takes_is_refused(tmp_path, seed):
+    cli_error(tmp_path, *TINY, "--output_dir", tmp_path / "run", "--seed", seed,
+              fragments=(f"--seed {seed} is invalid", "0 to 4294967295"))  # fmt: skip
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_seed_bounds_are_accepted():
+    assert TrainConfig(seed=0).seed == 0 and TrainConfig(seed=2**32 - 1).seed == 2**32 - 1
+
+
+def test_infinite_epochs_are_refused(tmp_path):
+    cli_error(tmp_path, *TINY, "--output_dir", tmp_path / "run", "--num_train_epochs", "inf",
+              fragments=("--num_train_epochs inf is invalid", "finite"))  # fmt: skip
+
+
+def test_json_row_id_beyond_int32_is_named(tmp_path):
+    path = pair_file(tmp_path / "train.jsonl", [
+        {"sentence1": "a b.", "sentence2": "c d.", "label": 1, "idx": 0},
+        {"sentence1": "e f.", "sentence2": "g h.", "label": 0, "idx": 3000000000},
+    ])  # fmt: skip
+    cli_error(tmp_path, "--model_name_or_path", "tiny-random-bert", "--train_file", path, "--validation_file", path,
+              "--output_dir", tmp_path / "run",
+              fragments=(f"{path}: line 2", "3000000000", "'idx'", "2147483647"))  # fmt: skip
+
+
+@pytest.mark.parametrize("bad, message", [(1.5, "1.5"), (True, "true"), (None, "None"), ("x7", "'x7'")])
+def test_bad_row_ids_are_located(tmp_path, bad, message):
+    path = pair_file(tmp_path / "train.jsonl", [{"sentence1": "a.", "sentence2": "b.", "label": 1, "idx": 1},
+                                                {"sentence1": "c.", "sentence2": "d.", "label": 0, "idx": bad}])  # fmt: skip
+    with pytest.raises(UserError, match=f"train.jsonl: line 2: row id {message} in column 'idx' is invalid"):
+        load_raw_splits(file_config(tmp_path, path))
+
+
+def test_integer_row_ids_from_any_format_are_kept(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("sentence1,sentence2,label,idx\na.,b.,1,7\nc.,d.,0,2147483647\n")
+    assert load_raw_splits(file_config(tmp_path, path))["train"]["idx"] == [7, 2147483647]
+
+
+@pytest.mark.parametrize("name", ["train.csv", "train.parquet", "train.jsonl"])
+def test_unreadable_data_file_is_named(tmp_path, name):
+    import pandas as pd
+
+    launcher = non_root_launcher(tmp_path)
+    path = tmp_path / name
+    frame = pd.DataFrame({"sentence1": ["a b."], "sentence2": ["c d."], "label": [1]})
+    {".csv": lambda: frame.to_csv(path, index=False), ".parquet": lambda: frame.to_parquet(path),
+     ".jsonl": lambda: frame.to_json(path, orient="records", lines=True)}[path.suffix]()  # fmt: skip
+    path.chmod(0)
+    cli_error(tmp_path, "--model_name_or_path", "tiny-random-bert", "--train_file", path, "--validation_file", path,
+              "--output_dir", tmp_path / "run", launcher=launcher,
+              fragments=(f"{path}: cannot read", "permission denied"))  # fmt: skip
+
+
+def test_glue_folder_that_cannot_be_entered_is_named(tmp_path):
+    launcher = non_root_launcher(tmp_path)
+    data = tmp_path / "glue"
+    data.mkdir()
+    (data / "train.tsv").write_text("x")
+    (data / "dev.tsv").write_text("x")
+    data.chmod(0o600)  # listed, but its files cannot be reached
+    try:
+        cli_error(tmp_path, "--model_name_or_path", "tiny-random-bert", "--data_dir", data,
+                  "--output_dir", tmp_path / "run", launcher=launcher,
+                  fragments=(f"{data / 'train.tsv'}: cannot read", "permission denied"))  # fmt: skip
+    finally:
+        data.chmod(0o700)
+
+
+def test_latin1_config_file_is_located(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"seed: 3\noutput_dir: runs/caf\xe9\n")
+    main_error(["--config", path], capsys, f"config file {path}: line 2 is not valid UTF-8", "expected a UTF-8")
+
+
+def test_unreadable_config_file_is_named(tmp_path):
+    launcher = non_root_launcher(tmp_path)
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 3\n")
+    path.chmod(0)
+    cli_error(tmp_path, *TINY, "--config", path, launcher=launcher,
+              fragments=(f"config file {path} cannot be read", "permission denied"))  # fmt: skip
+
+
+def test_os_error_from_a_user_path_is_one_line(tmp_path):
+    """Last resort in cli.main: an OSError that no reader turned into a message still names its path."""
+    launcher = non_root_launcher(tmp_path)
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    cache = read_only / "datasets"  # the tokenization cache cannot be created there
+    try:
+        cli_error(tmp_path, *TINY, "--output_dir", tmp_path / "run", "--max_train_steps", "1",
+                  env={"HF_DATASETS_CACHE": str(cache)}, launcher=launcher,
+                  fragments=(f"permission denied: {cache}",))  # fmt: skip
+    finally:
+        read_only.chmod(0o755)
+
+
+def test_last_resort_handler_takes_only_os_errors_with_a_known_cause(monkeypatch, capsys):
+    import errno
+
+    from train_mrpc import cli
+
+    def disk_full(argv):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/x/model.safetensors")
+
+    monkeypatch.setattr(cli, "run_training", disk_full)
+    main_error(["--seed", "1"], capsys, "no space left on device: /runs/x/model.safetensors")
+
+    def bug(argv):
+        raise OSError("some library bug")
+
+    monkeypatch.setattr(cli, "run_training", bug)
+    with pytest.raises(OSError, match="some library bug"):  # not hidden as a user error
+        main(["--seed", "1"])
+
+
+# --- item 6: --max_length too short for a pair -------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_length", ["1", "2"])
+def test_max_length_too_short_for_a_pair_is_refused(tmp_path, max_length):
+    cli_error(tmp_path, *TINY, "--output_dir", tmp_path / "run", "--max_length", max_length, "--max_train_samples", "8",
+              fragments=(f"--max_length {max_length} is too short", "3 special tokens", "at least 5"))  # fmt: skip
+
+
+def test_max_length_floor_counts_the_tokenizers_special_tokens():
+    from train_mrpc.model import check_max_length
+    from train_mrpc.synthetic import build_tiny_model
+
+    tokenizer, model = build_tiny_model()
+    for too_short in (1, 2, 3, 4):  # 3 and 4 leave no token of one sentence or both
+        with pytest.raises(UserError, match=f"--max_length {too_short} is too short"):
+            check_max_length(too_short, tokenizer, model, "tiny")
+    check_max_length(5, tokenizer, model, "tiny")
+
+
+# --- item 7: non-finite floats -----------------------------------------------------------------------
+
+HINTS = typing.get_type_hints(TrainConfig)
+FLOAT_FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if HINTS[f.name] in (float, typing.Optional[float])]
+
+
+def test_float_fields_are_found():
+    assert {"learning_rate", "weight_decay", "adam_epsilon", "max_grad_norm", "num_train_epochs"} <= set(FLOAT_FIELDS)
+
+
+@pytest.mark.parametrize("name", FLOAT_FIELDS)
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_every_float_flag_refuses_non_finite_values(name, value):
+    with pytest.raises(UserError, match=f"--{name} {value!r} is invalid: expected a finite number"):
+        TrainConfig(**{name: value})
+
+
+@pytest.mark.parametrize("flag", ["--learning_rate", "--weight_decay", "--adam_epsilon", "--max_grad_norm"])
+def test_non_finite_flag_is_refused_on_the_command_line(flag, capsys, tmp_path):
+    main_error([*TINY, "--output_dir", tmp_path / "run", flag, "inf"], capsys, f"{flag} inf is invalid", "finite")
+
+
+def test_non_finite_value_in_a_config_file_is_refused(tmp_path, capsys):
+    path = tmp_path / "run.json"
+    path.write_text('{"learning_rate": Infinity}')
+    main_error(["--config", path], capsys, "--learning_rate inf is invalid: expected a finite number")
+
+
+# --- item 8: labels ----------------------------------------------------------------------------------
+
+
+def test_integer_valued_numeric_labels_are_accepted(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps([{"sentence1": "a.", "sentence2": "b.", "label": 1.0},
+                                {"sentence1": "c.", "sentence2": "d.", "label": 0}]))  # fmt: skip
+    assert load_raw_splits(file_config(tmp_path, path))["train"]["label"] == [1, 0]
+    path = tmp_path / "t.csv"  # pandas writes a float label column as 1.0/0.0
+    path.write_text("sentence1,sentence2,label\na.,b.,1.0\nc.,d.,0\n")
+    assert load_raw_splits(file_config(tmp_path, path))["train"]["label"] == [1, 0]
+    path.write_text("sentence1,sentence2,label\na.,b.,1.5\n")
+    with pytest.raises(UserError, match="t.csv: line 2: label '1.5' in column 'label' is invalid"):
+        load_raw_splits(file_config(tmp_path, path))
+
+
+@pytest.mark.parametrize("value, shown", [(True, "true"), (False, "false")])
+def test_boolean_json_labels_are_refused(tmp_path, value, shown):
+    path = pair_file(tmp_path / "t.jsonl", [{"sentence1": "a.", "sentence2": "b.", "label": 1},
+                                            {"sentence1": "c.", "sentence2": "d.", "label": value}])  # fmt: skip
+    cli_error(tmp_path, "--model_name_or_path", "tiny-random-bert", "--train_file", path, "--validation_file", path,
+              "--output_dir", tmp_path / "run",
+              fragments=(f"{path}: line 2: label {shown} in column 'label' is a boolean", "expected 0 or 1"))  # fmt: skip
+
+
+def test_boolean_parquet_labels_are_refused(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "t.parquet"
+    pd.DataFrame({"sentence1": ["a.", "b."], "sentence2": ["c.", "d."], "label": [False, True]}).to_parquet(path)
+    with pytest.raises(UserError, match=r"t.parquet: row 0: label false in column 'label' is a boolean"):
+        load_raw_splits(file_config(tmp_path, path))
+
+
+@pytest.mark.parametrize("text, shown", [("Infinity", "inf"), ("NaN", "nan"), ("0.5", "0.5")])
+def test_non_integer_numeric_labels_are_refused(tmp_path, text, shown):
+    path = tmp_path / "t.jsonl"
+    path.write_text(f'{{"sentence1": "a.", "sentence2": "b.", "label": {text}}}\n')
+    with pytest.raises(UserError, match=f"t.jsonl: line 1: label {shown} in column 'label' is invalid"):
+        load_raw_splits(file_config(tmp_path, path))
+
+
+# --- item 9: empty --output_dir ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_empty_output_dir_is_refused(tmp_path, value):
+    cli_error(tmp_path, *TINY, "--output_dir", value, fragments=("--output_dir", "expected a folder path"))
+    assert list(tmp_path.iterdir()) == []  # nothing written into the current directory
+
+
+# --- item 12: local model folders under HF_HUB_OFFLINE=1 --------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["./no-such-model", "../no-such-model", "/no/such/model", "~/no-such-model-dir",
+                                  "runs/mrpc/no-such-model"])  # fmt: skip
+def test_missing_local_model_folder_is_named(tmp_path, name):
+    line = cli_error(tmp_path, "--model_name_or_path", name, "--dataset", "synthetic", "--output_dir", tmp_path / "run",
+                     fragments=(f"--model_name_or_path {name}: no such folder",))  # fmt: skip
+    assert OFFLINE_CACHE_MESSAGE not in line
+
+
+def test_hub_names_are_still_hub_names():
+    from train_mrpc.hub import is_hub_name
+
+    assert is_hub_name("bert-base-uncased") and is_hub_name("sentence-transformers/all-MiniLM-L6-v2")
+    assert not any(is_hub_name(n) for n in ("./m", "../m", "/m", "~/m", "a/b/c", "."))
+
+
+def _break_config(d: Path) -> None:
+    (d / "config.json").write_text("{not json")
+
+
+def _custom_code(d: Path) -> None:
+    config = json.loads((d / "config.json").read_text())
+    config.update(model_type="my-bert", auto_map={"AutoConfig": "configuration_my.MyConfig",
+                                                  "AutoModelForSequenceClassification": "modeling_my.MyModel"})  # fmt: skip
+    (d / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "damage, fragments",
+    [
+        (_break_config, ("config.json is not valid JSON",)),
+        (lambda d: (d / "config.json").unlink(), ("has no config.json", "save_pretrained")),
+        (lambda d: (d / "model.safetensors").unlink(), ("has no model weights", "model.safetensors")),
+        (lambda d: (d / "tokenizer.json").unlink() or (d / "tokenizer_config.json").unlink(), ("tokenizer of model directory", "has no tokenizer files")),
+        (_custom_code, ("custom code", "--trust_remote_code")),
+    ],
+    ids=["broken-config", "no-config", "no-weights", "no-tokenizer", "custom-code"],
+)
+def test_local_model_folder_problems_name_the_real_cause(tmp_path, tiny_model_dir, damage, fragments):
+    import shutil
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    damage(model)
+    line = cli_error(tmp_path, "--model_name_or_path", model, "--dataset", "synthetic", "--output_dir", tmp_path / "run",
+                     "--max_train_samples", "8", fragments=(f"model directory '{model}'", *fragments))  # fmt: skip
+    assert OFFLINE_CACHE_MESSAGE not in line
+
+
+def test_model_path_that_is_a_file_is_named(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_text("x")
+    cli_error(tmp_path, "--model_name_or_path", path, "--dataset", "synthetic", "--output_dir", tmp_path / "run",
+              fragments=(f"--model_name_or_path {path}: is a file", "expected a model folder"))  # fmt: skip
+
+
+# --- item 13: the fp16-on-CPU refusal names real options ---------------------------------------------
+
+
+def test_fp16_on_cpu_suggests_options_train_mrpc_has(monkeypatch):
+    from train_mrpc.launch import check_launch
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    accelerator = SimpleNamespace(num_processes=1, device=SimpleNamespace(type="cpu"), mixed_precision="fp16")
+    with pytest.raises(UserError) as err:
+        check_launch(accelerator)
+    assert "--precision bf16" in str(err.value) and "accelerate_configs/bf16.yaml" in str(err.value)
+    assert "--mixed_precision" not in str(err.value)
+
+
+# --- item 14: integer checkpointing_steps in config files ---------------------------------------------
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("run.yaml", "checkpointing_steps: 5\n", "5"),
+    ("run.json", '{"checkpointing_steps": 200}', "200"),
+    ("run.yaml", "checkpointing_steps: no\n", "no"),  # YAML 1.1 reads the documented `no` as false
+    ("run.yaml", "checkpointing_steps: epoch\n", "epoch"),
+])  # fmt: skip
+def test_checkpointing_steps_accepts_integers_in_config_files(tmp_path, name, text, expected):
+    path = tmp_path / name
+    path.write_text(text)
+    config = parse_config(["--config", str(path)])
+    assert config.checkpointing_steps == expected
+    assert parse_config(["--config", str(config.save(tmp_path))]) == config  # and it replays
+
+
+@pytest.mark.parametrize("text, shown", [("checkpointing_steps: 0\n", "'0'"), ("checkpointing_steps: yes\n", "True"),
+                                         ("checkpointing_steps: 2.5\n", "2.5")])  # fmt: skip
+def test_bad_checkpointing_steps_in_config_files_are_named(tmp_path, capsys, text, shown):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    main_error(["--config", path], capsys, f"--checkpointing_steps {shown} is invalid", "'epoch' or 'no'")
+
+
+# --- item 15: a JSON object where a list was expected ---------------------------------------------------
+
+
+def test_pretty_printed_json_object_says_what_was_expected(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"sentence1": "a.", "sentence2": "b.", "label": 1}, indent=2))
+    with pytest.raises(UserError) as err:
+        load_raw_splits(file_config(tmp_path, path))
+    message = str(err.value)
+    assert f"{path}: holds one JSON object" in message and "a JSON list of objects" in message
+    assert "JSON lines" in message and "not valid JSON" not in message
+
+
+def test_broken_json_lines_say_what_was_expected(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text('{"sentence1": "a.",\n "sentence2": "b.", "label": 1\n')  # neither one object nor JSON lines
+    with pytest.raises(UserError, match=r"train.json: line 1 is not valid JSON .*expected a JSON list of objects"):
+        load_raw_splits(file_config(tmp_path, path))
+
+
+# --- item 16: argparse errors in one line ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--learning_rat", "1e-4"], ("unrecognized arguments: --learning_rat 1e-4", "train-mrpc --help")),
+    (["--per_device_train_batch_size", "eight"], ("--per_device_train_batch_size", "'eight'", "train-mrpc --help")),
+    (["--lr_scheduler_type", "sawtooth"], ("--lr_scheduler_type", "'sawtooth'", "train-mrpc --help")),
+    (["reproduce", "--num_seeds", "x"], ("--num_seeds", "'x'", "train-mrpc reproduce --help")),
+])  # fmt: skip
+def test_argparse_errors_are_one_line_with_a_pointer_to_help(tmp_path, args, fragments):
+    line = cli_error(tmp_path, *args, fragments=fragments)
+    assert "usage:" not in line
+
+
+def test_help_still_prints_the_usage(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0 and "usage: train-mrpc" in capsys.readouterr().out
+
+
+# --- item 17: --config given a folder ------------------------------------------------------------------
+
+
+def test_config_folder_is_named(tmp_path, capsys):
+    main_error(["--config", tmp_path], capsys, f"config file {tmp_path} is a folder", "expected a YAML or JSON file")
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_data_path_that_is_not_a_file_is_named(tmp_path, kind):
+    path = tmp_path / "train.csv"
+    path.mkdir() if kind == "folder" else os.mkfifo(path)  # a FIFO without a writer would block a reader forever
+    message = "is a folder; expected a data file" if kind == "folder" else "is not a regular file"
+    with pytest.raises(UserError, match=f"train.csv: {message}"):
+        load_raw_splits(file_config(tmp_path, path))
