@@ -121,6 +121,11 @@ class TrainConfig:
         "Costs compile time up front; measured no gain on small CPUs.",
         default=False,
     )
+    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = _help(
+        "torch.compile mode with --torch_compile: 'reduce-overhead' replays CUDA graphs (one per bucketed "
+        "batch shape), which removes kernel-launch overhead on GPUs; 'default' compiles without them.",
+        default="default",
+    )
     tf32: bool = _help("Allow TF32 matmuls on CUDA GPUs (Ampere and newer) for fp32 work.", default=True)
     # --- outputs ------------------------------------------------------------------------------
     output_dir: str = _help("Where the model, tokenizer, metrics and logs are written.", default="runs/mrpc")

@@ -30,8 +30,8 @@ def create_accelerator(config: TrainConfig):
     )
     check_launch(accelerator)
     quiet_other_processes(accelerator)
-    if accelerator.device.type == "cuda" and config.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if accelerator.device.type == "cuda":  # both ways: cuDNN's default is on, and an earlier run may have set it
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config.tf32
     return accelerator
 
 
@@ -143,6 +143,7 @@ def describe_speed_choices(accelerator, config: TrainConfig, pad_to: int | None)
         "batching": "length-grouped" if config.group_by_length else "random",
         "pad_to_multiple_of": pad_to,
         "torch_compile": config.torch_compile,
+        "torch_compile_mode": config.torch_compile_mode if config.torch_compile else None,
         "attention": config.attn_implementation,
         "tf32": accelerator.device.type == "cuda" and config.tf32,
     }
