@@ -52,7 +52,7 @@ def warm_breakdown(raw, tokenizer, max_length: int, warmup: int, repeats: int, w
     hashing of the map call, opening the Arrow files). None if those private helpers are gone."""
     from train_mrpc import data
 
-    tokenizer_fp, split_fp = getattr(data, "_tokenizer_fingerprint", None), getattr(data, "_split_fingerprint", None)
+    tokenizer_fp, split_fp = getattr(data, "_tokenizer_fingerprint", None), getattr(data, "split_fingerprint", None)
     if tokenizer_fp is None or split_fp is None:
         return None
     tok = common.summarize(common.time_calls(lambda: tokenizer_fp(tokenizer, max_length, True), warmup=warmup,

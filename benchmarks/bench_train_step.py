@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402  (sets up sys.path for train_mrpc too)
+from train_mrpc.flops import count_parameters, training_flops  # noqa: E402  (one implementation: the loop's)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PADDINGS = ("fixed", "dynamic", "grouped")
@@ -162,27 +163,6 @@ def build_model(config, attn: str, seed: int):
     config.problem_type = "single_label_classification"
     torch.manual_seed(seed)
     return AutoModelForSequenceClassification.from_config(config, attn_implementation=attn)
-
-
-def count_parameters(model) -> dict:
-    """Parameters by how often their matmuls run: per token (encoder), per sequence (pooler, head), never
-    (embedding tables: a lookup, not a matmul)."""
-    import torch
-
-    embedding = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters())
-    per_sequence = sum(
-        p.numel() for name, m in model.named_modules()
-        if name.split(".")[-1] in ("pooler", "classifier") and name.count(".") <= 1 for p in m.parameters()
-    )  # fmt: skip
-    total = sum(p.numel() for p in model.parameters())
-    return {"total": total, "embedding": embedding, "per_sequence": per_sequence, "per_token": total - embedding - per_sequence}
-
-
-def training_flops(params: dict, config, lengths: list[int]) -> float:
-    """Forward + backward FLOPs of sequences of these lengths: 6 x parameters x tokens (each weight: a
-    multiply-add forward, two backward) plus attention's scores and weighted sum, 12 x layers x hidden x T^2."""
-    layers, hidden = config.num_hidden_layers, config.hidden_size
-    return sum(6 * params["per_token"] * t + 6 * params["per_sequence"] + 12 * layers * hidden * t * t for t in lengths)
 
 
 def matmul_peak(device, precision: str, size: int, repeats: int, guard: dict) -> dict:
@@ -513,7 +493,7 @@ def main(argv=None) -> dict:
         if model not in configs:
             config, description = load_model_config(model)
             configs[model] = config
-            params = count_parameters(build_model(config, "sdpa", args.seed))
+            params = count_parameters(build_model(config, "sdpa", args.seed))  # train_mrpc.flops, as the loop
             model_info[model] = {
                 "description": description, "parameters": params,
                 "layers": config.num_hidden_layers, "hidden": config.hidden_size,

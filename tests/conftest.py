@@ -65,6 +65,21 @@ def run_cli(args: list[str], cwd: Path = ROOT, launcher: list[str] | None = None
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def training_workers(output_dir: Path) -> list[int]:
+    """PIDs of the training processes (not the launcher) of a run writing to ``output_dir``."""
+    found = subprocess.run(["pgrep", "-f", "--", f"-m train_mrpc .*{output_dir}"], capture_output=True, text=True).stdout
+    return [int(pid) for pid in found.split() if "accelerate" not in Path(f"/proc/{pid}/cmdline").read_text()]
+
+
+def wait_for_log_lines(output_dir: Path, lines: int, timeout: float = 300) -> None:
+    """Wait until the run has logged ``lines`` lines of train_log.jsonl."""
+    import time
+
+    log, deadline = output_dir / "train_log.jsonl", time.monotonic() + timeout
+    while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= lines):
+        time.sleep(0.002)
+
+
 def accelerate_launch(config_file: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs" / config_file), *extra, "-m", "train_mrpc"]
 

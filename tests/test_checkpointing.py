@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TEST_ENV, accelerate_launch, run_cli, tiny_args
+from conftest import ROOT, TEST_ENV, accelerate_launch, run_cli, tiny_args, training_workers, wait_for_log_lines
 
 from train_mrpc.checkpointing import PREEMPTED_EXIT_CODE, rotate_checkpoints
 
@@ -195,12 +195,8 @@ def test_processes_agree_on_a_stop_signalled_to_one_of_them(tmp_path, tiny_model
     command = accelerate_launch("multi_cpu.yaml") + args
     launcher = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **TEST_ENV}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
-    log = out / "train_log.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 7):
-        time.sleep(0.002)
-    workers = subprocess.run(["pgrep", "-f", "--", f"-m train_mrpc .*{out}"], capture_output=True, text=True).stdout.split()
-    workers = [int(pid) for pid in workers if "accelerate" not in Path(f"/proc/{pid}/cmdline").read_text()]
+    wait_for_log_lines(out, 7)
+    workers = training_workers(out)
     assert len(workers) == 2, workers
     os.kill(max(workers), signal.SIGUSR1)  # only the second worker hears it
     _, stderr = launcher.communicate(timeout=300)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
-from train_mrpc.checkpointing import PREEMPTED_EXIT_CODE, Preempted
+from train_mrpc.checkpointing import PREEMPTED_EXIT_CODE, Preempted, PreemptionHandler
 from train_mrpc.errors import UserError
 
 
@@ -69,6 +70,26 @@ def run_reproduce(argv: list[str]) -> None:
     end_process_group()
 
 
+def run_plot(argv: list[str]) -> None:
+    """train-mrpc plot OUTPUT_DIR: draw output_dir/training_curves.png again from the run's logs."""
+    from train_mrpc.plots import plot_training_curves
+
+    if len(argv) != 1 or argv[0].startswith("-"):
+        raise UserError("usage: train-mrpc plot OUTPUT_DIR (a folder a train-mrpc run wrote)")
+    if not Path(argv[0]).is_dir():
+        raise UserError(f"train-mrpc plot: {argv[0]} is not a folder")
+    print(plot_training_curves(argv[0]))
+
+
+def run_sweep(argv: list[str]) -> None:
+    """train-mrpc sweep [training flags] [sweep flags]: a grid x seeds through Optuna's storage, then a report."""
+    from train_mrpc.sweep import SweepConfig, sweep
+
+    config, options = parse_for_run(argv, prog="train-mrpc sweep", extra_types=(SweepConfig,))
+    sweep(config, options)
+    end_process_group()
+
+
 def run_training(argv: list[str]) -> None:
     from train_mrpc.train import train
 
@@ -83,11 +104,16 @@ def main(argv: list[str] | None = None) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("train-mrpc: %(levelname)s: %(message)s"))
         logger.addHandler(handler)
+    PreemptionHandler.install_early()  # a SIGTERM during imports and set-up ends with status 75 too
     try:
         if argv[:1] == ["prefetch"]:
             run_prefetch(argv[1:])
+        elif argv[:1] == ["plot"]:
+            run_plot(argv[1:])
         elif argv[:1] == ["reproduce"]:
             run_reproduce(argv[1:])
+        elif argv[:1] == ["sweep"]:
+            run_sweep(argv[1:])
         else:
             run_training(argv)
     except UserError as err:

@@ -126,6 +126,19 @@ class TrainConfig:
         "batch shape), which removes kernel-launch overhead on GPUs; 'default' compiles without them.",
         default="default",
     )
+    profile: bool = _help(
+        "Record a torch.profiler trace over a few optimizer steps (per process, in output_dir/profile: opens in "
+        "TensorBoard's profiler and ui.perfetto.dev) and print the top operators by self time at the end.",
+        default=False,
+    )
+    profile_skip_steps: int = _help("With --profile: optimizer steps run before the profiler starts.", default=5)
+    profile_warmup_steps: int = _help("With --profile: steps profiled but discarded (profiler warm-up).", default=2)
+    profile_steps: int = _help("With --profile: steps recorded in the trace.", default=5)
+    peak_tflops: Optional[float] = _help(
+        "The device's peak TFLOP/s in the run's precision, for MFU (default: a datasheet table of common GPUs; "
+        "on CPUs a short matmul, measured once and cached in ~/.cache/train_mrpc).",
+        default=None,
+    )
     tf32: bool = _help("Allow TF32 matmuls on CUDA GPUs (Ampere and newer) for fp32 work.", default=True)
     # --- outputs ------------------------------------------------------------------------------
     output_dir: str = _help("Where the model, tokenizer, metrics and logs are written.", default="runs/mrpc")
@@ -162,6 +175,15 @@ class TrainConfig:
         "(higher is better, except loss).",
         default="accuracy",
     )
+    overwrite_output_dir: bool = _help(
+        "Start fresh in an --output_dir that holds an earlier run: its checkpoints, best model and logs are deleted.",
+        default=False,
+    )
+    resume_with_changed_settings: bool = _help(
+        "Resume even from a checkpoint made with other result-deciding settings (model, data, seed, batch, "
+        "schedule, precision ...), continuing with the new ones; without it such a resume is refused.",
+        default=False,
+    )
     dataloader_num_workers: int = _help("DataLoader worker processes (0 loads in the main process).", default=0)
 
     def __post_init__(self) -> None:
@@ -188,6 +210,11 @@ class TrainConfig:
         for name in ("adam_beta1", "adam_beta2"):
             check_value(0 <= getattr(self, name) < 1, name, getattr(self, name), "a number in [0, 1)")
         check_value(self.adam_epsilon > 0, "adam_epsilon", self.adam_epsilon, "a number > 0")
+        for name in ("profile_skip_steps", "profile_warmup_steps"):
+            check_value(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0")
+        check_value(self.profile_steps >= 1, "profile_steps", self.profile_steps, "an integer >= 1")
+        if self.peak_tflops is not None:
+            check_value(self.peak_tflops > 0, "peak_tflops", self.peak_tflops, "a number > 0 (TFLOP/s)")
         check_value(self.dataloader_num_workers >= 0, "dataloader_num_workers", self.dataloader_num_workers, "an integer >= 0")
         check_value(
             self.checkpointing_steps in ("epoch", "no") or (self.checkpointing_steps.isdigit() and int(self.checkpointing_steps) > 0),

@@ -394,7 +394,7 @@ def _tokenizer_fingerprint(tokenizer, max_length: int, token_type_ids: bool) -> 
     return hashlib.sha256(f"{backend.to_str()}{settings}".encode()).hexdigest()[:16]
 
 
-def _split_fingerprint(dataset) -> str:
+def split_fingerprint(dataset) -> str:
     """A hash of the rows' contents, straight from their Arrow data (no conversion to Python objects)."""
     import pyarrow as pa
 
@@ -418,7 +418,7 @@ def tokenize_dataset(raw, tokenizer, max_length: int, cache_dir: str | Path | No
     cache_dir.mkdir(parents=True, exist_ok=True)
     with_type_ids = "token_type_ids" in tokenizer.model_input_names
     tokenizer_key = _tokenizer_fingerprint(tokenizer, max_length, with_type_ids)
-    cache_files = {split: cache_dir / f"{split}-{_split_fingerprint(dataset)}-{tokenizer_key}.arrow"
+    cache_files = {split: cache_dir / f"{split}-{split_fingerprint(dataset)}-{tokenizer_key}.arrow"
                    for split, dataset in raw.items()}  # fmt: skip
     encoder = None if all(path.exists() for path in cache_files.values()) else pair_encoder(tokenizer, max_length)
     # Declared output types: without them datasets scans every token in Python to infer them (a third of the

@@ -12,9 +12,11 @@ from contextlib import contextmanager
 
 
 class Meters:
-    """Loss since the last logging step, real tokens and samples trained on, and wall-clock time."""
+    """Loss since the last logging step, real tokens and samples trained on, model FLOPs, and where the
+    wall-clock time went (waiting for data, saving checkpoints, evaluating, the steps themselves)."""
 
-    def __init__(self, device, samples: int, record: dict | None = None, rank: int = 0) -> None:
+    def __init__(self, device, samples: int, record: dict | None = None, rank: int = 0,
+                 prior_train_seconds: float = 0.0, prior_eval_seconds: float = 0.0) -> None:
         import torch
 
         record = record or {}
@@ -24,15 +26,68 @@ class Meters:
         self.tokens = torch.tensor(_own(record.get("tokens"), rank, 0), device=device, dtype=torch.int64)
         self.last_loss = record.get("last_loss")
         self.last_loss = float("nan") if self.last_loss is None else float(self.last_loss)
-        self.tokens_at_start, self.samples_at_start = self.tokens.clone(), samples  # this run's work only
+        # Per-process totals of the whole run (earlier segments included), and the same since the last log.
+        self.flops = float(_own(record.get("flops"), rank, 0.0))
+        self.data_wait = float(_own(record.get("data_wait_s"), rank, 0.0))
+        self.checkpointing = float(_own(record.get("checkpoint_s"), rank, 0.0))
+        self.window_flops = self.window_data_wait = self.window_checkpointing = 0.0
         self.start = self.window_start = time.perf_counter()
         self.window_samples = samples
         self.paused_time = 0.0
+        # Time of the run's earlier segments (before a resume): results describe the whole run.
+        self.prior_train_seconds, self.prior_eval_seconds = prior_train_seconds, prior_eval_seconds
 
-    def add(self, loss, batch: dict) -> None:
+    def timed(self, batches):
+        """The batches of ``batches``, counting the time spent waiting for each (loading, collating, copying)."""
+        iterator = iter(batches)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            waited = time.perf_counter() - start
+            self.data_wait += waited
+            self.window_data_wait += waited
+            yield batch
+
+    def add(self, loss, batch: dict, flops: float = 0.0) -> None:
         self.loss_sum += loss
         self.tokens += batch["attention_mask"].sum()
         self.batches += 1
+        self.flops += flops
+        self.window_flops += flops
+
+    def checkpointed(self, seconds: float) -> None:
+        self.checkpointing += seconds
+        self.window_checkpointing += seconds
+
+    def window_figures(self, samples: int, peak_flops: float | None) -> dict:
+        """Throughput and time breakdown since the last log (this process), for train_log.jsonl."""
+        seconds = time.perf_counter() - self.window_start
+        achieved = self.window_flops / seconds
+        return {
+            "samples_per_second": (samples - self.window_samples) / seconds,
+            "data_wait_s": self.window_data_wait,
+            "checkpoint_s": self.window_checkpointing,
+            "tflops": achieved / 1e12,
+            "mfu": achieved / peak_flops if peak_flops else None,
+        }
+
+    def run_figures(self, peak_flops: float | None, train_seconds: float) -> dict:
+        """The whole run's time breakdown and utilisation (this process), for all_results.json."""
+        train = max(train_seconds, 1e-9)
+        achieved = self.flops / train
+        return {
+            "time_breakdown_s": {
+                "training_steps": max(train - self.data_wait - self.checkpointing, 0.0),
+                "data_wait": self.data_wait,
+                "checkpoint_saving": self.checkpointing,
+                "evaluation": self.eval_seconds(),
+            },
+            "achieved_tflops": achieved / 1e12,
+            "mfu": achieved / peak_flops if peak_flops else None,
+        }
 
     def synchronise(self, accelerator, stop: bool) -> tuple[float, bool]:
         """The mean loss over processes since the last log, and whether any process asked to stop."""
@@ -49,6 +104,7 @@ class Meters:
     def start_window(self, samples: int) -> None:
         self.loss_sum.zero_()
         self.batches, self.window_start, self.window_samples = 0, time.perf_counter(), samples
+        self.window_flops = self.window_data_wait = self.window_checkpointing = 0.0
 
     @contextmanager
     def paused(self):
@@ -64,23 +120,46 @@ class Meters:
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
-    def samples_this_run(self, samples: int) -> int:
-        return samples - self.samples_at_start
+    def train_seconds(self) -> float:
+        """Training time of the whole run so far, every segment, evaluation excluded."""
+        return self.prior_train_seconds + self.elapsed() - self.paused_time
 
-    def tokens_this_run(self, accelerator) -> int:
-        return int(accelerator.reduce(self.tokens - self.tokens_at_start, "sum").item())
+    def eval_seconds(self) -> float:
+        return self.prior_eval_seconds + self.paused_time
+
+    def tokens_all_processes(self, accelerator) -> int:
+        """Real tokens trained on by every process over the whole run (a collective)."""
+        return int(accelerator.reduce(self.tokens.clone(), "sum").item())
 
     def state_dict(self, accelerator) -> dict:
         """What a checkpoint keeps: every process's running sums (a collective: all processes call it)."""
+        import torch
+
         loss_sums = accelerator.gather(self.loss_sum.reshape(1).float()).tolist()
         tokens = accelerator.gather(self.tokens.reshape(1)).tolist()
+        extra = accelerator.gather(torch.tensor([[self.flops, self.data_wait, self.checkpointing]],
+                                                device=self.loss_sum.device, dtype=torch.float64)).tolist()
         return {
+            "flops": [row[0] for row in extra],
+            "data_wait_s": [row[1] for row in extra],
+            "checkpoint_s": [row[2] for row in extra],
             "loss_sum": loss_sums,
             "loss_sum_all_processes": math.fsum(loss_sums),
             "batches": self.batches,
             "tokens": [int(t) for t in tokens],
             "last_loss": self.last_loss if math.isfinite(self.last_loss) else None,
         }
+
+
+def peak_memory(device) -> tuple[int, str]:
+    """(bytes, what was measured): the CUDA allocator's peak on a GPU, the process's peak RSS elsewhere."""
+    if device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_peak_rss"  # Linux: KiB
 
 
 def _own(values, rank: int, default):

@@ -90,6 +90,12 @@ def print_summary(results: dict, console: Console | None = None) -> None:
         ("train time", f"{results['train_runtime']:.1f} s (evaluation {results['eval_runtime']:.1f} s)"),
         ("throughput", f"{results['train_samples_per_second']:.1f} samples/s, "
                        f"{results['train_tokens_per_second']:.0f} tokens/s (real tokens)"),
+        ("where the time went", ", ".join(f"{name.replace('_', ' ')} {seconds:.1f} s"
+                                          for name, seconds in results["time_breakdown_s"].items())),
+        ("model FLOP/s, MFU", f"{results['achieved_tflops']:.3g} TFLOP/s per device, " + (
+            f"MFU {100 * results['mfu']:.1f} % of {results['peak_flops_source']}" if results["mfu"] is not None
+            else f"MFU unknown ({results['peak_flops_source']})")),
+        ("peak memory", f"{results['peak_memory_bytes'] / 2**30:.2f} GiB ({results['peak_memory_kind'].replace('_', ' ')})"),
         ("saved to", results["output_dir"]),
     ]  # fmt: skip
     for name, value in rows:

@@ -18,3 +18,5 @@ BEST_MODEL_DIR = "best_model"
 CHECKPOINTS_DIR = "checkpoints"
 GLUE_PREDICTIONS = "MRPC.tsv"
 TEST_PROBABILITIES = "test_probabilities.tsv"
+TRAINING_CURVES = "training_curves.png"
+PREEMPTED = "preempted.json"  # left by a run stopped by SIGTERM/SIGUSR1: launchers report exit 1, not 75

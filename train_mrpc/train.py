@@ -5,37 +5,54 @@ once per epoch, then ``finish``. The step itself (``training_step``) is shared w
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from train_mrpc.checkpointing import (
-    Preempted, PreemptionHandler, TrainState, find_latest, load_checkpoint, resolve_resume, rotate_checkpoints,
-    save_checkpoint,
+    OutputDirLock, Preempted, PreemptionHandler, TrainState, checkpoint_root, find_latest, load_checkpoint,
+    resolve_resume, rotate_checkpoints, save_checkpoint,
 )  # fmt: skip
 from train_mrpc.config import TrainConfig
 from train_mrpc.errors import UserError
-from train_mrpc.meters import Meters
-from train_mrpc.schema import ALL_RESULTS, BEST_MODEL_DIR, EVAL_LOG, TRAIN_LOG
+from train_mrpc.flops import batch_flops
+from train_mrpc.meters import Meters, peak_memory
+from train_mrpc.profiling import NoProfiler, step_profiler
+from train_mrpc.schema import ALL_RESULTS, BEST_MODEL_DIR, EVAL_LOG, PREEMPTED, TRAIN_CONFIG, TRAIN_LOG
 from train_mrpc.step import training_step
 
 
 def train(config: TrainConfig) -> dict:
     """Fine-tune, evaluating after every epoch; returns (and writes) the run's results."""
-    run = setup(config)
-    state, meters, eval_metrics = resume(run)
-    with run.progress, PreemptionHandler() as preemption:
-        while state.epoch < run.schedule.num_epochs and state.step < run.schedule.max_steps:
-            train_epoch(run, state, meters, preemption)
-            eval_metrics = validate(run, state, meters)
-            if run.config.checkpointing_steps != "no":  # after every evaluation: it carries the metric for "best"
-                checkpoint(run, state, meters, eval_metrics)
-            if should_stop_early(state, run.config.early_stopping_patience):
-                run.accelerator.print(f"early stopping: {run.config.metric_for_best_model} has not improved for "
-                                      f"{state.evals_without_improvement} evaluations (best at step {state.best_step})")  # fmt: skip
-                break
+    with PreemptionHandler() as preemption:  # from the start: a SIGTERM during set-up stops the run too
+        run = setup(config)
+        state, meters, eval_metrics = resume(run)
+        if preemption.received:
+            raise preempted(run, state, preemption.received, find_latest(run.output_dir), "before training began")
+        with run.progress, step_profiler(run.config, run.accelerator, run.output_dir) as profiler:
+            eval_metrics = fit(run, state, meters, eval_metrics, preemption, profiler)
+        if run.accelerator.is_main_process and (table := profiler.report()):
+            # Plain print: the table is wider than a terminal, and rich would wrap every row.
+            print(f"Top operators by self time, {run.config.profile_steps} profiled steps (trace in "
+                  f"{run.output_dir / 'profile'}):\n{table}", flush=True)  # fmt: skip
     if not eval_metrics:  # resumed from the final step's checkpoint: nothing was left to train
         eval_metrics = evaluate_now(run)
     return finish(run, state, meters, eval_metrics)
+
+
+def fit(run: Run, state: TrainState, meters: Meters, eval_metrics: dict, preemption: PreemptionHandler,
+        profiler: NoProfiler) -> dict:
+    """Epochs of training, each followed by an evaluation (and a checkpoint); returns the last evaluation."""
+    while state.epoch < run.schedule.num_epochs and state.step < run.schedule.max_steps:
+        train_epoch(run, state, meters, preemption, profiler)
+        eval_metrics = validate(run, state, meters)
+        if run.config.checkpointing_steps != "no":  # after every evaluation: it carries the metric for "best"
+            checkpoint(run, state, meters, eval_metrics)
+        if should_stop_early(state, run.config.early_stopping_patience):
+            run.accelerator.print(f"early stopping: {run.config.metric_for_best_model} has not improved for "
+                                  f"{state.evals_without_improvement} evaluations (best at step {state.best_step})")  # fmt: skip
+            break
+    return eval_metrics
 
 
 # --- set-up ------------------------------------------------------------------------------------------
@@ -94,6 +111,10 @@ class Run:
     output_dir: Path
     resume_path: Path | None
     progress: object
+    lock: OutputDirLock | None  # held by the main process while the run lives
+    flop_counts: dict  # parameters by how often their matmuls run (train_mrpc.flops)
+    peak_flops: float | None  # the device's peak in the run's precision: MFU's denominator
+    peak_source: str
     task: object = None
 
 
@@ -103,6 +124,7 @@ def setup(config: TrainConfig) -> Run:
 
     from train_mrpc.data import build_dataloaders, load_raw_splits, tokenize_dataset
     from train_mrpc.evaluation import load_metric
+    from train_mrpc.flops import compute_precision, count_parameters, device_peak
     from train_mrpc.launch import create_accelerator
     from train_mrpc.model import build_optimizer, load_tokenizer_and_model
     from train_mrpc.reporting import training_progress
@@ -110,9 +132,13 @@ def setup(config: TrainConfig) -> Run:
 
     accelerator = create_accelerator(config)
     output_dir = Path(config.output_dir)
+    lock = prepare_output_dir(output_dir, config.overwrite_output_dir) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
     resume_path = resolve_resume(config.resume_from_checkpoint, output_dir)
     if accelerator.is_main_process:
-        prepare_output_dir(output_dir, resuming=resume_path is not None)
+        if resume_path is None:  # a fresh run starts fresh logs; a resumed one keeps them (trimmed to the checkpoint)
+            for stale in (TRAIN_LOG, EVAL_LOG):
+                (output_dir / stale).unlink(missing_ok=True)
         config.save(output_dir)
     set_seed(config.seed)
 
@@ -136,14 +162,21 @@ def setup(config: TrainConfig) -> Run:
 
     schedule = schedule_for(len(train_loader), config)
     scheduler = build_scheduler(accelerator, optimizer, config, schedule)
+    precision = compute_precision(device, accelerator.mixed_precision, config.tf32)
+    peak_flops, peak_source = device_peak(accelerator.device, precision, config.peak_tflops)
     accelerator.init_trackers("train_mrpc", config={k: v for k, v in config.to_dict().items()
                                                     if isinstance(v, (int, float, str, bool))})  # fmt: skip
     return Run(config, accelerator, model, optimizer, scheduler, train_loader, eval_loader, test_loader, tokenizer,
                load_metric(), raw, schedule, pad_to, output_dir, resume_path,
-               progress=training_progress(accelerator.is_main_process))  # fmt: skip
+               progress=training_progress(accelerator.is_main_process), lock=lock,
+               flop_counts=count_parameters(accelerator.unwrap_model(model)), peak_flops=peak_flops,
+               peak_source=peak_source)  # fmt: skip
 
 
-def prepare_output_dir(path: Path, resuming: bool) -> None:
+def prepare_output_dir(path: Path, overwrite: bool) -> OutputDirLock:
+    """Create and lock --output_dir (one run at a time); with --overwrite_output_dir, clear an earlier run."""
+    import shutil
+
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write_test"
@@ -151,9 +184,32 @@ def prepare_output_dir(path: Path, resuming: bool) -> None:
         probe.unlink()
     except OSError as err:
         raise UserError(f"--output_dir {path} cannot be written: {err.strerror or err}") from None
-    if not resuming:  # a fresh run starts fresh logs; a resumed one keeps them (trimmed to the checkpoint)
-        for stale in (TRAIN_LOG, EVAL_LOG):
+    lock = OutputDirLock(path).acquire()
+    (path / PREEMPTED).unlink(missing_ok=True)  # this run is not (yet) preempted
+    if overwrite:
+        shutil.rmtree(checkpoint_root(path), ignore_errors=True)
+        shutil.rmtree(path / BEST_MODEL_DIR, ignore_errors=True)
+        for stale in (TRAIN_LOG, EVAL_LOG, ALL_RESULTS, TRAIN_CONFIG):
             (path / stale).unlink(missing_ok=True)
+    return lock
+
+
+def run_identity(run: Run) -> dict:
+    """The settings that decide a run's result: a checkpoint records them, and a resume must match them."""
+    from train_mrpc.data import split_fingerprint
+
+    config, accelerator = run.config, run.accelerator
+    keys = ("model_name_or_path", "seed", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
+            "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "lr_scheduler_type",
+            "max_length", "group_by_length")  # fmt: skip
+    return {
+        **{k: getattr(config, k) for k in keys},
+        "train_data": split_fingerprint(run.raw["train"]),
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "max_steps": run.schedule.max_steps,
+        "warmup_steps": run.schedule.warmup_steps,
+    }
 
 
 def resume(run: Run) -> tuple[TrainState, Meters, dict]:
@@ -162,21 +218,24 @@ def resume(run: Run) -> tuple[TrainState, Meters, dict]:
 
     state, meter_record, eval_metrics = TrainState(), {}, {}
     if run.resume_path is not None:
-        state, meter_record, eval_metrics = load_checkpoint(run.accelerator, run.resume_path)
-        if run.accelerator.is_main_process:
-            for log in (TRAIN_LOG, EVAL_LOG):  # drop what the stopped run logged after its checkpoint
-                trim_jsonl(run.output_dir / log, max_step=state.step)
+        state, meter_record, eval_metrics = load_checkpoint(run.accelerator, run.resume_path, run_identity(run),
+                                                            run.config.resume_with_changed_settings)  # fmt: skip
+        if run.accelerator.is_main_process:  # drop what the stopped run logged after its checkpoint
+            trim_jsonl(run.output_dir / TRAIN_LOG, max_step=state.step)
+            # An evaluation logged after a checkpoint of the same step (the save after it was killed) runs again.
+            trim_jsonl(run.output_dir / EVAL_LOG, max_step=state.last_eval_step)
         run.accelerator.print(f"resumed from {run.resume_path} at step {state.step} (epoch {state.epoch + 1})")
     run.task = run.progress.add_task("train", total=run.schedule.max_steps, completed=state.step, epoch=state.epoch + 1,
                                      loss=float("nan"), lr=run.scheduler.get_last_lr()[0], samples_per_s=0.0)  # fmt: skip
-    meters = Meters(run.accelerator.device, state.samples, meter_record, rank=run.accelerator.process_index)
+    meters = Meters(run.accelerator.device, state.samples, meter_record, rank=run.accelerator.process_index,
+                    prior_train_seconds=state.train_seconds, prior_eval_seconds=state.eval_seconds)
     return state, meters, dict(eval_metrics)
 
 
 # --- training ----------------------------------------------------------------------------------------
 
 
-def train_epoch(run: Run, state: TrainState, meters: Meters, preemption: PreemptionHandler) -> None:
+def train_epoch(run: Run, state: TrainState, meters: Meters, preemption: PreemptionHandler, profiler: NoProfiler) -> None:
     """Optimizer steps until the epoch (or the run) ends; logs, checkpoints and preemption stops on the way."""
     accelerator, config, schedule = run.accelerator, run.config, run.schedule
     # Set the epoch on the prepared loader itself: a loader from skip_first_batches cannot pass it down
@@ -186,14 +245,16 @@ def train_epoch(run: Run, state: TrainState, meters: Meters, preemption: Preempt
     if state.batches_in_epoch:  # resumed mid-epoch
         batches = accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch)
     run.model.train()
-    for batch in batches:
+    model_config = accelerator.unwrap_model(run.model).config
+    for batch in meters.timed(batches):  # counts the time spent waiting for each batch
         loss = training_step(accelerator, run.model, run.optimizer, run.scheduler, batch, config.max_grad_norm)
-        meters.add(loss, batch)
+        meters.add(loss, batch, batch_flops(run.flop_counts, model_config, *batch["input_ids"].shape))
         state.batches_in_epoch += 1
         state.samples += len(batch["labels"]) * accelerator.num_processes
         if not accelerator.sync_gradients:  # inside an accumulation
             continue
         state.step += 1
+        profiler.step()
         stop = preemption.received is not None
         if state.step % config.logging_steps == 0 or state.step == schedule.max_steps:
             stop = log_training(run, state, meters, stop)
@@ -202,8 +263,7 @@ def train_epoch(run: Run, state: TrainState, meters: Meters, preemption: Preempt
         run.progress.update(run.task, advance=1, epoch=state.epoch + 1, lr=run.scheduler.get_last_lr()[0])
         if stop:
             path = checkpoint(run, state, meters, eval_metrics=None)
-            raise Preempted(f"stopped by {preemption.received or 'a signal to another process'} at step "
-                            f"{state.step}; checkpoint saved to {path}. Resume with --resume_from_checkpoint latest")  # fmt: skip
+            raise preempted(run, state, preemption.received or "a signal to another process", path, f"at step {state.step}")
         if config.checkpoint_every and state.step % config.checkpoint_every == 0:
             checkpoint(run, state, meters, eval_metrics=None)
         if state.step >= schedule.max_steps:
@@ -219,9 +279,11 @@ def log_training(run: Run, state: TrainState, meters: Meters, stop: bool) -> boo
     loss, stop = meters.synchronise(run.accelerator, stop)
     if not math.isfinite(loss):
         raise diverged(run, state, loss)
-    rate = meters.samples_per_second(state.samples)
+    window = meters.window_figures(state.samples, run.peak_flops)
+    rate = window["samples_per_second"]
     record = {"step": state.step, "epoch": round(state.step / run.schedule.steps_per_epoch, 4), "loss": loss,
-              "learning_rate": run.scheduler.get_last_lr()[0], "samples_per_second": rate}  # fmt: skip
+              "learning_rate": run.scheduler.get_last_lr()[0], **window,
+              "peak_memory_gb": peak_memory(run.accelerator.device)[0] / 2**30}  # fmt: skip
     if run.accelerator.is_main_process:
         append_jsonl(run.output_dir / TRAIN_LOG, record)
     run.accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step)
@@ -232,14 +294,30 @@ def log_training(run: Run, state: TrainState, meters: Meters, stop: bool) -> boo
 
 def checkpoint(run: Run, state: TrainState, meters: Meters, eval_metrics: dict | None) -> Path:
     """Save a resumable checkpoint (never from a diverged model) and rotate old ones."""
+    start = time.perf_counter()
     meter_record = meters.state_dict(run.accelerator)
     if not math.isfinite(meter_record["loss_sum_all_processes"]):
         raise diverged(run, state, meter_record["loss_sum_all_processes"])
-    path = save_checkpoint(run.accelerator, run.output_dir, state, meter_record, eval_metrics)
+    state.train_seconds, state.eval_seconds = meters.train_seconds(), meters.eval_seconds()
+    path = save_checkpoint(run.accelerator, run.output_dir, state, meter_record, eval_metrics, run_identity(run))
+    meters.checkpointed(time.perf_counter() - start)  # counted from the next checkpoint on (this one is saved)
     if run.accelerator.is_main_process:
         rotate_checkpoints(run.output_dir, run.config.save_total_limit, run.config.metric_for_best_model,
                            run.config.greater_is_better)  # fmt: skip
     return path
+
+
+def preempted(run: Run, state: TrainState, signal_name: str, checkpoint_path: Path | None, when: str) -> Preempted:
+    """The stop after SIGTERM/SIGUSR1, also left as output_dir/preempted.json: `accelerate launch` turns the
+    exit status 75 into its own 1, so a requeue script can look for the file instead."""
+    from train_mrpc.reporting import write_json
+
+    saved = f"checkpoint saved to {checkpoint_path}" if when.startswith("at step") else \
+        f"nothing new to save (latest checkpoint: {checkpoint_path or 'none'})"  # fmt: skip
+    if run.accelerator.is_main_process:
+        write_json(run.output_dir / PREEMPTED, {"signal": signal_name, "step": state.step, "checkpoint":
+                                                 str(checkpoint_path) if checkpoint_path else None, "exit_status": 75})  # fmt: skip
+    return Preempted(f"stopped by {signal_name} {when}; {saved}. Resume with --resume_from_checkpoint latest")
 
 
 def diverged(run: Run, state: TrainState, loss: float) -> UserError:
@@ -272,6 +350,7 @@ def validate(run: Run, state: TrainState, meters: Meters) -> dict:
         run.progress.console.print(f"epoch {state.epoch}: eval accuracy {metrics['accuracy']:.4f}, "
                                    f"F1 {metrics['f1']:.4f}, loss {metrics['loss']:.4f}")  # fmt: skip
     run.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
+    state.last_eval_step = state.step
     value = metrics[run.config.metric_for_best_model]
     if is_improvement(value, state.best_metric, run.config.greater_is_better):
         state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
@@ -306,10 +385,11 @@ def finish(run: Run, state: TrainState, meters: Meters, eval_metrics: dict) -> d
     from train_mrpc.evaluation import predict_logits, score, write_predictions
     from train_mrpc.launch import describe_launch, describe_speed_choices
     from train_mrpc.model import save_model
+    from train_mrpc.plots import plot_training_curves
     from train_mrpc.reporting import print_summary, write_json
 
     accelerator, config = run.accelerator, run.config
-    runtime, eval_time = meters.elapsed(), meters.paused_time
+    train_time, eval_time = max(meters.train_seconds(), 1e-9), meters.eval_seconds()  # every segment of the run
     save_model(accelerator, run.model, run.tokenizer, run.output_dir)
     test_metrics = {}
     if run.test_loader is not None:
@@ -319,7 +399,6 @@ def finish(run: Run, state: TrainState, meters: Meters, eval_metrics: dict) -> d
             write_predictions(run.output_dir, run.raw["test"]["idx"], test_logits)
         if (labels >= 0).all():  # generated or user-labelled test sets; GLUE's hides its labels
             test_metrics = {f"test_{k}": v for k, v in score(test_logits, labels, run.metric).items()}
-    train_time = max(runtime - eval_time, 1e-9)
     results = {
         "model": config.model_name_or_path,
         "data_source": config.data_source,
@@ -331,21 +410,26 @@ def finish(run: Run, state: TrainState, meters: Meters, eval_metrics: dict) -> d
         **{f"eval_{k}": v for k, v in eval_metrics.items() if k != "num_examples"},
         # What always answering the validation set's most common label scores: learning must beat it.
         "eval_majority_accuracy": majority_accuracy(list(run.raw["validation"]["label"])),
-        "train_runtime": runtime,
+        "train_runtime": train_time + eval_time,
         "eval_runtime": eval_time,
         "train_samples": state.samples,
-        "train_samples_per_second": meters.samples_this_run(state.samples) / train_time,
-        "train_tokens_per_second": meters.tokens_this_run(accelerator) / train_time,
+        "train_samples_per_second": state.samples / train_time,
+        "train_tokens_per_second": meters.tokens_all_processes(accelerator) / train_time,
         f"best_{config.metric_for_best_model}": state.best_metric,
         "best_step": state.best_step,
         **test_metrics,
         "resumed_from": str(run.resume_path) if run.resume_path else None,
+        **meters.run_figures(run.peak_flops, train_time),
+        "peak_flops_source": run.peak_source,
+        "peak_memory_bytes": peak_memory(accelerator.device)[0],
+        "peak_memory_kind": peak_memory(accelerator.device)[1],
         "launch": describe_launch(accelerator, config),
         "speed": describe_speed_choices(accelerator, config, run.pad_to),
         "output_dir": str(run.output_dir),
     }
     if accelerator.is_main_process:
         write_json(run.output_dir / ALL_RESULTS, results)
+        plot_training_curves(run.output_dir)
         print_summary(results, run.progress.console)
     accelerator.wait_for_everyone()  # every rank ends this run (and starts a next seed's) together
     # The trackers end with the run; the process group outlives it (reproduce trains every seed on it), so

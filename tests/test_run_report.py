@@ -1,0 +1,94 @@
+"""Every run says where its time went, how close it came to the hardware, and draws its curves (issue 15, 2-3)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_cli, tiny_args
+
+from train_mrpc.flops import batch_flops, count_parameters, gpu_peak, training_flops
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_bert_base_flops_match_the_textbook_count():
+    """bert-base: ~85M per-token matmul parameters; 6 x params x tokens + 12 x layers x hidden x T^2 per sequence."""
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    config = BertConfig(num_labels=2)  # bert-base-uncased's architecture
+    counts = count_parameters(AutoModelForSequenceClassification.from_config(config))
+    layer = 4 * 768 * 768 + 4 * 768 + 2 * 768 * 3072 + 3072 + 768 + 2 * 2 * 768  # attention, FFN, 2 LayerNorms
+    assert counts["per_token"] == 12 * layer + 2 * 768  # + the embeddings' LayerNorm
+    assert counts["embedding"] == (30522 + 512 + 2) * 768
+    flops = training_flops(counts, config, [128] * 32)
+    assert flops == batch_flops(counts, config, 32, 128)
+    assert flops == pytest.approx(32 * (6 * 85.0e6 * 128 + 12 * 12 * 768 * 128 * 128), rel=0.01)
+
+
+@pytest.mark.parametrize(
+    "name, precision, tflops",
+    [("NVIDIA H100 80GB HBM3", "bf16", 989), ("NVIDIA H100 PCIe", "bf16", 756), ("NVIDIA A100-SXM4-80GB", "tf32", 156),
+     ("Tesla T4", "fp16", 65), ("Tesla T4", "bf16", None), ("Some Future GPU", "bf16", None)],
+)  # fmt: skip
+def test_gpu_peak_table(name, precision, tflops):
+    assert gpu_peak(name, precision) == (tflops * 1e12 if tflops else None)
+
+
+def test_every_run_reports_its_time_breakdown_mfu_memory_and_curves(tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    proc = run_cli(tiny_args(tiny_model_dir, out, "--checkpointing_steps", "8"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    breakdown = results["time_breakdown_s"]
+    assert set(breakdown) == {"training_steps", "data_wait", "checkpoint_saving", "evaluation"}
+    assert all(v > 0 for v in breakdown.values()), breakdown  # it saved checkpoints, evaluated, loaded data
+    train_time = results["train_runtime"] - results["eval_runtime"]
+    assert sum(breakdown.values()) - breakdown["evaluation"] == pytest.approx(train_time, rel=1e-6)
+    assert 0 < results["mfu"] < 1 and results["achieved_tflops"] > 0
+    assert results["peak_flops_source"] == "measured bf16 matmul on this CPU"
+    assert results["peak_memory_kind"] == "process_peak_rss" and results["peak_memory_bytes"] > 100 * 2**20
+    for record in (json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()):
+        assert 0 < record["mfu"] < 1 and record["tflops"] > 0 and record["data_wait_s"] >= 0
+        assert record["checkpoint_s"] >= 0 and record["peak_memory_gb"] > 0
+    assert "where the time went" in proc.stdout and "MFU" in proc.stdout and "peak memory" in proc.stdout
+    assert (out / "training_curves.png").read_bytes()[:8] == PNG_MAGIC
+
+    # Drawn again from the logs alone.
+    (out / "training_curves.png").unlink()
+    proc = run_cli(["plot", out])
+    assert proc.returncode == 0 and (out / "training_curves.png").read_bytes()[:8] == PNG_MAGIC
+    proc = run_cli(["plot", tmp_path])
+    assert proc.returncode == 2 and "not a train-mrpc output folder" in proc.stderr
+
+
+def test_peak_override_sets_the_mfu_denominator(tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    proc = run_cli(tiny_args(tiny_model_dir, out, "--max_train_steps", "4", "--peak_tflops", "0.001"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["peak_flops_source"] == "--peak_tflops"
+    assert results["mfu"] == pytest.approx(results["achieved_tflops"] / 0.001)
+
+
+def test_profile_writes_a_trace_of_the_models_operators_and_changes_no_result(tmp_path, tiny_model_dir):
+    runs = {}
+    for name, extra in (("plain", []), ("profiled", ["--profile", "true", "--profile_skip_steps", "2",
+                                                     "--profile_warmup_steps", "1", "--profile_steps", "3"])):
+        out = tmp_path / name
+        proc = run_cli(tiny_args(tiny_model_dir, out, "--max_train_steps", "10", "--logging_steps", "1", *extra))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = (out, proc)
+    out, proc = runs["profiled"]
+    traces = list((out / "profile").glob("rank0.*.pt.trace.json"))
+    assert len(traces) == 1, list((out / "profile").iterdir())
+    events = json.loads(traces[0].read_text())["traceEvents"]  # Chrome trace format: TensorBoard and Perfetto read it
+    names = {e.get("name") for e in events}
+    assert {"aten::addmm", "aten::_fused_adamw_"} <= names and any(n and "ProfilerStep#" in n for n in names)
+    assert "Top operators by self time, 3 profiled steps" in proc.stdout and "aten::" in proc.stdout
+    assert "Self CPU" in (out / "profile" / "top_operators.txt").read_text()
+    # The same run: weights and every logged loss equal the unprofiled run's.
+    plain = runs["plain"][0]
+    assert (out / "model.safetensors").read_bytes() == (plain / "model.safetensors").read_bytes()
+    losses = [[json.loads(line)["loss"] for line in (o / "train_log.jsonl").read_text().splitlines()] for o in (out, plain)]
+    assert losses[0] == losses[1]

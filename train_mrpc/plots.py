@@ -1,0 +1,70 @@
+"""``output_dir/training_curves.png``: a run's loss, learning rate, validation metrics and throughput.
+
+Drawn from the run's own JSON-lines logs, so it can be drawn again at any time: ``train-mrpc plot DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from train_mrpc.errors import UserError
+from train_mrpc.schema import ALL_RESULTS, EVAL_LOG, TRAIN_LOG, TRAINING_CURVES
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise UserError(f"{path}: line {number} is not valid JSON") from None
+    return rows
+
+
+def plot_training_curves(output_dir: str | Path) -> Path:
+    """Write ``training_curves.png`` in ``output_dir`` from its logs; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    output_dir = Path(output_dir)
+    train_log, eval_log = read_jsonl(output_dir / TRAIN_LOG), read_jsonl(output_dir / EVAL_LOG)
+    if not train_log and not eval_log:
+        raise UserError(f"{output_dir} holds no {TRAIN_LOG} or {EVAL_LOG}: not a train-mrpc output folder (or nothing logged yet)")
+    results = json.loads((output_dir / ALL_RESULTS).read_text()) if (output_dir / ALL_RESULTS).is_file() else {}
+    steps = [r["step"] for r in train_log]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    (loss_ax, lr_ax), (eval_ax, speed_ax) = axes
+    loss_ax.plot(steps, [r["loss"] for r in train_log], color="#4c72b0", label="training (mean since last log)")
+    if eval_log:
+        loss_ax.plot([r["step"] for r in eval_log], [r["eval_loss"] for r in eval_log], "o-", color="#dd8452",
+                     label="validation")  # fmt: skip
+    loss_ax.set(title="Loss", ylabel="cross-entropy")
+    loss_ax.legend(fontsize="small")
+    lr_ax.plot(steps, [r["learning_rate"] for r in train_log], color="#55a868")
+    lr_ax.set(title="Learning rate", ylabel="lr")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    for key, marker in (("eval_accuracy", "o-"), ("eval_f1", "s-")):
+        eval_ax.plot([r["step"] for r in eval_log], [100 * r[key] for r in eval_log], marker, label=key.removeprefix("eval_"))
+    if results.get("eval_majority_accuracy"):
+        eval_ax.axhline(100 * results["eval_majority_accuracy"], color="grey", linestyle="--", linewidth=1,
+                        label="majority class")  # fmt: skip
+    eval_ax.set(title="Validation", xlabel="optimizer step", ylabel="%")
+    eval_ax.legend(fontsize="small")
+    speed_ax.plot(steps, [r["samples_per_second"] for r in train_log], color="#8172b3", label="samples/s")
+    speed_ax.set(title="Throughput", xlabel="optimizer step", ylabel="samples/s")
+    if any("mfu" in r for r in train_log):
+        mfu_ax = speed_ax.twinx()
+        mfu_ax.plot(steps, [100 * (r.get("mfu") or 0) for r in train_log], color="#c44e52", linewidth=1, alpha=0.7)
+        mfu_ax.set_ylabel("MFU % (red)")
+    fig.suptitle(f"MRPC fine-tune: {results.get('model', output_dir.name)}")
+    fig.tight_layout()
+    path = output_dir / TRAINING_CURVES
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
