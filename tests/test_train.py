@@ -167,3 +167,35 @@ def test_minilm_reaches_real_accuracy_on_mrpc(tmp_path):
     rows = (out / "MRPC.tsv").read_text().splitlines()
     assert rows[0] == "index\tprediction" and len(rows) == 1 + 1725
     assert [int(r.split("\t")[0]) for r in rows[1:]] == list(range(1725))
+
+
+# --- the loop's small decisions -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "batches, flags, expected",
+    [
+        (115, {}, (115, 345, 3, 35)),  # MRPC at batch 32: 3 epochs, 10 % warm-up rounded up
+        (115, {"gradient_accumulation_steps": 2}, (58, 174, 3, 18)),  # the last accumulation is a short step
+        (115, {"max_train_steps": 200}, (115, 200, 2, 20)),  # steps win over epochs
+        (115, {"num_train_epochs": 0.5, "num_warmup_steps": 0}, (115, 58, 1, 0)),
+    ],
+)
+def test_schedule_counts_optimizer_steps(batches, flags, expected):
+    from train_mrpc.config import TrainConfig
+    from train_mrpc.train import Schedule, schedule_for
+
+    assert schedule_for(batches, TrainConfig(**flags)) == Schedule(*expected)
+
+
+def test_best_and_early_stopping_decisions():
+    from train_mrpc.checkpointing import TrainState
+    from train_mrpc.train import is_improvement, majority_accuracy, should_stop_early
+
+    assert is_improvement(0.5, None, greater_is_better=True) and is_improvement(0.5, None, greater_is_better=False)
+    assert is_improvement(0.8, 0.7, True) and not is_improvement(0.7, 0.7, True) and not is_improvement(0.6, 0.7, True)
+    assert is_improvement(0.3, 0.4, False) and not is_improvement(0.4, 0.4, False)
+    assert not should_stop_early(TrainState(evals_without_improvement=5), None)
+    assert should_stop_early(TrainState(evals_without_improvement=2), 2)
+    assert not should_stop_early(TrainState(evals_without_improvement=1), 2)
+    assert majority_accuracy([1] * 279 + [0] * 129) == pytest.approx(0.6838, abs=1e-4)
