@@ -234,14 +234,25 @@ def check_same_run(path: Path, saved: dict, current: dict, allow_changes: bool) 
 
 
 class OutputDirLock:
-    """An exclusive lock on ``output_dir/.lock`` for the run's lifetime: a second run there stops at once.
+    """An exclusive flock on ``output_dir/.lock`` (or any file): held for a run's lifetime, a second run
+    there stops at once; as a context manager it waits instead (workers taking turns).
 
     flock locks die with their process, so a crashed or killed run leaves no stale lock behind.
     """
 
-    def __init__(self, output_dir: Path) -> None:
-        self.path = Path(output_dir) / ".lock"
+    def __init__(self, output_dir: Path | None = None, path: Path | None = None) -> None:
+        self.path = Path(path) if path is not None else Path(output_dir) / ".lock"
         self.file = None
+
+    def __enter__(self) -> OutputDirLock:
+        import fcntl
+
+        self.file = open(self.path, "a+")
+        fcntl.flock(self.file, fcntl.LOCK_EX)  # waits while another process holds it
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     def acquire(self) -> OutputDirLock:
         import fcntl

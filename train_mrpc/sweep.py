@@ -30,6 +30,7 @@ worker writes ``sweep.md``, ``sweep.json`` and ``sweep.png`` (the same content w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from train_mrpc.checkpointing import OutputDirLock
 from train_mrpc.config import MAX_SEED, TrainConfig, check_value
 from train_mrpc.errors import UserError
 from train_mrpc.reproduce import (
@@ -229,25 +231,6 @@ def open_storage(optuna, url: str, options: SweepConfig, callback):
             time.sleep(0.5 + attempt)
 
 
-class _FileLock:
-    """Serialises creating a local SQLite storage between workers started together (an flock)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path, self.file = path, None
-
-    def __enter__(self):
-        if self.path is not None:
-            import fcntl
-
-            self.file = open(self.path, "a")
-            fcntl.flock(self.file, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.file is not None:
-            self.file.close()  # releases the flock
-
-
 def sweep_identity(config: TrainConfig, grid: dict) -> dict:
     """What every worker of one sweep must agree on: the grid and every result-deciding setting."""
     settings = {k: v for k, v in config.to_dict().items() if k not in NOT_IDENTITY and k not in GRID_FIELDS}
@@ -260,7 +243,8 @@ def open_study(optuna, config: TrainConfig, options: SweepConfig, grid: dict, ro
     sampler = optuna.samplers.GridSampler(grid, seed=GRID_SEED)
     # Workers on one machine creating a SQLite file at once could collide on its tables: one at a time. (Servers:
     # open_storage retries instead.)
-    with _FileLock(root / STORAGE_LOCK if url.startswith("sqlite") else None):
+    # Workers started together take turns creating a local SQLite storage.
+    with OutputDirLock(path=root / STORAGE_LOCK) if url.startswith("sqlite") else contextlib.nullcontext():
         storage = open_storage(optuna, url, options, retry_callback(optuna))
         study = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
                                     load_if_exists=True)  # fmt: skip
@@ -322,17 +306,9 @@ def worker_name() -> str:
 
 def wait_for_folder(folder: Path) -> None:
     """Wait until no live process holds the run's folder lock (a worker whose heartbeat was late, not dead)."""
-    try:
-        from train_mrpc.checkpointing import OutputDirLock
-    except ImportError:  # a loop without folder locks
-        return
-    import fcntl
-
-    lock_path = OutputDirLock(folder).path
-    if not lock_path.exists():
-        return
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # blocks while the holder lives; released at once by close
+    if (folder / ".lock").exists():
+        with OutputDirLock(folder):  # waits while the holder lives; released at once
+            pass
 
 
 def run_trial(config: TrainConfig, point: tuple, folder: Path) -> dict:
