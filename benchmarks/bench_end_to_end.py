@@ -74,7 +74,8 @@ def model_path(args) -> str:
 
 def run_once(variant: str, seed: int, flags: list[str], out: Path) -> dict:
     run_dir = out / "runs" / f"{variant}-seed{seed}"
-    command = [sys.executable, "-m", "train_mrpc", *flags, "--seed", str(seed), "--output_dir", str(run_dir), *VARIANTS[variant]]
+    command = [sys.executable, "-m", "train_mrpc", *flags, "--seed", str(seed), "--output_dir", str(run_dir),
+               "--overwrite_output_dir", "true", *VARIANTS[variant]]  # a re-measured run starts fresh
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT)

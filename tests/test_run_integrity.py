@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, TEST_ENV, accelerate_launch, run_cli, tiny_args, training_workers, wait_for_log_lines
-from test_checkpointing import assert_identical_runs, run_args, start_and_signal
+from test_checkpointing import assert_identical_runs, run_args
 
 
 def assert_one_line_error(returncode: int, stderr: str, *fragments: str) -> str:
@@ -42,10 +42,12 @@ def reference(tmp_path_factory, tiny_model_dir) -> Path:
 def test_latest_refuses_a_checkpoint_of_another_run(tmp_path, tiny_model_dir, reference):
     out = tmp_path / "copy"
     shutil.copytree(reference, out)  # someone else's finished run in this folder
-    # A different run there, killed at step 3 (before its own first checkpoint), then resumed with latest.
+    # A different run started there is refused at once: the folder holds another run's checkpoints.
     args = tiny_args(tiny_model_dir, out, "--max_train_steps", "6", "--seed", "7", "--logging_steps", "1",
                      "--checkpointing_steps", "5")  # fmt: skip
-    proc, _, _ = start_and_signal(args, out, at_step=3, sig=signal.SIGKILL)
+    proc = run_cli(args)
+    assert_one_line_error(proc.returncode, proc.stderr, f"--output_dir {out} holds another run's checkpoints")
+    # Asked to resume "latest" there: the newest checkpoint is the other run's, and it is refused.
     proc = run_cli([*args, "--resume_from_checkpoint", "latest"])
     line = assert_one_line_error(proc.returncode, proc.stderr, "step_000060 was made by a run with other settings")
     assert "seed 42 -> 7" in line and "max_steps 60 -> 6" in line and "--overwrite_output_dir" in line
@@ -129,7 +131,7 @@ def test_a_second_run_in_the_same_folder_stops_at_once(tmp_path, tiny_model_dir)
         first.kill()
         first.wait()
     # The lock died with its process: the folder is free again.
-    assert run_cli(tiny_args(tiny_model_dir, out, "--max_train_steps", "2")).returncode == 0
+    assert run_cli(tiny_args(tiny_model_dir, out, "--max_train_steps", "2", "--overwrite_output_dir", "true")).returncode == 0
 
 
 @pytest.fixture
@@ -237,3 +239,39 @@ def test_preempted_run_under_accelerate_launch_leaves_its_marker(tmp_path, tiny_
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (out / "preempted.json").exists()
     assert_identical_runs(reference, out)
+
+
+def test_odd_files_beside_checkpoints_do_not_break_a_resume(tmp_path, tiny_model_dir, reference):
+    """A stray 'step_4.bak' copy, a same-size edit of a step number, a half-written log line: latest still
+    resumes from the newest sound checkpoint and ends exactly like the uninterrupted run."""
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    shutil.copytree(out / "checkpoints" / "step_000040", out / "checkpoints" / "step_40.bak")
+    edited = out / "checkpoints" / "step_000060" / "trainer_state.json"
+    edited.write_text(edited.read_text().replace('"step": 60,', '"step": 61,'))
+    with open(out / "train_log.jsonl", "a") as log:
+        log.write('{"step": 61, "lo')  # what a kill in the middle of an append leaves
+    proc = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", "latest"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "says step 61, but the folder is step_000060" in proc.stderr and "step_000050" in proc.stdout
+    assert_identical_runs(reference, out)
+
+
+@pytest.mark.parametrize(
+    "where, extra, message",
+    [
+        ("inside a checkpoint", [], "is a checkpoint folder of another run"),
+        ("the model's own folder", [], "is the folder of --model_name_or_path"),
+        ("warm-up as long as the run", ["--num_warmup_steps", "8", "--max_train_steps", "8"], "the warm-up (8 steps) is as long"),
+    ],
+)
+def test_output_dirs_and_schedules_that_would_destroy_or_waste_a_run_are_refused(tmp_path, tiny_model_dir, reference,
+                                                                                 where, extra, message):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    out = {"inside a checkpoint": reference / "checkpoints" / "step_000060", "the model's own folder": model}.get(where, tmp_path / "run")
+    before = (out / "model.safetensors").read_bytes() if (out / "model.safetensors").exists() else None
+    proc = run_cli(tiny_args(model, out, *extra))
+    assert_one_line_error(proc.returncode, proc.stderr, message)
+    if before is not None:
+        assert (out / "model.safetensors").read_bytes() == before

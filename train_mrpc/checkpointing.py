@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 from dataclasses import asdict, dataclass
@@ -102,9 +103,11 @@ def validate_checkpoint(path: Path) -> dict:
         raise UserError(f"checkpoint {path} is incomplete: {STATE_FILE} is missing (a save was interrupted?)")
     try:
         record = json.loads(state_file.read_text())
-    except (ValueError, UnicodeDecodeError, OSError):
+    except (ValueError, UnicodeDecodeError, OSError, RecursionError):
         raise UserError(f"checkpoint {path} is damaged: {STATE_FILE} is not valid JSON") from None
     problem = _state_problem(record)
+    if problem is None and re.fullmatch(r"step_\d+", path.name) and record.get("step") != int(path.name[5:]):
+        problem = f"says step {record.get('step')!r}, but the folder is {path.name}"
     if problem:
         raise UserError(f"checkpoint {path} is damaged: {STATE_FILE} {problem}")
     for name, expected in record["files"].items():
@@ -136,6 +139,8 @@ def _state_problem(record) -> str | None:
         wanted = (int, float, type(None)) if name == "best_metric" else (int, float) if f.type in ("float",) else (int,)
         if isinstance(value, bool) or not isinstance(value, wanted):
             return f"has {name} = {value!r}, expected {'a number' if float in wanted else 'an integer'}"
+        if name != "last_eval_step" and isinstance(value, (int, float)) and value < 0:
+            return f"has {name} = {value!r}, expected a number >= 0"
     for name in ("meters", "eval_metrics", "run"):
         if not isinstance(record.get(name, {}), dict):
             return f"has {name} = {record[name]!r}, expected an object"
@@ -147,7 +152,8 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     root = checkpoint_root(output_dir)
     if not root.is_dir():
         return []
-    return sorted((p for p in root.glob("step_*") if p.is_dir()), key=lambda p: int(p.name.split("_")[1]))
+    named = (p for p in root.glob("step_*") if re.fullmatch(r"step_\d+", p.name) and p.is_dir())
+    return sorted(named, key=lambda p: int(p.name.split("_")[1]))
 
 
 def find_latest(output_dir: str | Path) -> Path | None:

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
 
         user_path_errors = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS, errno.EACCES,
                             errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
-                            errno.ELOOP, errno.EIO, errno.EFBIG}  # fmt: skip
+                            errno.ELOOP, errno.EIO, errno.EFBIG, errno.EEXIST}  # fmt: skip
         if err.errno not in user_path_errors:
             raise
         cause = os.strerror(err.errno).lower()

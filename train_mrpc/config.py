@@ -209,6 +209,10 @@ class TrainConfig:
                 minimum = 0 if name == "num_warmup_steps" else 1
                 check_value(value >= minimum, name, value, f"an integer >= {minimum}")
         check_value(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer from 0 to {MAX_SEED} (2**32 - 1)")
+        try:
+            self.output_dir.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"--output_dir {self.output_dir!r} holds bytes that are not UTF-8; choose another name") from None
         check_value(self.output_dir.strip() != "", "output_dir", self.output_dir, "a folder path, not an empty string")
         check_value(self.learning_rate > 0, "learning_rate", self.learning_rate, "a number > 0")
         check_value(self.num_train_epochs > 0, "num_train_epochs", self.num_train_epochs, "a number > 0")

@@ -57,10 +57,18 @@ def append_jsonl(path: str | Path, record: dict) -> None:
 
 
 def trim_jsonl(path: str | Path, max_step: int) -> None:
-    """Drop records logged after ``max_step`` (by a run that stopped after its last checkpoint)."""
+    """Drop records logged after ``max_step`` (by a run that stopped after its last checkpoint), and blank or
+    half-written lines (a kill or a full disk during an append leaves one at the end)."""
     path = Path(path)
     if path.exists():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= max_step]
+        kept = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= max_step:
+                kept.append(line)
         path.write_text("".join(line + "\n" for line in kept))
 
 

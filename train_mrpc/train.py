@@ -18,7 +18,7 @@ from train_mrpc.errors import UserError
 from train_mrpc.flops import batch_flops
 from train_mrpc.meters import Meters, peak_memory
 from train_mrpc.profiling import NoProfiler, step_profiler
-from train_mrpc.schema import ALL_RESULTS, BEST_MODEL_DIR, EVAL_LOG, PREEMPTED, TRAIN_CONFIG, TRAIN_LOG
+from train_mrpc.schema import ALL_RESULTS, BEST_MODEL_DIR, CHECKPOINTS_DIR, EVAL_LOG, PREEMPTED, TRAIN_CONFIG, TRAIN_LOG
 from train_mrpc.step import training_step
 
 
@@ -139,6 +139,13 @@ def setup(config: TrainConfig) -> Run:
     lock = prepare_output_dir(output_dir, config.overwrite_output_dir) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     resume_path = resolve_resume(config.resume_from_checkpoint, output_dir)
+    model_dir = Path(config.model_name_or_path).expanduser()
+    if model_dir.is_dir() and model_dir.resolve() == output_dir.resolve():
+        raise UserError(f"--output_dir {output_dir} is the folder of --model_name_or_path: the run would overwrite "
+                        "the model it starts from; choose another --output_dir")  # fmt: skip
+    if config.resume_from_checkpoint is None and checkpoint_root(output_dir).is_dir() and any(checkpoint_root(output_dir).iterdir()):
+        raise UserError(f"--output_dir {output_dir} holds another run's checkpoints: pass --resume_from_checkpoint "
+                        "latest to continue it, --overwrite_output_dir true to start fresh there, or another folder")  # fmt: skip
     if accelerator.is_main_process:
         if resume_path is None:  # a fresh run starts fresh logs; a resumed one keeps them (trimmed to the checkpoint)
             for stale in (TRAIN_LOG, EVAL_LOG):
@@ -165,6 +172,9 @@ def setup(config: TrainConfig) -> Run:
         model = compile_model(model, mode=config.torch_compile_mode)
 
     schedule = schedule_for(len(train_loader), config)
+    if schedule.warmup_steps >= schedule.max_steps > 1:
+        raise UserError(f"the warm-up ({schedule.warmup_steps} steps) is as long as the whole run ({schedule.max_steps} "
+                        "optimizer steps): the learning rate would never reach its peak; lower --num_warmup_steps")  # fmt: skip
     scheduler = build_scheduler(accelerator, optimizer, config, schedule)
     precision = compute_precision(device, accelerator.mixed_precision, config.tf32)
     peak_flops, peak_source = device_peak(accelerator.device, precision, config.peak_tflops)
@@ -189,6 +199,8 @@ def prepare_output_dir(path: Path, overwrite: bool) -> OutputDirLock:
     except OSError as err:
         raise UserError(f"--output_dir {path} cannot be written: {err.strerror or err}") from None
     lock = OutputDirLock(path).acquire()
+    if (path / "trainer_state.json").exists() or path.parent.name == CHECKPOINTS_DIR:
+        raise UserError(f"--output_dir {path} is a checkpoint folder of another run; choose a folder of its own")
     (path / PREEMPTED).unlink(missing_ok=True)  # this run is not (yet) preempted
     if overwrite:
         shutil.rmtree(checkpoint_root(path), ignore_errors=True)
