@@ -275,3 +275,19 @@ def test_output_dirs_and_schedules_that_would_destroy_or_waste_a_run_are_refused
     assert_one_line_error(proc.returncode, proc.stderr, message)
     if before is not None:
         assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_full_disk_during_the_model_save_is_one_line_and_leaves_no_config_without_weights(tmp_path, tiny_model_dir):
+    mount = tmp_path / "tiny-disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        out = mount / "run"
+        proc = run_cli(tiny_args(tiny_model_dir, out, "--checkpointing_steps", "no", "--num_train_epochs", "1"))
+        assert_one_line_error(proc.returncode, proc.stderr, "failed: no space left on the device")
+        assert not (out / "config.json").exists() or (out / "model.safetensors").exists()
+        assert not (out / "best_model" / "config.json").exists() or (out / "best_model" / "model.safetensors").exists()
+        assert not list(out.glob(".tmp-*")) and not list(mount.glob(".tmp-*"))
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

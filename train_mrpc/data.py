@@ -122,6 +122,8 @@ def read_json(path: Path) -> tuple[Columns, list[str]]:
             if line.strip():
                 try:
                     records.append(json.loads(line))
+                except RecursionError:
+                    raise UserError(f"{path}: line {number} is nested too deeply; {expected}") from None
                 except json.JSONDecodeError as err:
                     if number == 1 and _is_one_json_object(text):  # pretty-printed: valid JSON, not a table
                         raise UserError(f"{path}: holds one JSON object; {expected}") from None
@@ -132,6 +134,8 @@ def read_json(path: Path) -> tuple[Columns, list[str]]:
             records = json.loads(text)
         except json.JSONDecodeError as err:
             raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        except RecursionError:  # arrays nested thousands deep
+            raise UserError(f"{path}: nested too deeply to be a table; {expected}") from None
         locations = [f"record {i}" for i in range(len(records))]
     columns: Columns = {}
     for record, where in zip(records, locations):

@@ -101,6 +101,8 @@ def _read_model_config(path: Path):
         return f"config.json is not valid JSON ({err.msg} at line {err.lineno})"
     except UnicodeDecodeError:
         return "config.json is not valid JSON (not UTF-8 text)"
+    except RecursionError:
+        return "config.json is nested too deeply to be a model configuration"
     except OSError as err:
         return f"config.json cannot be read ({(err.strerror or str(err)).lower()})"
     return values if isinstance(values, dict) else f"config.json must hold a JSON object, got {type(values).__name__}"

@@ -92,9 +92,37 @@ def build_optimizer(model, config: TrainConfig, fused: bool = False):
 
 
 def save_model(accelerator, model, tokenizer, output_dir: str | Path) -> None:
-    """Weights as safetensors plus the tokenizer: ``from_pretrained(output_dir)`` and ``pipeline`` load it."""
+    """Weights as safetensors plus the tokenizer: ``from_pretrained(output_dir)`` and ``pipeline`` load it.
+
+    Written into a temporary folder first and moved into place file by file, so a failed save (a full disk)
+    never leaves config.json without its weights; the failure is one line saying why.
+    """
+    import os
+    import shutil
+
+    output_dir = Path(output_dir)
+    tmp = output_dir.parent / f".tmp-{output_dir.name}-model"
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
-    if accelerator.is_main_process:
-        tokenizer.save_pretrained(output_dir)
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if output_dir.exists() and not output_dir.is_dir():
+                raise UserError(f"cannot save the model to {output_dir}: it is a file, expected a folder")
+        unwrapped.save_pretrained(tmp, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+        if accelerator.is_main_process:
+            tokenizer.save_pretrained(tmp)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            for file in tmp.iterdir():
+                os.replace(file, output_dir / file.name)
+    except OSError as err:
+        raise UserError(f"saving the model to {output_dir} failed: {(err.strerror or str(err)).lower()}; the "
+                        "checkpoints are kept (resume with --resume_from_checkpoint latest)") from None
+    except Exception as err:  # safetensors reports a full disk as its own error type
+        if "No space left" not in str(err):
+            raise
+        raise UserError(f"saving the model to {output_dir} failed: no space left on the device; the checkpoints "
+                        "are kept (resume with --resume_from_checkpoint latest)") from None
+    finally:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
