@@ -2,8 +2,8 @@
 
     python gpu_check/max_batch.py --model_config .gpu_carry/bert-base-uncased --precision fp32 --length 128
 
-Each candidate runs two full training steps (forward, backward, clipping, fused AdamW: the second step has
-the optimizer state allocated) on batches padded to ``--length``, the worst case of the project's batches
+Each candidate runs two of the training loop's own steps (train_mrpc.step.training_step under an Accelerator
+in the chosen precision: forward, backward, clipping, fused AdamW; the second step has the optimizer state) on batches padded to ``--length``, the worst case of the project's batches
 (max_length 128; MRPC's longest pair is 103 tokens). The default precision is fp32, whose activations take
 the most memory, so the size found also fits bf16 and fp16. A size counts as fitting when its peak stays
 under ``--headroom`` of the GPU's memory, leaving room for the allocator state of a longer benchmark run.
@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train_mrpc from 
 
 
 def build(model_config: str, precision: str, device):
+    """The model, optimizer and schedule prepared by an Accelerator as the training loop prepares them."""
     import torch
+    from accelerate import Accelerator
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from train_mrpc.synthetic import build_tiny_model
@@ -34,16 +36,20 @@ def build(model_config: str, precision: str, device):
         config = AutoConfig.from_pretrained(model_config, num_labels=2)
     config.problem_type = "single_label_classification"
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa").to(device)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision={"fp32": "no"}.get(precision, precision))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, fused=True)
-    return config, model, optimizer
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return config, accelerator, model, optimizer, scheduler
 
 
-def try_batch(model, optimizer, config, batch: int, length: int, precision: str, device) -> None:
+def try_batch(accelerator, model, optimizer, scheduler, config, batch: int, length: int, device) -> None:
+    """Two of the loop's own training steps (train_mrpc.step.training_step): the second has the AdamW state."""
     import torch
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    from train_mrpc.step import training_step
+
     inputs = {
         "input_ids": torch.randint(0, config.vocab_size, (batch, length), device=device),
         "token_type_ids": torch.zeros(batch, length, dtype=torch.long, device=device),
@@ -51,19 +57,7 @@ def try_batch(model, optimizer, config, batch: int, length: int, precision: str,
         "labels": torch.randint(0, 2, (batch,), device=device),
     }
     for _ in range(2):
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = model(**inputs).loss
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        training_step(accelerator, model, optimizer, scheduler, inputs, max_grad_norm=1.0)
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -84,7 +78,7 @@ def main(argv=None) -> dict:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     total = torch.cuda.get_device_properties(0).total_memory if cuda else None
-    config, model, optimizer = build(args.model_config, args.precision, device)
+    config, accelerator, model, optimizer, scheduler = build(args.model_config, args.precision, device)
     tried, best = [], None
     for batch in args.candidates:
         start = time.perf_counter()
@@ -93,7 +87,7 @@ def main(argv=None) -> dict:
             torch.cuda.reset_peak_memory_stats()
         entry = {"batch": batch}
         try:
-            try_batch(model, optimizer, config, batch, args.length, args.precision, device)
+            try_batch(accelerator, model, optimizer, scheduler, config, batch, args.length, device)
             peak = torch.cuda.max_memory_allocated() if cuda else None
             entry.update(fits=peak is None or peak <= args.headroom * total, peak_bytes=peak)
             if peak is not None and not entry["fits"]:
