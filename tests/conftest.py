@@ -58,6 +58,13 @@ def write_glue_dir(path: Path, train_rows: list[str], dev_rows: list[str] | None
     return path
 
 
+def table_text(stdout: str) -> str:
+    """The summary table's words with its borders and line wraps removed (rich wraps cells at 80 columns)."""
+    import re
+
+    return " ".join(re.sub(r"[│┃┌┐└┘├┤┬┴┼─━]", " ", stdout).split())
+
+
 def run_cli(args: list[str], cwd: Path = ROOT, launcher: list[str] | None = None, timeout: float = 600, env=None):
     """Run train-mrpc in a subprocess exactly as a user would; returns the CompletedProcess."""
     command = (launcher or [sys.executable, "-m", "train_mrpc"]) + [str(a) for a in args]

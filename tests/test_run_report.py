@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli, tiny_args
+from conftest import run_cli, table_text, tiny_args
 
 from train_mrpc.flops import batch_flops, count_parameters, gpu_peak, training_flops
 
@@ -51,7 +51,8 @@ def test_every_run_reports_its_time_breakdown_mfu_memory_and_curves(tmp_path, ti
     for record in (json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()):
         assert 0 < record["mfu"] < 1 and record["tflops"] > 0 and record["data_wait_s"] >= 0
         assert record["checkpoint_s"] >= 0 and record["peak_memory_gb"] > 0
-    assert "where the time went" in proc.stdout and "MFU" in proc.stdout and "peak memory" in proc.stdout
+    summary = table_text(proc.stdout)
+    assert "where the time went" in summary and "MFU" in summary and "peak memory" in summary
     assert (out / "training_curves.png").read_bytes()[:8] == PNG_MAGIC
 
     # Drawn again from the logs alone.
