@@ -110,6 +110,9 @@ def save_model(accelerator, model, tokenizer, output_dir: str | Path) -> None:
             if output_dir.exists() and not output_dir.is_dir():
                 raise UserError(f"cannot save the model to {output_dir}: it is a file, expected a folder")
         unwrapped.save_pretrained(tmp, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+        # Every process is done with the temporary folder before the main one moves it away (a process still
+        # inside save_pretrained would otherwise find its folder gone).
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             tokenizer.save_pretrained(tmp)
             output_dir.mkdir(parents=True, exist_ok=True)
