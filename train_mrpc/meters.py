@@ -98,9 +98,6 @@ class Meters:
         self.last_loss, any_stop = synced[0].item(), synced[1].item() > 0
         return self.last_loss, any_stop
 
-    def samples_per_second(self, samples: int) -> float:
-        return (samples - self.window_samples) / (time.perf_counter() - self.window_start)
-
     def start_window(self, samples: int) -> None:
         self.loss_sum.zero_()
         self.batches, self.window_start, self.window_samples = 0, time.perf_counter(), samples
