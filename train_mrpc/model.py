@@ -102,13 +102,15 @@ def save_model(accelerator, model, tokenizer, output_dir: str | Path) -> None:
 
     output_dir = Path(output_dir)
     tmp = output_dir.parent / f".tmp-{output_dir.name}-model"
+    if output_dir.exists() and not output_dir.is_dir():  # checked on every process: none waits for a failed one
+        raise UserError(f"cannot save the model to {output_dir}: it is a file, expected a folder")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    # The stale folder is gone before any process enters save_pretrained, which lists the folder on every
+    # process (a removal racing that listing failed a 2-process CI run).
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     try:
-        if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if output_dir.exists() and not output_dir.is_dir():
-                raise UserError(f"cannot save the model to {output_dir}: it is a file, expected a folder")
         unwrapped.save_pretrained(tmp, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
         # Every process is done with the temporary folder before the main one moves it away (a process still
         # inside save_pretrained would otherwise find its folder gone).
