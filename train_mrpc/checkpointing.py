@@ -61,6 +61,21 @@ class PreemptionHandler:
         """Catch SIGTERM/SIGUSR1 from the moment the command starts (imports, set-up), not only in the loop."""
         for sig in cls.SIGNALS:
             signal.signal(sig, lambda signum, frame: cls.early.append(signal.Signals(signum).name))
+        cls.stop_when_the_launcher_dies()
+
+    @staticmethod
+    def stop_when_the_launcher_dies() -> None:
+        """Under torchrun (``accelerate launch``), a SIGTERM when the launcher dies: its workers run in sessions
+        of their own, so a signal that kills only the launcher (SIGUSR1 to its process group: torchrun's
+        agent dies of it) left them training unwatched, with no checkpoint. Now they checkpoint and exit."""
+        import sys
+
+        if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+            return
+        import ctypes
+
+        pr_set_pdeathsig = 1  # <linux/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
 
     def __enter__(self) -> PreemptionHandler:
         for sig in self.SIGNALS:
