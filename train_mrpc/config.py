@@ -148,6 +148,11 @@ class TrainConfig:
         default=None,
     )
     tf32: bool = _help("Allow TF32 matmuls on CUDA GPUs (Ampere and newer) for fp32 work.", default=True)
+    ddp_timeout: int = _help(
+        "Seconds a collective (all-reduce, barrier) waits for the other processes before the run fails "
+        "(Trainer's name and default). A dead process is found sooner: its peers see the closed connection.",
+        default=1800,
+    )
     # --- outputs ------------------------------------------------------------------------------
     output_dir: str = _help("Where the model, tokenizer, metrics and logs are written.", default="runs/mrpc")
     logging_steps: int = _help(
@@ -227,6 +232,7 @@ class TrainConfig:
         check_value(self.profile_steps >= 1, "profile_steps", self.profile_steps, "an integer >= 1")
         if self.peak_tflops is not None:
             check_value(self.peak_tflops > 0, "peak_tflops", self.peak_tflops, "a number > 0 (TFLOP/s)")
+        check_value(self.ddp_timeout >= 1, "ddp_timeout", self.ddp_timeout, "an integer >= 1 (seconds)")
         check_value(self.dataloader_num_workers >= 0, "dataloader_num_workers", self.dataloader_num_workers, "an integer >= 0")
         check_value(
             self.checkpointing_steps in ("epoch", "no") or (self.checkpointing_steps.isdigit() and int(self.checkpointing_steps) > 0),
