@@ -105,6 +105,23 @@ def file_checksum(path: Path) -> str:
     return digest.hexdigest()
 
 
+def checkpoint_files(folder: Path) -> list[str]:
+    """Every file of a checkpoint folder, as POSIX paths relative to it.
+
+    Files in sub-folders count too: under FSDP with SHARDED_STATE_DICT, Accelerate saves the model and the
+    optimizer as torch.distributed.checkpoint folders (pytorch_model_fsdp_0/, optimizer_0/: one .distcp file
+    per process and a .metadata file), and a damaged shard must fail validation like a damaged top-level file.
+    """
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def is_checkpoint_file_name(name: str) -> bool:
+    """A relative path that stays inside the checkpoint folder (a state file naming ../x or /x is damaged)."""
+    parts = name.split("/")
+    return bool(name) and not name.startswith("/") and all(part not in ("", ".", "..") for part in parts) \
+        and not parts[0].startswith(".")  # fmt: skip
+
+
 def validate_checkpoint(path: Path) -> dict:
     """The checkpoint's trainer state, or a UserError saying why it cannot be resumed from.
 
@@ -147,7 +164,7 @@ def _state_problem(record) -> str | None:
     for name, entry in files.items():
         ok = isinstance(entry, int) or (isinstance(entry, dict) and isinstance(entry.get("size"), int)
                                          and isinstance(entry.get("xxh3_64"), str))  # fmt: skip
-        if not ok or "/" in name or name.startswith("."):
+        if not ok or not is_checkpoint_file_name(name):
             return f"has a bad entry for file {name!r}"
     for name, f in TrainState.__dataclass_fields__.items():
         value = record.get(name, f.default)
@@ -213,7 +230,8 @@ def save_checkpoint(accelerator, output_dir: str | Path, state: TrainState, mete
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            files = {p.name: {"size": p.stat().st_size, "xxh3_64": file_checksum(p)} for p in tmp.iterdir() if p.is_file()}
+            files = {name: {"size": (tmp / name).stat().st_size, "xxh3_64": file_checksum(tmp / name)}
+                     for name in checkpoint_files(tmp)}  # fmt: skip
             record = {**asdict(state), "meters": meters, "eval_metrics": eval_metrics or {}, "run": run or {},
                       "files": files}  # fmt: skip
             with open(tmp / STATE_FILE, "w") as f:

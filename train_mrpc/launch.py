@@ -9,13 +9,19 @@ from train_mrpc.errors import UserError
 
 
 def create_accelerator(config: TrainConfig):
+    from datetime import timedelta
+
     import torch
-    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
 
     check_launch_environment()
     check_trackers(config.trackers)
     use_cpu = not torch.accelerator.is_available()
     mixed_precision, _ = resolve_precision(config.precision, cuda=torch.cuda.is_available())
+    init_kwargs = InitProcessGroupKwargs(timeout=timedelta(seconds=config.ddp_timeout))
+    fsdp_on_cpu = use_cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if fsdp_on_cpu:
+        join_cpu_processes_as_fsdp(init_kwargs)
     accelerator = Accelerator(
         # On a machine without an accelerator, cpu=True is what turns a multi-process launch into real
         # gloo data parallelism; without it each process trains its own copy on all the data.
@@ -27,12 +33,47 @@ def create_accelerator(config: TrainConfig):
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         project_dir=config.output_dir,
         log_with=config.trackers or None,
+        kwargs_handlers=[init_kwargs],
     )
+    if fsdp_on_cpu:
+        check_fsdp_on_cpu(accelerator)
     check_launch(accelerator)
     quiet_other_processes(accelerator)
     if accelerator.device.type == "cuda":  # both ways: cuDNN's default is on, and an earlier run may have set it
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = config.tf32
     return accelerator
+
+
+def join_cpu_processes_as_fsdp(init_kwargs) -> None:
+    """Let a launch that asks for FSDP (fsdp.yaml) shard on a machine without an accelerator.
+
+    Accelerate joins CPU processes as MULTI_CPU (gloo), and AcceleratorState turns a launch into FSDP only
+    when the processes were joined as MULTI_GPU (or another accelerator's type): on CPUs the FSDP settings
+    were dropped and the run trained plain DDP (accelerate/state.py, AcceleratorState.__init__). FSDP2
+    itself (fully_shard) runs on gloo. So the processes are joined here as Accelerate joins CPU processes
+    (PartialState(cpu=True): gloo, device cpu), and labelled with the multi-device type for the moment the
+    Accelerator is built, so that Accelerate's own FSDP set-up runs: the FullyShardedDataParallelPlugin read
+    from the launch's FSDP_* variables, its mixed-precision policy, and distributed type FSDP, which
+    replaces the label in the shared state. check_fsdp_on_cpu then refuses the run if that did not happen.
+    """
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    state = PartialState(cpu=True, **init_kwargs.to_kwargs())
+    if state.distributed_type == DistributedType.MULTI_CPU:
+        PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
+
+
+def check_fsdp_on_cpu(accelerator) -> None:
+    """The launch asked for FSDP: run it, or stop (never plain DDP instead)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.FSDP or accelerator.device.type != "cpu":
+        raise UserError(
+            f"the launch config asks for FSDP, but Accelerate set this CPU run up as "
+            f"{accelerator.distributed_type.value} on {accelerator.device.type}: it would not shard. Use "
+            "accelerate_configs/multi_cpu.yaml for data parallelism on CPUs"
+        )
 
 
 def has_fast_bf16(cuda: bool) -> bool:
@@ -132,6 +173,44 @@ def describe_launch(accelerator, config: TrainConfig) -> dict:
         "per_device_train_batch_size": per_device,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "global_batch_size": per_device * accelerator.num_processes * config.gradient_accumulation_steps,
+    }
+
+
+def describe_sharding(accelerator) -> dict | str:
+    """What each process holds of the model, recorded in all_results.json: "none" where every process keeps
+    all parameters, gradients and optimizer state (one process, DDP); the FSDP (or ZeRO) settings that ran
+    otherwise, read from the plugin Accelerate applied rather than from the launch config."""
+    import torch
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return {"kind": "DeepSpeed ZeRO", "zero_stage": accelerator.state.deepspeed_plugin.zero_stage}
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return "none"
+    plugin = accelerator.state.fsdp_plugin
+    # No policy, or a dtype left None, keeps the parameters' own dtype (float32 here); a None reduce dtype
+    # follows the parameter dtype.
+    policy = plugin.mixed_precision_policy
+    param_dtype = getattr(policy, "param_dtype", None) or torch.float32
+    reduce_dtype = getattr(policy, "reduce_dtype", None) or param_dtype
+    # A function until the model is prepared, a functools.partial of it afterwards.
+    wrap = getattr(getattr(plugin.auto_wrap_policy, "func", plugin.auto_wrap_policy), "__name__", None)
+    reshard = plugin.reshard_after_forward
+    offload = plugin.cpu_offload  # FSDP2: OffloadPolicy (none) or CPUOffloadPolicy; FSDP1: CPUOffload(offload_params)
+    return {
+        "kind": "FSDP",
+        "fsdp_version": plugin.fsdp_version,
+        # FSDP2: True frees each layer's gathered parameters after its forward (ZeRO-3-like); False keeps
+        # them until the backward (ZeRO-2-like). FSDP1 names a ShardingStrategy instead.
+        "reshard_after_forward": reshard if isinstance(reshard, bool) else getattr(reshard, "name", str(reshard)),
+        "state_dict_type": getattr(plugin.state_dict_type, "name", str(plugin.state_dict_type)),
+        "auto_wrap_policy": wrap,
+        "layers_wrapped": plugin.transformer_cls_names_to_wrap if wrap == "transformer_auto_wrap_policy" else None,
+        "cpu_ram_efficient_loading": bool(plugin.cpu_ram_efficient_loading),
+        "offload_params": type(offload).__name__ == "CPUOffloadPolicy" or getattr(offload, "offload_params", False) is True,
+        "param_dtype": str(param_dtype).removeprefix("torch."),
+        "reduce_dtype": str(reduce_dtype).removeprefix("torch."),
+        "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
     }
 
 

@@ -54,7 +54,28 @@ def load_tokenizer_and_model(config: TrainConfig):
         except Exception as err:
             raise load_error(where, name, err) from None
     check_max_length(config.max_length, tokenizer, model, name)
+    check_fsdp_layer_classes(model, name)
     return tokenizer, model
+
+
+def check_fsdp_layer_classes(model, name: str) -> None:
+    """An FSDP launch wraps the layer classes its config names (fsdp.yaml: BertLayer): refuse a model without
+    them here, in one line, rather than in a traceback from inside accelerator.prepare."""
+    import os
+
+    wanted = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true" or not wanted or \
+            os.environ.get("FSDP_AUTO_WRAP_POLICY", "").upper() != "TRANSFORMER_BASED_WRAP":  # fmt: skip
+        return
+    present = {type(module).__name__ for module in model.modules()}
+    missing = [cls for cls in wanted.split(",") if cls not in present]
+    if missing:
+        layers = sorted(c for c in present if c.endswith(("Layer", "Block")))
+        raise UserError(
+            f"the FSDP launch config wraps {', '.join(missing)}, which model {name} does not have (its layers: "
+            f"{', '.join(layers) or 'none named *Layer or *Block'}): set fsdp_transformer_layer_cls_to_wrap in the "
+            "config, or pass --fsdp_transformer_layer_cls_to_wrap to accelerate launch"
+        )
 
 
 def check_max_length(max_length: int, tokenizer, model, name: str) -> None:
@@ -91,6 +112,19 @@ def build_optimizer(model, config: TrainConfig, fused: bool = False):
     )  # fmt: skip
 
 
+def deepspeed_master_weights(engine, state_dict: dict) -> dict:
+    """The fp32 master weights in place of the bf16/fp16 copies a DeepSpeed engine computes with.
+
+    Under DeepSpeed mixed precision the module's parameters are 16-bit; the fp32 weights the optimizer updates
+    are split among the processes (ZeRO-1/2 partitions). Each is gathered (an all-reduce: every process calls
+    this), so the saved model is the fp32 one, as under DDP and FSDP.
+    """
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    full = {name: safe_get_full_fp32_param(p) for name, p in engine.module.named_parameters()}
+    return {k: full[k].detach().cpu() if full.get(k) is not None else v for k, v in state_dict.items()}
+
+
 def save_model(accelerator, model, tokenizer, output_dir: str | Path) -> None:
     """Weights as safetensors plus the tokenizer: ``from_pretrained(output_dir)`` and ``pipeline`` load it.
 
@@ -110,8 +144,19 @@ def save_model(accelerator, model, tokenizer, output_dir: str | Path) -> None:
     # process (a removal racing that listing failed a 2-process CI run).
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
+    # The full weights, gathered by Accelerate on every process (a collective under FSDP, where each process
+    # holds only its shards and save_pretrained on the module would write those or fail); under FSDP only the
+    # main process receives them, and only it writes.
+    state_dict = accelerator.get_state_dict(model)
+    master_weights = accelerator.distributed_type == "DEEPSPEED" and str(unwrapped.dtype) != "torch.float32"
+    if master_weights:
+        state_dict = deepspeed_master_weights(model, state_dict)
     try:
-        unwrapped.save_pretrained(tmp, is_main_process=accelerator.is_main_process, save_function=accelerator.save)
+        unwrapped.save_pretrained(tmp, is_main_process=accelerator.is_main_process, state_dict=state_dict,
+                                  save_function=accelerator.save)  # fmt: skip
+        if master_weights and accelerator.is_main_process:  # save_pretrained wrote the engine's 16-bit dtype
+            unwrapped.config.dtype = "float32"
+            unwrapped.config.save_pretrained(tmp)
         # Every process is done with the temporary folder before the main one moves it away (a process still
         # inside save_pretrained would otherwise find its folder gone).
         accelerator.wait_for_everyone()
