@@ -263,3 +263,24 @@ def test_sharding_record_says_none_for_data_parallel_and_names_the_zero_stage():
     zero2 = types.SimpleNamespace(distributed_type=DistributedType.DEEPSPEED,
                                   state=types.SimpleNamespace(deepspeed_plugin=types.SimpleNamespace(zero_stage=2)))  # fmt: skip
     assert describe_sharding(zero2) == {"kind": "DeepSpeed ZeRO", "zero_stage": 2}
+
+
+def test_a_checkpoint_of_the_other_layout_is_refused_in_one_line(fsdp_run):
+    """FSDP saves the model as pytorch_model_fsdp_0/, DDP as model.safetensors: resuming one kind with the other
+    would fail deep inside torch.distributed.checkpoint (a BaseException, so a traceback); it is named instead.
+    (Seen through the launcher too: multi_cpu.yaml resuming this FSDP run's checkpoints stops with this line.)"""
+    from accelerate.utils import DistributedType
+
+    from train_mrpc.checkpointing import check_same_layout
+
+    checkpoint = fsdp_run / "checkpoints" / "step_000004"
+    record = validate_checkpoint(checkpoint)
+    ddp = types.SimpleNamespace(distributed_type=DistributedType.MULTI_CPU)
+    fsdp = types.SimpleNamespace(distributed_type=DistributedType.FSDP)
+    with pytest.raises(UserError, match="saved by an FSDP run and this run is MULTI_CPU: .* different layouts"):
+        check_same_layout(checkpoint, record, ddp)
+    check_same_layout(checkpoint, record, fsdp)
+    ddp_record = {"files": {"model.safetensors": 1, "optimizer.bin": 1}}
+    with pytest.raises(UserError, match="saved by a run without FSDP and this run is FSDP"):
+        check_same_layout(checkpoint, ddp_record, fsdp)
+    check_same_layout(checkpoint, ddp_record, ddp)

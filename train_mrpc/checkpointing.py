@@ -323,16 +323,38 @@ def load_checkpoint(accelerator, path: Path, run: dict | None = None, allow_chan
 
     ``run``: this run's result-deciding settings; a checkpoint made with others is refused (see check_same_run).
     """
+    from torch.distributed.checkpoint import CheckpointException  # a BaseException, not an Exception
+
     record = validate_checkpoint(path)
     if run:
         check_same_run(path, record.get("run") or {}, run, allow_changes)
+    check_same_layout(path, record, accelerator)
     try:
         accelerator.load_state(str(path))
-    except Exception as err:  # a damaged tensor file surfaces as one of several library errors
+    except (Exception, CheckpointException) as err:  # a damaged tensor file surfaces as one of several library errors
         raise UserError(f"checkpoint {path} cannot be loaded: {' '.join(str(err).split())[:300]}") from None
     fields = TrainState.__dataclass_fields__
     state = TrainState(**{k: v for k, v in record.items() if k in fields})
     return state, record.get("meters", {}), record.get("eval_metrics", {})
+
+
+def check_same_layout(path: Path, record: dict, accelerator) -> None:
+    """Refuse, in one line, a checkpoint saved by an FSDP run in a run that is not FSDP, or the reverse.
+
+    Accelerate saves an FSDP model as pytorch_model_fsdp_0/ (or pytorch_model_fsdp_0.bin) and anything else as
+    model.safetensors; load_state would look for the other layout's files and fail deep inside
+    torch.distributed.checkpoint. (Process counts are compared with the run's other settings.)
+    """
+    from accelerate.utils import DistributedType
+
+    saved_by_fsdp = any(name.startswith("pytorch_model_fsdp") for name in record["files"])
+    fsdp_now = accelerator.distributed_type == DistributedType.FSDP
+    if saved_by_fsdp != fsdp_now:
+        made, now = ("an FSDP run", f"this run is {accelerator.distributed_type.value}") if saved_by_fsdp else \
+            ("a run without FSDP", "this run is FSDP")  # fmt: skip
+        raise UserError(f"checkpoint {path} was saved by {made} and {now}: their checkpoints hold the model in "
+                        "different layouts. Resume with the launch config that made it, or start fresh in another "
+                        "--output_dir")  # fmt: skip
 
 
 def rotate_checkpoints(output_dir: str | Path, keep_last: int | None, metric: str, greater_is_better: bool) -> None:
