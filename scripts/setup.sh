@@ -25,7 +25,9 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     fi
 fi
 
-# The package and its test extras, again only when pyproject.toml changed since the last install.
+# The package and its test extras, again only when pyproject.toml changed since the last install. The dev extras
+# include deepspeed (tests/test_deepspeed.py runs ZeRO-2 on 2 CPU processes): a pure-Python install whose CPU
+# communication op is compiled with g++ on first use, into ~/.cache/torch_extensions.
 stamp="$venv/.train-mrpc-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "${pip[@]}" install -e ".[dev]"
