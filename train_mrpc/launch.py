@@ -22,6 +22,12 @@ def create_accelerator(config: TrainConfig):
     fsdp_on_cpu = use_cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
     if fsdp_on_cpu:
         join_cpu_processes_as_fsdp(init_kwargs)
+    use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    if use_deepspeed and use_cpu and "LOCAL_RANK" in os.environ:
+        # cpu=True would drop DeepSpeed (AcceleratorState turns it on only for cpu=False) and train plain DDP;
+        # cpu=False with no backend counts one process (DeepSpeed's batch-size check then fails). So:
+        # DeepSpeed's init_distributed joins the launched CPU processes over gloo; the device stays cpu.
+        init_kwargs.backend, use_cpu = "gloo", False
     accelerator = Accelerator(
         # On a machine without an accelerator, cpu=True is what turns a multi-process launch into real
         # gloo data parallelism; without it each process trains its own copy on all the data.
@@ -37,6 +43,8 @@ def create_accelerator(config: TrainConfig):
     )
     if fsdp_on_cpu:
         check_fsdp_on_cpu(accelerator)
+    if use_deepspeed:
+        check_deepspeed(accelerator, config.max_grad_norm)
     check_launch(accelerator)
     quiet_other_processes(accelerator)
     if accelerator.device.type == "cuda":  # both ways: cuDNN's default is on, and an earlier run may have set it
@@ -74,6 +82,29 @@ def check_fsdp_on_cpu(accelerator) -> None:
             f"{accelerator.distributed_type.value} on {accelerator.device.type}: it would not shard. Use "
             "accelerate_configs/multi_cpu.yaml for data parallelism on CPUs"
         )
+
+
+def check_deepspeed(accelerator, max_grad_norm: float) -> None:
+    """The launch asked for DeepSpeed: run it (never DDP instead), clipping at --max_grad_norm.
+
+    DeepSpeed clips inside its engine (Accelerate's clip_grad_norm_ only reads the norm back), at the config's
+    gradient_clipping, which Accelerate fills with 1.0 when the launch leaves it "auto": set it from the flag.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        raise UserError(
+            f"the launch config asks for DeepSpeed, but Accelerate set this run up as "
+            f"{accelerator.distributed_type.value}: it would not shard. Launch it with accelerate launch "
+            "--config_file accelerate_configs/deepspeed_zero2.yaml --num_processes N"
+        )
+    ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+    clipping = ds_config.get("gradient_clipping", "auto")
+    if clipping == "auto":
+        ds_config["gradient_clipping"] = max_grad_norm
+    elif float(clipping) != max_grad_norm:
+        raise UserError(f"the DeepSpeed config clips gradients at {clipping}, but --max_grad_norm is {max_grad_norm}: "
+                        "leave gradient_clipping out of the DeepSpeed config (or \"auto\") and set --max_grad_norm")
 
 
 def has_fast_bf16(cuda: bool) -> bool:
@@ -176,6 +207,25 @@ def describe_launch(accelerator, config: TrainConfig) -> dict:
     }
 
 
+def describe_deepspeed(ds_config: dict) -> dict:
+    """The DeepSpeed settings the engine ran with (the config after Accelerate filled its "auto" values)."""
+    import torch
+
+    zero = ds_config.get("zero_optimization", {})
+    precision = "bf16" if ds_config.get("bf16", {}).get("enabled") else "fp16" if ds_config.get("fp16", {}).get("enabled") else "fp32"
+    return {
+        "kind": "DeepSpeed ZeRO",
+        "zero_stage": zero.get("stage", 0),
+        "offload_optimizer": zero.get("offload_optimizer", {}).get("device", "none"),
+        "offload_param": zero.get("offload_param", {}).get("device", "none"),
+        # bf16/fp16: the model computes with 16-bit weights, the optimizer keeps the fp32 master weights
+        "precision": precision,
+        "gradient_clipping": ds_config.get("gradient_clipping"),
+        "train_micro_batch_size_per_gpu": ds_config.get("train_micro_batch_size_per_gpu"),
+        "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
+    }
+
+
 def describe_sharding(accelerator) -> dict | str:
     """What each process holds of the model, recorded in all_results.json: "none" where every process keeps
     all parameters, gradients and optimizer state (one process, DDP); the FSDP (or ZeRO) settings that ran
@@ -184,7 +234,7 @@ def describe_sharding(accelerator) -> dict | str:
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        return {"kind": "DeepSpeed ZeRO", "zero_stage": accelerator.state.deepspeed_plugin.zero_stage}
+        return describe_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config)
     if accelerator.distributed_type != DistributedType.FSDP:
         return "none"
     plugin = accelerator.state.fsdp_plugin
