@@ -2,6 +2,7 @@
 really starts each node's launch, SLURM's preemption signal to every process, requeue and resume; and
 prefetch for offline compute nodes."""
 
+import json
 import os
 import random
 import signal
@@ -33,9 +34,12 @@ def free_port() -> int:
 
 def test_two_node_job_over_loopback_equals_one_node_with_two_processes(tmp_path, tiny_model_no_dropout):
     """Two launches (machine ranks 0 and 1, one process each) form one job: same weights, losses and metrics
-    as the same two processes on one node."""
+    as the same two processes on one node. The one-node run uses multi_gpu.yaml as shipped (without GPUs it
+    trains CPU processes over gloo), so that config runs here too."""
     one_node = tmp_path / "one-node"
-    launch("multi_cpu.yaml", equivalence_args(tiny_model_no_dropout, one_node, 8))
+    launch("multi_gpu.yaml", equivalence_args(tiny_model_no_dropout, one_node, 8), "--num_processes", "2",
+           "--main_process_port", str(free_port()))  # fmt: skip
+    assert json.loads((one_node / "all_results.json").read_text())["launch"]["device_type"] == "cpu"
     two_nodes, port = tmp_path / "two-nodes", free_port()
     nodes = [
         subprocess.Popen(
@@ -131,8 +135,6 @@ def slurm_uninterrupted(tmp_path_factory, tiny_model_dir) -> Path:
 
 def test_slurm_script_runs_a_two_node_job(slurm_uninterrupted):
     """The script's rank, address and port wiring forms one 2-process job out of the two nodes' launches."""
-    import json
-
     results = json.loads((slurm_uninterrupted / "all_results.json").read_text())
     assert results["launch"]["num_processes"] == 2 and results["launch"]["device_type"] == "cpu"
     assert results["global_step"] == 24  # 384 pairs / (16 x 2 processes) x 2 epochs
@@ -145,7 +147,6 @@ def test_slurm_preemption_checkpoints_every_rank_requeues_and_resumes_to_the_sam
     """SLURM's warning (USR1 to the batch shell) -> scancel --signal=USR1 reaches every process of the step,
     launchers and torchrun agents included -> every rank checkpoints -> requeue -> the next run resumes to
     the uninterrupted run's weights."""
-    import json
 
     from safetensors.torch import load_file
 
@@ -184,7 +185,6 @@ def test_usr1_to_the_launchers_process_group_still_checkpoints_every_rank(tmp_pa
     """`kill -USR1 -PGID` of `accelerate launch` kills torchrun's agent (its default action for SIGUSR1), while
     the workers, in sessions of their own, do not get it. They get SIGTERM when their launcher dies, so
     they checkpoint and exit instead of training on unwatched."""
-    import json
 
     from conftest import training_workers
     from train_mrpc.checkpointing import validate_checkpoint

@@ -155,6 +155,17 @@ def test_fp16_on_cpu_is_refused_with_bf16_suggested(tmp_path, tiny_model_dir):
     assert "train-mrpc: error: mixed precision fp16 on CPU" in proc.stderr and "bf16" in proc.stderr
 
 
+def test_a_gpu_config_on_a_machine_without_gpus_is_refused(tmp_path, tiny_model_dir):
+    """single_gpu.yaml names GPU 0 (gpu_ids): without one, the run stops instead of training on the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = run_cli(tiny_args(tiny_model_dir, tmp_path), launcher=accelerate_launch("single_gpu.yaml"))
+    assert proc.returncode != 0
+    assert "train-mrpc: error: the launch config asks for GPU 0 (gpu_ids), but this machine has no CUDA GPU" in proc.stderr
+
+
 def test_deepspeed_without_deepspeed_says_how_to_install(tmp_path, tiny_model_dir):
     import importlib.util
 

@@ -78,6 +78,7 @@ def test_precision_choice(monkeypatch):
     assert resolve_precision("fp32", cuda=False) == ("no", "--precision fp32")
     monkeypatch.setattr(launch, "has_fast_bf16", lambda cuda: False)
     assert resolve_precision("auto", cuda=False) == ("no", "auto: no fast bf16 on this CPU")
+    assert resolve_precision("auto", cuda=True)[0] == "fp16"  # a V100 or T4: fp16 tensor cores, loss scaling
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
     assert resolve_precision("auto", cuda=True) == ("fp16", "launch config")
     assert resolve_precision("bf16", cuda=True) == ("bf16", "--precision bf16")

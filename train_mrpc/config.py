@@ -116,7 +116,8 @@ class TrainConfig:
     # --- speed --------------------------------------------------------------------------------
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _help(
         "Compute precision. 'auto': the launch config's mixed precision if it sets one, else bf16 autocast "
-        "where the hardware runs it fast (CUDA with bf16; CPUs with avx512_bf16/AMX), else fp32.",
+        "where the hardware runs it fast (CUDA with bf16; CPUs with avx512_bf16/AMX), fp16 with loss scaling on "
+        "older GPUs, else fp32.",
         default="auto",
     )
     group_by_length: bool = _help(

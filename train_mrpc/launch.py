@@ -128,7 +128,9 @@ def resolve_precision(requested: str, cuda: bool) -> tuple[str, str]:
         return launched, "launch config"
     if has_fast_bf16(cuda):
         return "bf16", f"auto: {'GPU' if cuda else 'CPU'} has fast bf16"
-    return "no", f"auto: no fast bf16 on this {'GPU' if cuda else 'CPU'}"
+    if cuda:  # V100, T4: tensor cores run fp16 (with loss scaling) several times faster than fp32
+        return "fp16", "auto: GPU without fast bf16 (pre-Ampere): fp16 with loss scaling"
+    return "no", "auto: no fast bf16 on this CPU"
 
 
 def check_launch_environment() -> None:
@@ -173,6 +175,14 @@ def check_launch(accelerator) -> None:
             "mixed precision fp16 on CPU: Accelerate would silently run fp32 without loss scaling, and "
             "fp16 matmuls are far slower than fp32 on CPUs. Use bf16: launch with accelerate_configs/bf16.yaml, or "
             "pass --precision bf16 to train-mrpc"
+        )
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    launched_for_gpus = "ACCELERATE_MIXED_PRECISION" in os.environ and os.environ.get("ACCELERATE_USE_CPU", "").lower() != "true"
+    if accelerator.device.type == "cpu" and gpus and launched_for_gpus:
+        # The config's gpu_ids became CUDA_VISIBLE_DEVICES; without a GPU the run would quietly train on the CPU.
+        raise UserError(
+            f"the launch config asks for GPU {gpus} (gpu_ids), but this machine has no CUDA GPU: on CPUs launch "
+            "with accelerate_configs/cpu.yaml, bf16.yaml or multi_cpu.yaml"
         )
 
 
