@@ -148,3 +148,83 @@ def non_root_launcher(probe_dir: Path) -> list[str]:
     finally:
         probe.chmod(0o600)
         probe.unlink()
+
+
+# --- multi-process jobs that a test breaks on purpose (tests/test_faults.py) --------------------------
+
+
+def live_workers(output_dir: Path) -> list[int]:
+    """training_workers, tolerating processes that exit while they are listed (a job being torn down)."""
+    found = subprocess.run(["pgrep", "-f", "--", f"-m train_mrpc .*{output_dir}"], capture_output=True, text=True).stdout
+    pids = []
+    for pid in map(int, found.split()):
+        try:
+            if "accelerate" not in Path(f"/proc/{pid}/cmdline").read_text():
+                pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
+def start_job(command: list[str], log_dir: Path, env=None) -> subprocess.Popen:
+    """Start a launcher in a session of its own, its output going to log_dir/stdout and log_dir/stderr (files,
+    not pipes: a job that prints more than a pipe holds while the test waits would block). Stop it with
+    stop_job in a finally."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / "stdout", "w") as out, open(log_dir / "stderr", "w") as err:
+        return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **TEST_ENV, **(env or {})}, stdout=out,
+                                stderr=err, text=True, start_new_session=True)  # fmt: skip
+
+
+def stop_job(launcher: subprocess.Popen, output_dir: Path) -> None:
+    """SIGKILL whatever is left of a job: its training processes (torchrun starts each in a session of its own,
+    so killing the launcher's group does not reach them; a SIGSTOPped one dies of SIGKILL too), then the
+    launcher's group."""
+    import signal
+
+    for pid in live_workers(output_dir):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if launcher.poll() is None:
+        os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait(timeout=60)
+
+
+def workers_by_rank(output_dir: Path, count: int, timeout: float = 120) -> dict[int, int]:
+    """{RANK: pid} of the training processes of a run writing to ``output_dir`` (from their environment)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        ranks = {}
+        for pid in live_workers(output_dir):
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            rank = next((v[5:] for v in environ if v.startswith(b"RANK=")), None)
+            if rank is not None:
+                ranks[int(rank)] = pid
+        if len(ranks) == count or time.monotonic() > deadline:
+            return ranks
+        time.sleep(0.05)
+
+
+def process_ended(pid: int) -> bool:
+    """True once ``pid`` has exited (gone, or a zombie its parent has not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def seconds_until_ended(pid: int, timeout: float) -> float:
+    """Seconds until ``pid`` exits, polled every 10 ms; ``timeout`` plus a little if it is still running by then."""
+    import time
+
+    start = time.monotonic()
+    while not process_ended(pid) and time.monotonic() - start < timeout:
+        time.sleep(0.01)
+    return time.monotonic() - start

@@ -8,13 +8,77 @@ import sys
 from pathlib import Path
 
 from train_mrpc.checkpointing import PREEMPTED_EXIT_CODE, Preempted, PreemptionHandler
-from train_mrpc.errors import UserError
+from train_mrpc.errors import JobFailure, UserError, distributed_failure, job_failure
+
+# How a process's error relates to the rest of the job, which decides who prints it (see _print_error).
+TOGETHER = "together"  # every process stops at the same point for the same cause (an agreed stop, Ctrl-C)
+OWN = "own"  # this process's own finding (bad input): maybe every process's, maybe only this one's
+CONSEQUENCE = "consequence"  # another process died or stalled; that one (if it could) said why
 
 
-def _print_error(message: str) -> None:
-    # One line per run, not per process.
-    if os.environ.get("RANK", "0") == "0":
-        print(f"train-mrpc: error: {message}", file=sys.stderr)
+def _print_error(message: str, kind: str = OWN) -> None:
+    """Print ``train-mrpc: error: <message>`` once per job, however many of its processes fail.
+
+    The rule: TOGETHER lines come from the main process, which speaks for all. An OWN line is printed by the
+    first process that reports it: a bad flag every process finds appears once, and a problem only rank 1
+    finds appears too. A CONSEQUENCE line is printed only when no process of the job has printed anything:
+    a process that failed on bad input said so before it exited (its exit is what the others then see as a
+    lost connection), while a SIGKILLed or stalled one could not, and then the first survivor says it. The
+    launcher's store (torchrun's agent store, alive as long as the job) counts the reports; where there is
+    none (a single process, another launcher, the store gone) each process decides alone, and a repeated
+    line beats a lost one.
+    """
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        first = True
+    elif kind == TOGETHER:
+        first = os.environ.get("RANK", "0") == "0"
+    else:
+        first = _first_report(message if kind == OWN else None)
+    if first:
+        print(f"train-mrpc: error: {message}", file=sys.stderr, flush=True)
+
+
+def _first_report(line: str | None) -> bool:
+    """Whether this process is the first of its job to report ``line`` (None: to report anything at all)."""
+    import hashlib
+    from datetime import timedelta
+
+    env = os.environ
+    try:
+        if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+            return True
+        from torch.distributed import TCPStore
+
+        # The launcher's own store, which outlives every process of the job (train.fresh_store_after_restart
+        # points MASTER_PORT elsewhere after a restart, and keeps the agent's address here).
+        host, port = env.get("TRAIN_MRPC_AGENT_STORE", f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}").rsplit(":", 1)
+        store = TCPStore(host, int(port), is_master=False, timeout=timedelta(seconds=3))
+        # One namespace per job and restart: a restarted job reports its own failures again.
+        prefix = f"train_mrpc/errors/{env.get('TORCHELASTIC_RUN_ID', '')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        if line is not None and store.add(f"{prefix}/line/{hashlib.sha256(line.encode()).hexdigest()}", 1) > 1:
+            return False
+        return store.add(f"{prefix}/printed", 1) == 1 or line is not None
+    except Exception:  # no store to ask (the launcher is gone): better a repeated line than none
+        return True
+
+
+def _leave_broken_job(message: str) -> None:
+    """Exit with status 1 after another process of the job died or stalled (see errors.JobFailure)."""
+    import signal
+
+    _print_error(message, CONSEQUENCE)
+    # torchrun's agent SIGTERMs the survivors as soon as one process dies: this one is leaving anyway.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The exit handlers run (logging, trackers), then the process ends without the interpreter's teardown:
+    # tearing down a broken process group took 1-2 s here, and can abort ("terminate called ...").
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def parse_for_run(argv: list[str], prog: str, extra_types: tuple = ()):
@@ -116,15 +180,25 @@ def main(argv: list[str] | None = None) -> None:
             run_sweep(argv[1:])
         else:
             run_training(argv)
+    except JobFailure as err:
+        _leave_broken_job(str(err))
     except UserError as err:
+        if distributed_failure(err):  # a wrapper (a failed save) around another process's failure
+            _leave_broken_job(str(job_failure(err, None)))
         _print_error(str(err))
         sys.exit(2)
     except Preempted as stop:
-        _print_error(str(stop))
+        _print_error(str(stop), TOGETHER)
         sys.exit(PREEMPTED_EXIT_CODE)
     except KeyboardInterrupt:
-        _print_error("interrupted")
+        _print_error("interrupted", TOGETHER)
         sys.exit(130)
+    except RuntimeError as err:
+        # A collective outside a training run (between a reproduce's seeds, the last barrier) that failed
+        # because another process died or stalled; any other RuntimeError is a bug to see whole.
+        if distributed_failure(err) is None:
+            raise
+        _leave_broken_job(str(job_failure(err, None)))
     except OSError as err:
         # Last resort for a path from user input (--output_dir, data, model, caches) that no check turned into
         # a message: disk full, read-only, no permission, missing. One line naming the cause and the path; any

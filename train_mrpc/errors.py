@@ -1,4 +1,8 @@
-"""The one exception type that reaches the user as a one-line message instead of a traceback."""
+"""The exceptions that reach the user as a one-line message instead of a traceback."""
+
+from __future__ import annotations
+
+import re
 
 
 class UserError(Exception):
@@ -7,3 +11,68 @@ class UserError(Exception):
     The message must name the offending thing and say what was expected; the CLI prints it as
     ``train-mrpc: error: <message>`` and exits with status 2.
     """
+
+
+class JobFailure(Exception):
+    """Another process of a multi-process job died, stalled or lost its connection, so this one cannot go on.
+
+    Not bad input: the CLI prints it as one line (once per job, and only when no process of the job has
+    already said what went wrong) and exits with status 1.
+    """
+
+
+# What gloo (and NCCL) say when the other end of a collective is gone: the process was killed or crashed, its
+# host went down, or it closed the process group early. Matched, lower-cased, on RuntimeErrors that come from
+# the communication library (the message names gloo or NCCL, or torch.distributed raised a DistError).
+_LOST_PEER = ("connection closed by peer", "connection reset by peer", "broken pipe", "socket closed",
+              "connection refused", "read error", "write error", "no route to host", "ncclremoteerror",
+              "communicator was aborted")  # fmt: skip
+# What a collective says when another process did not arrive within the process group's timeout.
+_TIMED_OUT = ("timed out waiting", "wait timeout", "watchdog caught collective operation timeout")
+
+
+def distributed_failure(err: BaseException | None) -> tuple[str, RuntimeError] | None:
+    """``("lost" | "timeout", the collective's error)`` when ``err``, or an error it wraps, is a collective that
+    failed because of another process (dead, disconnected, or silent past --ddp_timeout); None otherwise."""
+    import sys
+
+    distributed = sys.modules.get("torch.distributed")  # not imported yet: no collective can have failed
+    dist_error = getattr(distributed, "DistError", ())
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        text = str(err).lower() if isinstance(err, RuntimeError) else ""
+        if isinstance(err, dist_error) or "gloo" in text or "nccl" in text:
+            if any(s in text for s in _TIMED_OUT):
+                return "timeout", err
+            if any(s in text for s in _LOST_PEER):
+                return "lost", err
+        # A wrapper (a failed checkpoint save turned into a UserError) keeps the collective's error as its
+        # cause or, raised "from None", as its context.
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def job_failure(err: BaseException, ddp_timeout: int | None, latest_checkpoint=None, restart: int = 0,
+                max_restarts: int = 0) -> JobFailure:
+    """The one line for ``err``, a collective that failed because of another process (see distributed_failure).
+
+    ``restart`` and ``max_restarts``: torchrun's TORCHELASTIC_RESTART_COUNT and TORCHELASTIC_MAX_RESTARTS.
+    """
+    kind, collective = distributed_failure(err) or ("lost", err)
+    if kind == "timeout":
+        limit = f"--ddp_timeout {ddp_timeout} s" if ddp_timeout else "--ddp_timeout"
+        what = f"another process of this job took no part in a collective for {limit} (stalled, stopped or far slower)"
+        advice = " (raise --ddp_timeout if a process is legitimately that slow)"
+    else:
+        # gloo's message: "[.../pair.cc:553] Connection closed by peer [127.0.0.1]:63184. This is typically ..."
+        said = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(collective).split())).split(". ")[0][:160]
+        what = f"another process of this job died or lost its connection ({said})"
+        advice = ""
+    kept = f"the last good checkpoint, {latest_checkpoint}, is kept" if latest_checkpoint else "no checkpoint was saved yet"
+    if restart < max_restarts:
+        then = (f"the launcher restarts the job (restart {restart + 1} of {max_restarts}), which continues from it "
+                "with --resume_from_checkpoint latest")  # fmt: skip
+    else:
+        then = "--resume_from_checkpoint latest continues the run" if latest_checkpoint else "start the run again"
+    return JobFailure(f"{what}; {kept}: {then}{advice}")

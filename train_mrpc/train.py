@@ -5,7 +5,9 @@ once per epoch, then ``finish``. The step itself (``training_step``) is shared w
 from __future__ import annotations
 
 import math
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from train_mrpc.checkpointing import (
     resolve_resume, rotate_checkpoints, save_checkpoint,
 )  # fmt: skip
 from train_mrpc.config import TrainConfig
-from train_mrpc.errors import UserError
+from train_mrpc.errors import UserError, distributed_failure, job_failure
 from train_mrpc.flops import batch_flops
 from train_mrpc.meters import Meters, peak_memory
 from train_mrpc.profiling import NoProfiler, step_profiler
@@ -24,7 +26,8 @@ from train_mrpc.step import training_step
 
 def train(config: TrainConfig) -> dict:
     """Fine-tune, evaluating after every epoch; returns (and writes) the run's results."""
-    with PreemptionHandler() as preemption:  # from the start: a SIGTERM during set-up stops the run too
+    # From the start: a SIGTERM during set-up stops the run too, and so does another process's failure.
+    with failures_of_other_processes_named(config), PreemptionHandler() as preemption:
         run = setup(config)
         try:
             state, meters, eval_metrics = resume(run)
@@ -57,6 +60,79 @@ def fit(run: Run, state: TrainState, meters: Meters, eval_metrics: dict, preempt
                                   f"{state.evals_without_improvement} evaluations (best at step {state.best_step})")  # fmt: skip
             break
     return eval_metrics
+
+
+@contextmanager
+def failures_of_other_processes_named(config: TrainConfig):
+    """A collective that fails because another process died, disconnected or stalled past --ddp_timeout (gloo
+    raises on the closed connection at once) becomes one JobFailure naming the checkpoint a resume starts from.
+
+    Nothing here checkpoints: the job is already broken, and any save in flight failed at its barrier and was
+    removed (saves are atomic), so the last complete checkpoint stands. torchrun's agent also SIGTERMs the
+    survivors when a process dies; the PreemptionHandler only notes it, and the next collective (at the
+    latest the next logging step's) raises the failure handled here.
+    """
+    try:
+        yield
+    except Exception as err:
+        if distributed_failure(err) is None:
+            raise
+        import logging
+
+        from train_mrpc.checkpointing import find_latest
+
+        checkpoint_log = logging.getLogger("train_mrpc.checkpointing")  # damaged checkpoints were named at start
+        was_disabled = checkpoint_log.disabled
+        checkpoint_log.disabled = True
+        try:
+            latest = find_latest(config.output_dir)
+        except Exception:  # the folder is unreadable: the message still says what happened
+            latest = None
+        finally:
+            checkpoint_log.disabled = was_disabled
+        restart, max_restarts = elastic_restarts()
+        raise job_failure(err, config.ddp_timeout, latest, restart, max_restarts) from None
+
+
+def elastic_restarts() -> tuple[int, int]:
+    """(this restart's number, the most allowed): torchrun's TORCHELASTIC_RESTART_COUNT and _MAX_RESTARTS."""
+    env = os.environ
+    return int(env.get("TORCHELASTIC_RESTART_COUNT", "0")), int(env.get("TORCHELASTIC_MAX_RESTARTS", "0"))
+
+
+_restart_store = None  # rank 0's store server for a restarted job; lives as long as the process
+
+
+def fresh_store_after_restart(timeout_s: int) -> None:
+    """Give a restarted job (accelerate launch --max_restarts) a key-value store of its own to join in.
+
+    With the static rendezvous (multi_cpu.yaml and the other configs), torchrun's agent keeps one store for
+    all attempts, and the process group's keys are the same each time (default_pg/0/...): a restarted
+    process read the dead attempt's addresses and failed to connect ("Gloo connectFullMesh failed ...
+    Connection refused"), so every restart failed. Here rank 0 starts a new store server on a free port and
+    publishes the port in the agent's store under a key of this restart; every process then points
+    MASTER_PORT at it before Accelerate builds the process group (the agent's store stays in
+    TRAIN_MRPC_AGENT_STORE for the error reports, see cli._first_report). Before any restart, nothing changes.
+    """
+    global _restart_store
+    from datetime import timedelta
+
+    env = os.environ
+    restart = elastic_restarts()[0]
+    if restart == 0 or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TRAIN_MRPC_AGENT_STORE" in env:
+        return
+    from torch.distributed import TCPStore
+
+    host, agent_port = env["MASTER_ADDR"], int(env["MASTER_PORT"])
+    agent = TCPStore(host, agent_port, is_master=False, timeout=timedelta(seconds=timeout_s))
+    key = f"train_mrpc/{env.get('TORCHELASTIC_RUN_ID', '')}/restart_{restart}/store_port"
+    if env.get("RANK", "0") == "0":
+        _restart_store = TCPStore("0.0.0.0", 0, is_master=True, wait_for_workers=False,
+                                  timeout=timedelta(seconds=timeout_s))  # fmt: skip
+        agent.set(key, str(_restart_store.port))
+    port = int(agent.get(key))  # waits for rank 0
+    env["TRAIN_MRPC_AGENT_STORE"] = f"{host}:{agent_port}"
+    env["MASTER_PORT"] = str(port)
 
 
 # --- set-up ------------------------------------------------------------------------------------------
@@ -134,7 +210,12 @@ def setup(config: TrainConfig) -> Run:
     from train_mrpc.reporting import training_progress
     from train_mrpc.step import compile_model, padding_multiple
 
+    fresh_store_after_restart(config.ddp_timeout)
     accelerator = create_accelerator(config)
+    restart, max_restarts = elastic_restarts()
+    if restart:  # accelerate launch --max_restarts N restarted every process after one failed
+        accelerator.print(f"restart {restart} of at most {max_restarts} (accelerate launch --max_restarts) after a "
+                          "process of this job failed")  # fmt: skip
     output_dir = Path(config.output_dir)
     lock = prepare_output_dir(output_dir, config.overwrite_output_dir) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
@@ -144,6 +225,10 @@ def setup(config: TrainConfig) -> Run:
         raise UserError(f"--output_dir {output_dir} is the folder of --model_name_or_path: the run would overwrite "
                         "the model it starts from; choose another --output_dir")  # fmt: skip
     if config.resume_from_checkpoint is None and checkpoint_root(output_dir).is_dir() and any(checkpoint_root(output_dir).iterdir()):
+        if restart:
+            raise UserError(f"restart {restart} of this job found the checkpoints its first attempt saved in --output_dir "
+                            f"{output_dir}, but without --resume_from_checkpoint it would start over: launch with "
+                            "--resume_from_checkpoint latest so that a restart continues the run")  # fmt: skip
         raise UserError(f"--output_dir {output_dir} holds another run's checkpoints: pass --resume_from_checkpoint "
                         "latest to continue it, --overwrite_output_dir true to start fresh there, or another folder")  # fmt: skip
     if accelerator.is_main_process:
@@ -435,6 +520,7 @@ def finish(run: Run, state: TrainState, meters: Meters, eval_metrics: dict) -> d
         "best_step": state.best_step,
         **test_metrics,
         "resumed_from": str(run.resume_path) if run.resume_path else None,
+        "elastic_restarts": elastic_restarts()[0],  # times accelerate launch --max_restarts restarted this job
         **meters.run_figures(run.peak_flops, train_time),
         "peak_flops_source": run.peak_source,
         **dict(zip(("peak_memory_bytes", "peak_memory_kind"), peak_memory(accelerator.device))),
