@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmark scripts: inputs, timing, environment record, table, JSON, plots.
+"""Shared helpers of the benchmarks (``train-mrpc bench ...``): inputs, timing, environment record, table,
+JSON, plots.
 
 Timing discipline (as in airbench): warm-up calls are run and reported but never counted, CUDA is
 synchronised before every clock read, set-up work (building inputs, fresh cache folders, models) stays
@@ -22,49 +23,103 @@ import threading
 import time
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_ROOT = BENCH_DIR.parent
-SHARED_DIR = REPO_ROOT.parent / "shared"  # real assets on developer machines and in CI; never required
-SHARED_MRPC = SHARED_DIR / "data" / "mrpc"
-SHARED_BERT = SHARED_DIR / "models" / "bert-base-uncased"
-DEFAULT_OUT = BENCH_DIR / "results"
 MAX_LENGTH = 128  # run_glue's default --max_seq_length, and the project's --max_length
+SHARED_ENV = "TRAIN_MRPC_SHARED"  # a folder laid out as ../shared: data/mrpc/*.tsv, models/bert-base-uncased/
+SHARED_MRPC = Path("data") / "mrpc"  # inside a shared folder
+SHARED_BERT = Path("models") / "bert-base-uncased"
 
-# Make `import common` work for the scripts and `train_mrpc` work from a plain checkout.
-for _path in (str(BENCH_DIR), str(REPO_ROOT)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+
+# --- where things are: a source checkout, or an installed package ----------------------------------
+
+
+def source_checkout() -> Path | None:
+    """The repository this package is imported from (a plain or editable checkout: the folder above
+    ``train_mrpc`` holds pyproject.toml and benchmarks/README.md), or None for an installed package."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "benchmarks" / "README.md").is_file():
+        return root
+    return None
+
+
+def shared_candidates() -> list[Path]:
+    """Folders that may hold the real assets, in the order they are tried. ``$TRAIN_MRPC_SHARED`` alone when set;
+    else ``../shared`` beside the checkout this package runs from, then ``./shared`` and ``../shared`` relative
+    to the current directory (an installed package has no checkout). Never required."""
+    if os.environ.get(SHARED_ENV):
+        folder = Path(os.environ[SHARED_ENV]).expanduser()
+        if not folder.is_dir():
+            raise SystemExit(f"${SHARED_ENV}={folder}: not a folder")
+        return [folder]
+    checkout = source_checkout()
+    found = [checkout.parent / "shared"] if checkout else []
+    found += [Path.cwd() / "shared", Path.cwd().parent / "shared"]
+    unique = []
+    for folder in found:
+        if folder.resolve() not in [u.resolve() for u in unique]:
+            unique.append(folder)
+    return unique
+
+
+def shared_asset(relative: Path, marker: str) -> Path | None:
+    """The first candidate's ``relative`` folder that holds ``marker`` (e.g. data/mrpc with train.tsv), or None."""
+    for folder in shared_candidates():
+        if (folder / relative / marker).is_file():
+            return (folder / relative).resolve()
+    return None
+
+
+def default_out() -> Path:
+    """benchmarks/results/ of the checkout this package runs from (git-ignored there, except the published
+    runs); ./bench-results/ in the current directory for an installed package."""
+    checkout = source_checkout()
+    return checkout / "benchmarks" / "results" if checkout else Path("bench-results")
+
+
+def display_default_out() -> str:
+    out = default_out()
+    try:
+        return str(out.relative_to(Path.cwd()))
+    except ValueError:
+        return str(out)
 
 
 # --- command line --------------------------------------------------------------------------------
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
-    """The flags both scripts share: --quick, --out, --data_dir, --tokenizer, --seed."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+def base_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """The flags the tokenization and step benchmarks share: --quick, --out, --data_dir, --tokenizer, --seed."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--quick", action="store_true",
         help="Smoke test: small data, few repeats, tiny model; the whole suite runs in well under a minute "
         "on 2 CPU cores. The output is complete, but its numbers are not speed claims.",
     )  # fmt: skip
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT,
-        help=f"Folder for the JSON record and PNG plots (default: {DEFAULT_OUT.relative_to(REPO_ROOT)}/).",
+        "--out", type=Path, default=None,
+        help="Folder for the JSON record and PNG plots (default: benchmarks/results/ of the source checkout "
+        "this package runs from, else ./bench-results/).",
     )  # fmt: skip
     parser.add_argument(
         "--data_dir", default="auto",
-        help="GLUE MRPC folder (train.tsv, dev.tsv[, test.tsv]); 'auto' (default) = ../shared/data/mrpc when "
-        "present, else generated pairs with MRPC's length distribution; 'synthetic' = always generated.",
+        help="GLUE MRPC folder (train.tsv, dev.tsv[, test.tsv]); 'auto' (default) = data/mrpc of the shared "
+        f"assets when present (${SHARED_ENV}, else ../shared beside the checkout, ./shared, ../shared), else "
+        "generated pairs with MRPC's length distribution; 'synthetic' = always generated.",
     )  # fmt: skip
     parser.add_argument(
         "--tokenizer", default="auto",
         help="Tokenizer folder (with tokenizer.json, and vocab.txt for the legacy Python tokenizer); 'auto' "
-        "(default) = ../shared/models/bert-base-uncased when present, else the project's tiny tokenizer; "
-        "'tiny' = always the tiny one.",
+        "(default) = models/bert-base-uncased of the shared assets when present (as --data_dir), else the "
+        "project's tiny tokenizer; 'tiny' = always the tiny one.",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="Seed of generated data, sampling and model init.")
     add_guard_args(parser)
     return parser
+
+
+def resolve_out(out: Path | None) -> Path:
+    """--out as given, else the default (:func:`default_out`); absolute, so subprocesses agree on it."""
+    return (out if out is not None else default_out()).resolve()
 
 
 # --- inputs ----------------------------------------------------------------------------------------
@@ -76,7 +131,8 @@ def load_pairs(data_dir: str, seed: int = 0) -> tuple[dict[str, dict[str, list]]
     from train_mrpc.synthetic import SPLIT_SIZES, generate_pairs
 
     if data_dir == "auto":
-        data_dir = str(SHARED_MRPC) if (SHARED_MRPC / "train.tsv").is_file() else "synthetic"
+        found = shared_asset(SHARED_MRPC, "train.tsv")
+        data_dir = str(found) if found else "synthetic"
     if data_dir == "synthetic":
         return {split: generate_pairs(split, seed) for split in SPLIT_SIZES}, f"generated (train_mrpc.synthetic, seed {seed})"
     return read_glue_dir(data_dir), f"GLUE MRPC TSV files in {data_dir}"
@@ -85,7 +141,8 @@ def load_pairs(data_dir: str, seed: int = 0) -> tuple[dict[str, dict[str, list]]
 def load_tokenizer(name: str):
     """(fast tokenizer, folder or None, description). 'tiny' folder is None: see :func:`legacy_tokenizer`."""
     if name == "auto":
-        name = str(SHARED_BERT) if (SHARED_BERT / "tokenizer.json").is_file() else "tiny"
+        found = shared_asset(SHARED_BERT, "tokenizer.json")
+        name = str(found) if found else "tiny"
     if name == "tiny":
         from train_mrpc.synthetic import build_tiny_model
 

@@ -1,7 +1,7 @@
 """Markdown tables from benchmark JSON files, for benchmarks/README.md: the README's figures are pasted
 from this output, never typed by hand.
 
-    python benchmarks/make_tables.py benchmarks/results/cpu-2core
+    train-mrpc bench tables benchmarks/results/cpu-2core
 """
 
 from __future__ import annotations
@@ -96,13 +96,18 @@ def train_step_table(record: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="train-mrpc bench tables", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="A --out folder holding tokenization.json and/or train_step.json.")
     args = parser.parse_args(argv)
+    found = False
     for name, render in (("tokenization.json", tokenization_table), ("train_step.json", train_step_table)):
         path = args.folder / name
         if path.is_file():
+            found = True
             print(f"### {name}\n\n{render(json.loads(path.read_text()))}\n")
+    if not found:
+        raise SystemExit(f"{args.folder}: holds neither tokenization.json nor train_step.json")
 
 
 if __name__ == "__main__":

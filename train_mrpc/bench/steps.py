@@ -1,7 +1,7 @@
 """Training-step throughput: forward + backward + AdamW step over a grid of settings, with a bare baseline.
 
-    python benchmarks/bench_train_step.py            # full grid for this device (CPU: 7-10 minutes)
-    python benchmarks/bench_train_step.py --quick    # smoke test: tiny model, every strategy, seconds
+    train-mrpc bench steps            # full grid for this device (CPU: 7-10 minutes)
+    train-mrpc bench steps --quick    # smoke test: tiny model, every strategy, seconds
 
 The model of a cell is AutoModelForSequenceClassification.from_config(config, attn_implementation=...)
 with random weights (they time exactly like pretrained ones). Each cell runs the step exactly as the
@@ -22,16 +22,14 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402  (sets up sys.path for train_mrpc too)
-from train_mrpc.flops import count_parameters, training_flops  # noqa: E402  (one implementation: the loop's)
+from train_mrpc.bench import common
+from train_mrpc.flops import count_parameters, training_flops  # one implementation: the loop's
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PADDINGS = ("fixed", "dynamic", "grouped")
 ATTENTIONS = ("eager", "sdpa")
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
-# bert-base-uncased's architecture, used when ../shared/models/bert-base-uncased/config.json is absent.
+# bert-base-uncased's architecture, used when the shared models/bert-base-uncased/config.json is absent.
 BERT_BASE = {
     "model_type": "bert", "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
     "num_attention_heads": 12, "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
@@ -47,11 +45,12 @@ LR_WARMUP, LR_TOTAL = 100, 1000  # a linear schedule, as the project's loop uses
 
 
 def parse_args(argv=None):
-    parser = common.base_parser(__doc__)
+    parser = common.base_parser(__doc__, prog="train-mrpc bench steps")
     parser.add_argument(
         "--model_config", nargs="+", default=None,
-        help="Model architecture(s): 'bert-base' (../shared/models/bert-base-uncased/config.json, or the same "
-        "numbers built in), 'minilm-l6' (6 layers, 384 hidden, 12 heads, 1536 intermediate, vocab 30522), "
+        help="Model architecture(s): 'bert-base' (models/bert-base-uncased/config.json of the shared assets, "
+        "found as for --tokenizer, or the same numbers built in), 'minilm-l6' (6 layers, 384 hidden, 12 heads, "
+        "1536 intermediate, vocab 30522), "
         "'tiny' (the project's 2-layer test model), or a folder/config.json. Default: CPU bert-base at batch 8 "
         "and minilm-l6 at batch 32; GPU both at batch 32 and 128; --quick: tiny at batch 8.",
     )  # fmt: skip
@@ -138,8 +137,9 @@ def load_model_config(name: str):
 
         return copy.deepcopy(build_tiny_model(0)[1].config), "tiny: the project's 2-layer test BERT (train_mrpc.synthetic)"
     if name == "bert-base":
-        if (common.SHARED_BERT / "config.json").is_file():
-            return AutoConfig.from_pretrained(common.SHARED_BERT, num_labels=2), f"bert-base-uncased architecture ({common.SHARED_BERT}/config.json)"
+        shared = common.shared_asset(common.SHARED_BERT, "config.json")
+        if shared is not None:
+            return AutoConfig.from_pretrained(shared, num_labels=2), f"bert-base-uncased architecture ({shared}/config.json)"
         return AutoConfig.for_model(**BERT_BASE, num_labels=2), "bert-base-uncased architecture (built-in numbers)"
     if name == "minilm-l6":
         return AutoConfig.for_model(**MINILM_L6, num_labels=2), "MiniLM-L6 shape (6 layers, 384 hidden, 12 heads, 1536 FFN)"
@@ -464,6 +464,7 @@ def plan_cells(plan: dict, model_sizes: dict) -> list[dict]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    args.out = common.resolve_out(args.out)
     # A fresh inductor cache per run: compile times are what a first run pays, not a previous run's cache hit.
     inductor_cache = tempfile.TemporaryDirectory(prefix="bench-inductor-")
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", inductor_cache.name)

@@ -1,7 +1,7 @@
 """Tokenization throughput of MRPC sentence pairs: nine ways, each as a ratio to the Rust library's floor.
 
-    python benchmarks/bench_tokenization.py            # full run (real MRPC when ../shared has it)
-    python benchmarks/bench_tokenization.py --quick    # smoke test, a few seconds
+    train-mrpc bench tokenization            # full run (real MRPC when ../shared has it)
+    train-mrpc bench tokenization --quick    # smoke test, a few seconds
 
 Every method tokenizes the same pairs (truncation to 128 tokens, no padding unless the method pads) and
 its token ids are checked against the floor's outside the clock. See benchmarks/README.md.
@@ -9,14 +9,11 @@ its token ids are checked against the floor's outside the clock. See benchmarks/
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402  (sets up sys.path for train_mrpc too)
+from train_mrpc.bench import common
 
 FLOOR = "floor"
 FAST_FLOOR = "floor_no_offsets"
@@ -35,7 +32,7 @@ METHODS = {  # name -> what it measures (kept in the JSON next to the figures)
 
 
 def parse_args(argv=None):
-    parser = common.base_parser(__doc__)
+    parser = common.base_parser(__doc__, prog="train-mrpc bench tokenization")
     parser.add_argument("--pairs", type=int, default=None,
                         help="Use the first N pairs (default: every split, 5801 pairs; --quick: 400).")
     parser.add_argument("--repeats", type=int, default=None, help="Timed repeats per method (default 5; --quick 2).")
@@ -68,6 +65,7 @@ def warm_breakdown(raw, tokenizer, max_length: int, warmup: int, repeats: int, w
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    args.out = common.resolve_out(args.out)
     import datasets
     import tokenizers
     from datasets import DatasetDict

