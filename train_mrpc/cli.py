@@ -178,6 +178,10 @@ def main(argv: list[str] | None = None) -> None:
             run_reproduce(argv[1:])
         elif argv[:1] == ["sweep"]:
             run_sweep(argv[1:])
+        elif argv[:1] == ["bench"]:  # train-mrpc bench tokenization|steps|end-to-end|tables [flags]
+            from train_mrpc.bench import main as run_bench
+
+            run_bench(argv[1:])
         else:
             run_training(argv)
     except JobFailure as err:
