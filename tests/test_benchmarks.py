@@ -1,4 +1,5 @@
-"""The benchmark suite's smoke test: both scripts in --quick mode write complete, well-formed output.
+"""The benchmark suite's smoke test: `train-mrpc bench tokenization|steps --quick` write complete, well-formed
+output (tests/test_bench_wheel.py runs them again from an installed wheel, outside the repository).
 
 Never asserts a speed: on a shared 2-core CI machine timings mean nothing. It asserts that every method
 and every cell is there with finite positive figures, that the work compared is the same work (token ids
@@ -18,7 +19,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -37,11 +37,12 @@ VARIANT_FIGURES = [
 STEP_STATS = ["median", "mean", "min", "max", "p25", "p75"]
 
 
-def run_script(name: str, *args, timeout: float = 120) -> tuple[subprocess.CompletedProcess, dict]:
-    """Run a benchmark as a user would; returns the process and the JSON object on its last stdout line."""
+def run_bench(command: str, *args, timeout: float = 120, cwd: Path = ROOT, env: dict | None = None):
+    """Run ``train-mrpc bench COMMAND ARGS`` as a user would (``python -m train_mrpc``, the console script's
+    code); returns the process and the JSON object on its last stdout line."""
     result = subprocess.run(
-        [sys.executable, str(BENCH / name), *map(str, args)], cwd=ROOT, env={**os.environ, **OFFLINE},
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "train_mrpc", "bench", command, *map(str, args)], cwd=cwd,
+        env=env or {**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     last = result.stdout.strip().splitlines()[-1]
@@ -69,11 +70,17 @@ def check_environment(env: dict) -> None:
         assert env["gpu"]["name"]
 
 
-def test_tokenization_quick(tmp_path):
-    result, summary = run_script("bench_tokenization.py", "--quick", "--out", tmp_path)
-    record = json.loads((tmp_path / "tokenization.json").read_text())
+def check_summary_paths(summary: dict, out: Path, cwd: Path, name: str) -> None:
+    """The summary line names the files written into ``out`` (paths relative to the command's directory)."""
+    assert (cwd / summary["json"]).resolve() == (out / f"{name}.json").resolve(), summary["json"]
+    assert [(cwd / p).resolve() for p in summary["plots"]] == [(out / f"{name}.png").resolve()], summary["plots"]
+
+
+def check_tokenization(result, summary: dict, out: Path, cwd: Path = ROOT) -> dict:
+    """The quick tokenization benchmark's output in ``out`` is complete and well formed; returns its record."""
+    record = json.loads((out / "tokenization.json").read_text())
     assert summary["benchmark"] == "tokenization" and summary["quick"] is True
-    assert Path(summary["json"]).resolve() == (tmp_path / "tokenization.json").resolve()
+    check_summary_paths(summary, out, cwd, "tokenization")
     assert set(summary["ratio_to_floor"]) == set(TOKENIZATION_METHODS)
     check_environment(record["environment"])
     assert record["settings"]["pairs"] > 0
@@ -93,14 +100,16 @@ def test_tokenization_quick(tmp_path):
         assert method["identical_ids_fraction"] == 1.0, name
     assert record["methods"]["floor"]["throughput_ratio_to_floor"] == 1.0
     assert 0 < record["methods"]["course_padding_true"]["padding_fraction"] < 1
-    check_png(tmp_path / "tokenization.png")
+    check_png(out / "tokenization.png")
     assert "method" in result.stdout and "floor" in result.stdout  # the rich table
+    return record
 
 
-def test_train_step_quick(tmp_path):
-    result, summary = run_script("bench_train_step.py", "--quick", "--out", tmp_path)
-    record = json.loads((tmp_path / "train_step.json").read_text())
+def check_train_step(result, summary: dict, out: Path, cwd: Path = ROOT) -> dict:
+    """The quick step benchmark's output in ``out`` is complete and well formed; returns its record."""
+    record = json.loads((out / "train_step.json").read_text())
     assert summary["benchmark"] == "train_step" and summary["cells"] == len(QUICK_CELLS)
+    check_summary_paths(summary, out, cwd, "train_step")
     positive(summary["best_samples_per_s"], "summary.best_samples_per_s")
     check_environment(record["environment"])
     assert sorted(c["key"] for c in record["cells"]) == sorted(QUICK_CELLS)
@@ -133,27 +142,94 @@ def test_train_step_quick(tmp_path):
     for precision in ("fp32", "bf16"):
         pad = {c["padding"]: c["padding_fraction"] for c in record["cells"] if c["precision"] == precision and c["attn"] == "sdpa"}
         assert pad["fixed"] > pad["dynamic"] > pad["grouped"], pad
-    check_png(tmp_path / "train_step.png")
+    check_png(out / "train_step.png")
     assert "samples/s" in result.stdout  # the rich table
+    return record
+
+
+def test_tokenization_quick(tmp_path):
+    check_tokenization(*run_bench("tokenization", "--quick", "--out", tmp_path), tmp_path)
+
+
+def test_train_step_quick(tmp_path):
+    check_train_step(*run_bench("steps", "--quick", "--out", tmp_path), tmp_path)
 
 
 def test_fallback_without_shared_assets(tmp_path):
     """Generated pairs and the tiny tokenizer: what a machine without ../shared runs."""
-    _, summary = run_script("bench_tokenization.py", "--quick", "--data_dir", "synthetic", "--tokenizer", "tiny",
-                            "--pairs", "200", "--out", tmp_path)  # fmt: skip
+    _, summary = run_bench("tokenization", "--quick", "--data_dir", "synthetic", "--tokenizer", "tiny",
+                           "--pairs", "200", "--out", tmp_path)  # fmt: skip
     record = json.loads((tmp_path / "tokenization.json").read_text())
     assert record["settings"]["data_source"].startswith("generated")
     assert all(m["identical_ids_fraction"] == 1.0 for m in record["methods"].values())
-    _, summary = run_script("bench_train_step.py", "--quick", "--data_dir", "synthetic", "--tokenizer", "tiny",
-                            "--precision", "fp32", "--padding", "dynamic", "--attn", "sdpa", "--compile", "off",
-                            "--out", tmp_path)  # fmt: skip
+    _, summary = run_bench("steps", "--quick", "--data_dir", "synthetic", "--tokenizer", "tiny",
+                           "--precision", "fp32", "--padding", "dynamic", "--attn", "sdpa", "--compile", "off",
+                           "--out", tmp_path)  # fmt: skip
     assert summary["cells"] == 1
     record = json.loads((tmp_path / "train_step.json").read_text())
     positive(record["cells"][0]["accelerate"]["samples_per_s"], "samples_per_s")
     check_png(tmp_path / "train_step.png")
 
 
-@pytest.mark.parametrize("name", ["bench_tokenization.py", "bench_train_step.py"])
-def test_help(name):
-    result = subprocess.run([sys.executable, str(BENCH / name), "--help"], capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("command", ["tokenization", "steps", "end-to-end"])
+def test_help(command):
+    result = subprocess.run([sys.executable, "-m", "train_mrpc", "bench", command, "--help"], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0 and "--quick" in result.stdout and "--out" in result.stdout
+    assert f"train-mrpc bench {command}" in result.stdout
+
+
+def test_bench_usage_and_unknown_command():
+    run = [sys.executable, "-m", "train_mrpc", "bench"]
+    listing = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0
+    for command in ("tokenization", "steps", "end-to-end", "tables"):
+        assert command in listing.stdout
+    wrong = subprocess.run([*run, "tokenisation"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
+        "train-mrpc: error: train-mrpc bench: unknown command 'tokenisation'; one of: tokenization, steps, "
+        "end-to-end, tables (see train-mrpc bench --help)"
+    ]
+
+
+@pytest.mark.parametrize("name", ["bench_tokenization.py", "bench_train_step.py", "bench_end_to_end.py", "make_tables.py"])
+def test_old_script_paths_still_run(name):
+    """benchmarks/*.py are shims over the package (gpu_check and old notes call them)."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), "--help"], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and "usage: train-mrpc bench" in result.stdout
+
+
+def test_tables_from_published_results():
+    result = subprocess.run([sys.executable, "-m", "train_mrpc", "bench", "tables", ROOT / "benchmarks" / "results" / "cpu-2core"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "### tokenization.json" in result.stdout and "### train_step.json" in result.stdout
+    assert "| floor |" in result.stdout and "| bert-base | 8 | fp32 | fixed | eager | no |" in result.stdout
+
+
+def test_shared_assets_and_default_out(tmp_path, monkeypatch):
+    """Where the real assets and results go: $TRAIN_MRPC_SHARED first, else ../shared beside this checkout (or
+    ./shared, ../shared from the current directory); benchmarks/results/ in a checkout."""
+    from conftest import write_glue_dir
+
+    from train_mrpc.bench import common
+
+    assert common.source_checkout() == ROOT
+    assert common.default_out() == ROOT / "benchmarks" / "results"
+    shared = tmp_path / "assets"
+    write_glue_dir(shared / "data" / "mrpc", ["1\t1\t2\tA cat sat.\tA cat was sitting."])
+    monkeypatch.setenv(common.SHARED_ENV, str(shared))
+    assert common.shared_candidates() == [shared]
+    assert common.shared_asset(common.SHARED_MRPC, "train.tsv") == (shared / "data" / "mrpc").resolve()
+    assert common.shared_asset(common.SHARED_BERT, "tokenizer.json") is None  # -> the tiny tokenizer
+    splits, source = common.load_pairs("auto")
+    assert splits["train"]["sentence1"] == ["A cat sat."] and str(shared) in source
+    assert common.load_tokenizer("auto")[2].startswith("tiny")
+    monkeypatch.setenv(common.SHARED_ENV, str(tmp_path / "missing"))
+    with pytest.raises(SystemExit, match="not a folder"):
+        common.shared_candidates()
+    monkeypatch.delenv(common.SHARED_ENV)
+    monkeypatch.chdir(tmp_path)
+    assert common.shared_candidates()[0] == ROOT.parent / "shared"
+    assert common.shared_candidates()[1:] == [tmp_path / "shared", tmp_path.parent / "shared"]
