@@ -86,6 +86,12 @@ class TrainConfig:
     gradient_accumulation_steps: int = _help(
         "Micro-batches per optimizer step (global batch = per-device batch x processes x this).", default=1
     )
+    auto_find_batch_size: bool = _help(
+        "Before training, halve the per-device batch while a worst-case batch (--max_length tokens per row) runs "
+        "out of memory, doubling --gradient_accumulation_steps each time: the global batch and the recipe stay "
+        "the same (unlike Trainer's, which shrinks the global batch).",
+        default=False,
+    )
     learning_rate: float = _help("Peak learning rate of AdamW.", default=2e-5)
     weight_decay: float = _help(
         "AdamW weight decay (not applied to biases and LayerNorm weights).", default=0.01
@@ -347,7 +353,9 @@ def build_parser(prog: str = "train-mrpc", extra_types: tuple = ()):
         "Subcommands: `train-mrpc prefetch [flags]` caches the model, tokenizer and data of a run for offline "
         "nodes; `train-mrpc reproduce [flags] [--num_seeds N]` runs the recipe over N seeds and writes a report; "
         "`train-mrpc sweep [flags] [--learning_rates ...]` runs a grid x seeds through Optuna's storage (several "
-        "workers may share it); `train-mrpc plot OUTPUT_DIR` redraws a run's training_curves.png.",
+        "workers may share it); `train-mrpc plot OUTPUT_DIR` redraws a run's training_curves.png; "
+        "`train-mrpc bench tokenization|steps|end-to-end|tables [flags]` runs the benchmark suite (offline; "
+        "--quick for a smoke test).",
     )
     parser.add_argument("--config", default=None, help="YAML or JSON file of the flags below (keys = flag names).")
     return parser
