@@ -164,7 +164,10 @@ def build_scheduler(accelerator, optimizer, config: TrainConfig, schedule: Sched
     from transformers import get_scheduler
 
     # A prepared scheduler steps once per process for every optimizer step, so lengths scale with processes.
-    return accelerator.prepare(get_scheduler(
+    # Under DeepSpeed, prepare() returns a scheduler prepared apart from the model as it is (stepped once per
+    # step, left out of checkpoints); prepare_scheduler wraps and registers it as prepare() does elsewhere.
+    prepare = accelerator.prepare_scheduler if accelerator.distributed_type == "DEEPSPEED" else accelerator.prepare
+    return prepare(get_scheduler(
         config.lr_scheduler_type, optimizer,
         num_warmup_steps=schedule.warmup_steps * accelerator.num_processes,
         num_training_steps=schedule.max_steps * accelerator.num_processes,
@@ -484,7 +487,7 @@ def finish(run: Run, state: TrainState, meters: Meters, eval_metrics: dict) -> d
     import torch
 
     from train_mrpc.evaluation import predict_logits, score, write_predictions
-    from train_mrpc.launch import describe_launch, describe_speed_choices
+    from train_mrpc.launch import describe_launch, describe_sharding, describe_speed_choices
     from train_mrpc.model import save_model
     from train_mrpc.plots import plot_training_curves
     from train_mrpc.reporting import print_summary, write_json
@@ -525,6 +528,7 @@ def finish(run: Run, state: TrainState, meters: Meters, eval_metrics: dict) -> d
         "peak_flops_source": run.peak_source,
         **dict(zip(("peak_memory_bytes", "peak_memory_kind"), peak_memory(accelerator.device))),
         "launch": describe_launch(accelerator, config),
+        "sharding": describe_sharding(accelerator),
         "speed": describe_speed_choices(accelerator, config, run.pad_to),
         "output_dir": str(run.output_dir),
     }
