@@ -205,6 +205,7 @@ def setup(config: TrainConfig) -> Run:
     """Accelerator, data, model, optimizer and schedule, all prepared; output folder and trackers ready."""
     from accelerate.utils import set_seed
 
+    from train_mrpc.batch_size import with_batch_size_that_fits
     from train_mrpc.data import build_dataloaders, load_raw_splits, tokenize_dataset
     from train_mrpc.evaluation import load_metric
     from train_mrpc.flops import compute_precision, count_parameters, device_peak
@@ -245,6 +246,8 @@ def setup(config: TrainConfig) -> Run:
         raw = load_raw_splits(config)
         tokenizer, model = load_tokenizer_and_model(config)
         tokenized = tokenize_dataset(raw, tokenizer, config.max_length)
+    if config.auto_find_batch_size:  # the batch that fits, same global batch: the config from here on
+        config = with_batch_size_that_fits(accelerator, model, config)
     device = accelerator.device.type
     pad_to = padding_multiple(config.pad_to_multiple_of, torch_compile=config.torch_compile, device_type=device,
                               mixed_precision=accelerator.mixed_precision)  # fmt: skip
