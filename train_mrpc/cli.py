@@ -49,7 +49,7 @@ def _first_report(line: str | None) -> bool:
             return True
         from torch.distributed import TCPStore
 
-        # The launcher's own store, which outlives every process of the job (train.fresh_store_after_restart
+        # The launcher's own store, which outlives every process of the job (faults.fresh_store_after_restart
         # points MASTER_PORT elsewhere after a restart, and keeps the agent's address here).
         host, port = env.get("TRAIN_MRPC_AGENT_STORE", f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}").rsplit(":", 1)
         store = TCPStore(host, int(port), is_master=False, timeout=timedelta(seconds=3))

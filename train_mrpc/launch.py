@@ -6,6 +6,7 @@ import os
 
 from train_mrpc.config import TrainConfig
 from train_mrpc.errors import UserError
+from train_mrpc.faults import fresh_store_after_restart
 
 
 def create_accelerator(config: TrainConfig):
@@ -15,8 +16,11 @@ def create_accelerator(config: TrainConfig):
     from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
 
     check_launch_environment()
+    fresh_store_after_restart(config.ddp_timeout)  # before any process group exists
     check_trackers(config.trackers)
     use_cpu = not torch.accelerator.is_available()
+    if use_cpu:  # what DeepSpeed finds anyway; said here, it does not warn so in every run (Accelerate imports it)
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     mixed_precision, _ = resolve_precision(config.precision, cuda=torch.cuda.is_available())
     init_kwargs = InitProcessGroupKwargs(timeout=timedelta(seconds=config.ddp_timeout))
     fsdp_on_cpu = use_cpu and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"

@@ -5,9 +5,7 @@ once per epoch, then ``finish``. The step itself (``training_step``) is shared w
 from __future__ import annotations
 
 import math
-import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +14,8 @@ from train_mrpc.checkpointing import (
     resolve_resume, rotate_checkpoints, save_checkpoint,
 )  # fmt: skip
 from train_mrpc.config import TrainConfig
-from train_mrpc.errors import UserError, distributed_failure, job_failure
+from train_mrpc.errors import UserError
+from train_mrpc.faults import elastic_restarts, failures_of_other_processes_named
 from train_mrpc.flops import batch_flops
 from train_mrpc.meters import Meters, peak_memory
 from train_mrpc.profiling import NoProfiler, step_profiler
@@ -60,79 +59,6 @@ def fit(run: Run, state: TrainState, meters: Meters, eval_metrics: dict, preempt
                                   f"{state.evals_without_improvement} evaluations (best at step {state.best_step})")  # fmt: skip
             break
     return eval_metrics
-
-
-@contextmanager
-def failures_of_other_processes_named(config: TrainConfig):
-    """A collective that fails because another process died, disconnected or stalled past --ddp_timeout (gloo
-    raises on the closed connection at once) becomes one JobFailure naming the checkpoint a resume starts from.
-
-    Nothing here checkpoints: the job is already broken, and any save in flight failed at its barrier and was
-    removed (saves are atomic), so the last complete checkpoint stands. torchrun's agent also SIGTERMs the
-    survivors when a process dies; the PreemptionHandler only notes it, and the next collective (at the
-    latest the next logging step's) raises the failure handled here.
-    """
-    try:
-        yield
-    except Exception as err:
-        if distributed_failure(err) is None:
-            raise
-        import logging
-
-        from train_mrpc.checkpointing import find_latest
-
-        checkpoint_log = logging.getLogger("train_mrpc.checkpointing")  # damaged checkpoints were named at start
-        was_disabled = checkpoint_log.disabled
-        checkpoint_log.disabled = True
-        try:
-            latest = find_latest(config.output_dir)
-        except Exception:  # the folder is unreadable: the message still says what happened
-            latest = None
-        finally:
-            checkpoint_log.disabled = was_disabled
-        restart, max_restarts = elastic_restarts()
-        raise job_failure(err, config.ddp_timeout, latest, restart, max_restarts) from None
-
-
-def elastic_restarts() -> tuple[int, int]:
-    """(this restart's number, the most allowed): torchrun's TORCHELASTIC_RESTART_COUNT and _MAX_RESTARTS."""
-    env = os.environ
-    return int(env.get("TORCHELASTIC_RESTART_COUNT", "0")), int(env.get("TORCHELASTIC_MAX_RESTARTS", "0"))
-
-
-_restart_store = None  # rank 0's store server for a restarted job; lives as long as the process
-
-
-def fresh_store_after_restart(timeout_s: int) -> None:
-    """Give a restarted job (accelerate launch --max_restarts) a key-value store of its own to join in.
-
-    With the static rendezvous (multi_cpu.yaml and the other configs), torchrun's agent keeps one store for
-    all attempts, and the process group's keys are the same each time (default_pg/0/...): a restarted
-    process read the dead attempt's addresses and failed to connect ("Gloo connectFullMesh failed ...
-    Connection refused"), so every restart failed. Here rank 0 starts a new store server on a free port and
-    publishes the port in the agent's store under a key of this restart; every process then points
-    MASTER_PORT at it before Accelerate builds the process group (the agent's store stays in
-    TRAIN_MRPC_AGENT_STORE for the error reports, see cli._first_report). Before any restart, nothing changes.
-    """
-    global _restart_store
-    from datetime import timedelta
-
-    env = os.environ
-    restart = elastic_restarts()[0]
-    if restart == 0 or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "TRAIN_MRPC_AGENT_STORE" in env:
-        return
-    from torch.distributed import TCPStore
-
-    host, agent_port = env["MASTER_ADDR"], int(env["MASTER_PORT"])
-    agent = TCPStore(host, agent_port, is_master=False, timeout=timedelta(seconds=timeout_s))
-    key = f"train_mrpc/{env.get('TORCHELASTIC_RUN_ID', '')}/restart_{restart}/store_port"
-    if env.get("RANK", "0") == "0":
-        _restart_store = TCPStore("0.0.0.0", 0, is_master=True, wait_for_workers=False,
-                                  timeout=timedelta(seconds=timeout_s))  # fmt: skip
-        agent.set(key, str(_restart_store.port))
-    port = int(agent.get(key))  # waits for rank 0
-    env["TRAIN_MRPC_AGENT_STORE"] = f"{host}:{agent_port}"
-    env["MASTER_PORT"] = str(port)
 
 
 # --- set-up ------------------------------------------------------------------------------------------
@@ -214,7 +140,6 @@ def setup(config: TrainConfig) -> Run:
     from train_mrpc.reporting import training_progress
     from train_mrpc.step import compile_model, padding_multiple
 
-    fresh_store_after_restart(config.ddp_timeout)
     accelerator = create_accelerator(config)
     restart, max_restarts = elastic_restarts()
     if restart:  # accelerate launch --max_restarts N restarted every process after one failed
