@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, accelerate_launch, run_cli, tiny_args
+from conftest import ROOT, accelerate_launch, run_cli, table_text, tiny_args
 
 from train_mrpc.checkpointing import is_checkpoint_file_name, validate_checkpoint
 from train_mrpc.errors import UserError
@@ -201,6 +201,7 @@ def test_sharded_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path, tiny_
         shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
     proc = launch(FSDP[0], fsdp_args(tiny_model_no_dropout, out, "--resume_from_checkpoint", "latest"), *FSDP[1:])
     assert "resumed from" in proc.stdout and "step_000004" in proc.stdout
+    assert "2 x cpu, FSDP2 (parameters, gradients and optimizer state sharded" in table_text(proc.stdout)
     resumed = weights(out)
     assert resumed.keys() == kept.keys()
     for name in kept:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, accelerate_launch, run_cli, tiny_args
+from conftest import ROOT, accelerate_launch, run_cli, table_text, tiny_args
 
 CONFIGS = sorted((ROOT / "accelerate_configs").glob("*.yaml"))
 EXPECTED = {  # file -> (distributed_type, mixed_precision, use_cpu)
@@ -78,6 +78,7 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path, tiny_mod
     assert two["eval_examples"] == 101
     # Logging, progress, saving and the summary happen once.
     assert proc.stdout.count("MRPC fine-tune") == 1
+    assert "2 x cpu, DDP (every process holds the whole model), fp32 precision" in table_text(proc.stdout)
     assert len(re.findall(r"epoch 1: eval accuracy", proc.stdout)) == 1
     assert len(log) == len({r["step"] for r in log}) == 16
 

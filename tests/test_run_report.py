@@ -93,3 +93,14 @@ def test_profile_writes_a_trace_of_the_models_operators_and_changes_no_result(tm
     assert (out / "model.safetensors").read_bytes() == (plain / "model.safetensors").read_bytes()
     losses = [[json.loads(line)["loss"] for line in (o / "train_log.jsonl").read_text().splitlines()] for o in (out, plain)]
     assert losses[0] == losses[1]
+
+
+def test_the_summary_names_how_the_processes_share_the_work():
+    from train_mrpc.reporting import parallelism_text
+
+    assert parallelism_text("NO", "none") == "one process"
+    assert parallelism_text("MULTI_CPU", "none") == "DDP (every process holds the whole model)"
+    fsdp = {"kind": "FSDP", "fsdp_version": 2, "reshard_after_forward": True}
+    assert parallelism_text("FSDP", fsdp) == "FSDP2 (parameters, gradients and optimizer state sharded, resharded after forward)"
+    zero2 = {"kind": "DeepSpeed ZeRO", "zero_stage": 2}
+    assert parallelism_text("DEEPSPEED", zero2) == "DeepSpeed ZeRO-2 (optimizer state and gradients sharded)"

@@ -76,6 +76,17 @@ def padding_text(multiple: int | None) -> str:
     return f"padded to multiples of {multiple}" if multiple else "padded to each batch's longest pair"
 
 
+def parallelism_text(distributed_type: str, sharding: dict | str | None) -> str:
+    """How the processes share the work, as the run did it (not as the launch config asked)."""
+    if isinstance(sharding, dict) and sharding.get("kind") == "FSDP":
+        reshard = sharding.get("reshard_after_forward")
+        return (f"FSDP{sharding.get('fsdp_version', '')} (parameters, gradients and optimizer state sharded"
+                f"{', resharded after forward' if reshard is True else ''})")
+    if isinstance(sharding, dict) and sharding.get("kind") == "DeepSpeed ZeRO":
+        return f"DeepSpeed ZeRO-{sharding.get('zero_stage')} (optimizer state{' and gradients' if sharding.get('zero_stage', 0) >= 2 else ''} sharded)"
+    return "one process" if distributed_type == "NO" else "DDP (every process holds the whole model)"
+
+
 def print_summary(results: dict, console: Console | None = None) -> None:
     launch, speed = results["launch"], results["speed"]
     table = Table(title=f"MRPC fine-tune: {results['model']}", show_header=False, title_justify="left")
@@ -84,6 +95,7 @@ def print_summary(results: dict, console: Console | None = None) -> None:
     rows = [
         ("data", results["data_source"]),
         ("launch", f"{launch['num_processes']} x {launch['device_type']}, "
+                   f"{parallelism_text(launch['distributed_type'], results.get('sharding'))}, "
                    f"{'fp32' if launch['mixed_precision'] == 'no' else launch['mixed_precision']} precision"),
         ("global batch", f"{launch['global_batch_size']} ({launch['per_device_train_batch_size']}/device x "
                          f"{launch['num_processes']} x {launch['gradient_accumulation_steps']} accumulation)"),
