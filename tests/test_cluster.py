@@ -5,6 +5,7 @@ prefetch for offline compute nodes."""
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import stat

@@ -18,6 +18,7 @@ from conftest import (
 )  # fmt: skip
 from test_checkpointing import STEPS, assert_identical_runs, run_args
 
+import train_mrpc
 from train_mrpc.checkpointing import validate_checkpoint
 from train_mrpc.errors import JobFailure, UserError, distributed_failure, job_failure
 
@@ -26,8 +27,11 @@ GLOO_CLOSED = "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc
 GLOO_RESET = "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:47332: Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application."
 GLOO_TIMEOUT = "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 10000ms for recv operation to complete"
 
-# A traceback line from the training processes' own code (the launcher's report has its own, from torch).
-OUR_TRACEBACK = re.compile(r'File "[^"]*/train_mrpc/|\[rank\d+\]:')
+# A traceback line from the training processes' own code (the launcher's report has its own, from torch):
+# a frame in this package's source, wherever the checkout lives (its folder may itself be named train_mrpc,
+# so the launcher's .venv frames sit under .../train_mrpc/ too), or torchrun's per-rank prefix.
+PACKAGE_DIR = str(Path(train_mrpc.__file__).resolve().parent)
+OUR_TRACEBACK = re.compile(re.escape(f'File "{PACKAGE_DIR}/') + r"|\[rank\d+\]:")
 
 
 def two_process(*extra_launch_flags: str) -> list[str]:
