@@ -91,6 +91,28 @@ def accelerate_launch(config_file: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs" / config_file), *extra, "-m", "train_mrpc"]
 
 
+def launch(config_file: str, args: list[str], *launch_flags: str, env=None):
+    """An `accelerate launch` of train-mrpc with this config file that must succeed; the CompletedProcess."""
+    proc = run_cli(args, launcher=accelerate_launch(config_file, *launch_flags), env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def weights(output_dir: Path) -> dict:
+    """The final model's tensors of a run."""
+    from safetensors.torch import load_file
+
+    return load_file(output_dir / "model.safetensors")
+
+
+def read_log(output_dir: Path) -> list[dict]:
+    """Each logged step's step, loss and learning rate from train_log.jsonl."""
+    import json
+
+    return [{k: r[k] for k in ("step", "loss", "learning_rate")}
+            for r in map(json.loads, (output_dir / "train_log.jsonl").read_text().splitlines())]  # fmt: skip
+
+
 def tiny_args(model_dir: Path, output_dir: Path, *extra) -> list[str]:
     """Flags for a quick run: the tiny model on a few hundred generated pairs."""
     args = [

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TEST_ENV, accelerate_launch, run_cli, tiny_args, training_workers, wait_for_log_lines
+from conftest import ROOT, TEST_ENV, accelerate_launch, read_log, run_cli, tiny_args, training_workers, wait_for_log_lines
 
 from train_mrpc.checkpointing import PREEMPTED_EXIT_CODE, rotate_checkpoints
 
@@ -22,11 +22,6 @@ STEPS = 60
 def run_args(model_dir, out, *extra):
     return tiny_args(model_dir, out, "--max_train_samples", "320", "--num_train_epochs", "3", "--logging_steps", "1",
                      "--checkpointing_steps", "10", *extra)  # fmt: skip
-
-
-def read_log(out: Path) -> list[dict]:
-    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    return [{k: r[k] for k in ("step", "loss", "learning_rate")} for r in records]
 
 
 def assert_identical_runs(a: Path, b: Path) -> None:

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TEST_ENV, accelerate_launch, run_cli, tiny_args, wait_for_log_lines
-from test_launch import assert_same_run, equivalence_args, launch
+from conftest import ROOT, TEST_ENV, accelerate_launch, launch, run_cli, tiny_args, wait_for_log_lines
+from test_launch import assert_same_run, equivalence_args
 
 SBATCH = ROOT / "examples" / "slurm" / "train_mrpc.sbatch"
 

@@ -10,14 +10,13 @@ process (cpu=False without a backend); see train_mrpc.launch.create_accelerator 
 import dataclasses
 import json
 import shutil
-import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import ROOT, accelerate_launch, run_cli, tiny_args
+from conftest import ROOT, accelerate_launch, launch, read_log, run_cli, tiny_args, weights
 
 from train_mrpc.checkpointing import validate_checkpoint
 from train_mrpc.errors import UserError
@@ -34,23 +33,6 @@ def zero2_args(model_dir, out, *extra):
     return tiny_args(model_dir, out, "--max_train_samples", "128", "--max_eval_samples", "101",
                      "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--logging_steps", "1",
                      "--warmup_ratio", "0.25", "--checkpointing_steps", "4", *extra)  # fmt: skip
-
-
-def launch(config_file, args, *launch_flags, env=None):
-    proc = run_cli(args, launcher=accelerate_launch(config_file, *launch_flags), env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
-
-
-def weights(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(path / "model.safetensors")
-
-
-def read_log(out: Path) -> list[dict]:
-    return [{k: r[k] for k in ("step", "loss", "learning_rate")}
-            for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())]  # fmt: skip
 
 
 def results(out: Path) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, accelerate_launch, run_cli, table_text, tiny_args
+from conftest import ROOT, launch, read_log, run_cli, table_text, tiny_args, weights
 
 from train_mrpc.checkpointing import is_checkpoint_file_name, validate_checkpoint
 from train_mrpc.errors import UserError
@@ -28,23 +28,6 @@ def fsdp_args(model_dir, out, *extra):
     return tiny_args(model_dir, out, "--max_train_samples", "128", "--max_eval_samples", "101",
                      "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--logging_steps", "1",
                      "--warmup_ratio", "0.25", "--precision", "fp32", "--checkpointing_steps", "4", *extra)  # fmt: skip
-
-
-def launch(config_file, args, *launch_flags):
-    proc = run_cli(args, launcher=accelerate_launch(config_file, *launch_flags))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
-
-
-def weights(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(path / "model.safetensors")
-
-
-def read_log(out: Path) -> list[dict]:
-    return [{k: r[k] for k in ("step", "loss", "learning_rate")}
-            for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

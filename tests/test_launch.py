@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, accelerate_launch, run_cli, table_text, tiny_args
+from conftest import ROOT, accelerate_launch, launch, run_cli, table_text, tiny_args
 
 CONFIGS = sorted((ROOT / "accelerate_configs").glob("*.yaml"))
 EXPECTED = {  # file -> (distributed_type, mixed_precision, use_cpu)
@@ -25,12 +25,6 @@ def equivalence_args(model_dir, out, batch, *extra):
     return tiny_args(model_dir, out, "--max_train_samples", "128", "--max_eval_samples", "101",
                      "--per_device_train_batch_size", str(batch), "--per_device_eval_batch_size", "16",
                      "--logging_steps", "1", "--warmup_ratio", "0.25", "--precision", "fp32", *extra)  # fmt: skip
-
-
-def launch(config_file, args, *launch_flags, env=None):
-    proc = run_cli(args, launcher=accelerate_launch(config_file, *launch_flags), env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
 
 
 def outputs(out: Path):
