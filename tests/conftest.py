@@ -141,6 +141,16 @@ def assert_one_line_error(returncode: int, stderr: str, *fragments: str) -> str:
     return lines[0]
 
 
+def assert_error_after_loading(returncode: int, stderr: str, *fragments: str) -> str:
+    """Exit 2, no traceback, and the error as the last line (after the run's own model-loading progress)."""
+    assert returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("train-mrpc: error: ") and stderr.count("train-mrpc: error:") == 1, stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
 # Root reads any file whatever its mode; without these two capabilities it obeys file modes like any user.
 _DROP_DAC = ["--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
 

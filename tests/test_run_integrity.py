@@ -12,18 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TEST_ENV, accelerate_launch, run_cli, tiny_args, training_workers, wait_for_log_lines
+from conftest import (ROOT, TEST_ENV, accelerate_launch, run_cli, tiny_args, training_workers, wait_for_log_lines,
+                      assert_error_after_loading as assert_one_line_error)
 from test_checkpointing import assert_identical_runs, run_args
-
-
-def assert_one_line_error(returncode: int, stderr: str, *fragments: str) -> str:
-    """Exit 2, no traceback, and the error as the last line (after the run's own loading progress)."""
-    assert returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
-    line = stderr.strip().splitlines()[-1]
-    assert line.startswith("train-mrpc: error: ") and stderr.count("train-mrpc: error:") == 1, stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in line, line
-    return line
 
 
 def finished_run(tmp_path_factory, tiny_model_dir, name: str, *extra) -> Path:

@@ -141,6 +141,13 @@ class TrainConfig:
         "batch shape), which removes kernel-launch overhead on GPUs; 'default' compiles without them.",
         default="default",
     )
+    cpu_speedups: Literal["auto", "on", "off"] = _help(
+        "CPU training speed-ups (train_mrpc/cpu_speed.py): dropout masks from 16-bit slices of 64-bit random words "
+        "instead of torch's bernoulli, attention dropout in a CPU attention function that keeps them, and glibc "
+        "keeping freed memory. auto: on for CPU training without --torch_compile. Same drop rate and scaling, "
+        "another random stream, so a checkpoint resumes only with the same choice.",
+        default="auto",
+    )
     profile: bool = _help(
         "Record a torch.profiler trace over a few optimizer steps (per process, in output_dir/profile: opens in "
         "TensorBoard's profiler and ui.perfetto.dev) and print the top operators by self time at the end.",
@@ -234,6 +241,9 @@ class TrainConfig:
         for name in ("adam_beta1", "adam_beta2"):
             check_value(0 <= getattr(self, name) < 1, name, getattr(self, name), "a number in [0, 1)")
         check_value(self.adam_epsilon > 0, "adam_epsilon", self.adam_epsilon, "a number > 0")
+        if self.cpu_speedups == "on" and self.torch_compile:
+            raise UserError("--cpu_speedups on is for eager CPU training, and --torch_compile generates its own "
+                            "dropout kernels: use one of them (--cpu_speedups auto chooses)")  # fmt: skip
         for name in ("profile_skip_steps", "profile_warmup_steps"):
             check_value(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0")
         check_value(self.profile_steps >= 1, "profile_steps", self.profile_steps, "an integer >= 1")

@@ -278,9 +278,12 @@ def describe_sharding(accelerator) -> dict | str:
     }
 
 
-def describe_speed_choices(accelerator, config: TrainConfig, pad_to: int | None) -> dict:
+def describe_speed_choices(accelerator, config: TrainConfig, pad_to: int | None,
+                           cpu_speedups: tuple[bool, str] = (False, "")) -> dict:  # fmt: skip
     """The choices that set this run's speed, so the summary can say what made it fast or slow."""
     return {
+        "cpu_speedups": cpu_speedups[0],
+        "cpu_speedups_reason": cpu_speedups[1],
         "precision": "fp32" if accelerator.mixed_precision == "no" else accelerator.mixed_precision,
         "precision_reason": resolve_precision(config.precision, cuda=accelerator.device.type == "cuda")[1],
         "batching": "length-grouped" if config.group_by_length else "random",

@@ -100,7 +100,8 @@ def print_summary(results: dict, console: Console | None = None) -> None:
         ("global batch", f"{launch['global_batch_size']} ({launch['per_device_train_batch_size']}/device x "
                          f"{launch['num_processes']} x {launch['gradient_accumulation_steps']} accumulation)"),
         ("speed choices", f"{speed['precision']} ({speed['precision_reason']}), {speed['batching']} batches, "
-                          f"{padding_text(speed['pad_to_multiple_of'])}, compile {'on' if speed['torch_compile'] else 'off'}"),
+                          f"{padding_text(speed['pad_to_multiple_of'])}, compile {'on' if speed['torch_compile'] else 'off'}"
+                          + (f", CPU speed-ups ({speed['cpu_speedups_reason']})" if speed.get("cpu_speedups") else "")),
         ("epochs / steps", f"{results['epoch']:g} / {results['global_step']}"),
         ("train loss", f"{results['train_loss']:.4f}"),
         ("eval accuracy", f"{results['eval_accuracy']:.4f} (always answering the majority class: "

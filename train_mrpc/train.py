@@ -125,6 +125,7 @@ class Run:
     peak_flops: float | None  # the device's peak in the run's precision: MFU's denominator
     peak_source: str
     task: object = None
+    cpu_speedups: tuple[bool, str] = (False, "")  # train_mrpc.cpu_speed in use, and why
 
 
 def setup(config: TrainConfig) -> Run:
@@ -132,6 +133,7 @@ def setup(config: TrainConfig) -> Run:
     from accelerate.utils import set_seed
 
     from train_mrpc.batch_size import with_batch_size_that_fits
+    from train_mrpc.cpu_speed import resolve_cpu_speedups, use_cpu_speedups
     from train_mrpc.data import build_dataloaders, load_raw_splits, tokenize_dataset
     from train_mrpc.evaluation import load_metric
     from train_mrpc.flops import compute_precision, count_parameters, device_peak
@@ -171,9 +173,12 @@ def setup(config: TrainConfig) -> Run:
         raw = load_raw_splits(config)
         tokenizer, model = load_tokenizer_and_model(config)
         tokenized = tokenize_dataset(raw, tokenizer, config.max_length)
+    device = accelerator.device.type
+    cpu_speedups = resolve_cpu_speedups(config.cpu_speedups, device, config.torch_compile)
+    if cpu_speedups[0]:
+        use_cpu_speedups(model)
     if config.auto_find_batch_size:  # the batch that fits, same global batch: the config from here on
         config = with_batch_size_that_fits(accelerator, model, config)
-    device = accelerator.device.type
     pad_to = padding_multiple(config.pad_to_multiple_of, torch_compile=config.torch_compile, device_type=device,
                               mixed_precision=accelerator.mixed_precision)  # fmt: skip
     train_loader, eval_loader, test_loader = build_dataloaders(
@@ -200,7 +205,7 @@ def setup(config: TrainConfig) -> Run:
                load_metric(), raw, schedule, pad_to, output_dir, resume_path,
                progress=training_progress(accelerator.is_main_process), lock=lock,
                flop_counts=count_parameters(accelerator.unwrap_model(model)), peak_flops=peak_flops,
-               peak_source=peak_source)  # fmt: skip
+               peak_source=peak_source, cpu_speedups=cpu_speedups)  # fmt: skip
 
 
 def prepare_output_dir(path: Path, overwrite: bool) -> OutputDirLock:
@@ -241,6 +246,7 @@ def run_identity(run: Run) -> dict:
         "mixed_precision": accelerator.mixed_precision,
         "max_steps": run.schedule.max_steps,
         "warmup_steps": run.schedule.warmup_steps,
+        "cpu_speedups": run.cpu_speedups[0],  # another dropout random stream
     }
 
 
@@ -457,7 +463,7 @@ def finish(run: Run, state: TrainState, meters: Meters, eval_metrics: dict) -> d
         **dict(zip(("peak_memory_bytes", "peak_memory_kind"), peak_memory(accelerator.device))),
         "launch": describe_launch(accelerator, config),
         "sharding": describe_sharding(accelerator),
-        "speed": describe_speed_choices(accelerator, config, run.pad_to),
+        "speed": describe_speed_choices(accelerator, config, run.pad_to, run.cpu_speedups),
         "output_dir": str(run.output_dir),
     }
     if accelerator.is_main_process:

@@ -1,8 +1,8 @@
 """End to end: a full MRPC fine-tune with the project's defaults vs the usual reference setup, same loop.
 
 The reference is Accelerate's MRPC example defaults (per-device batch 16, fp32, randomly ordered batches
-padded per batch, evaluation batch 32, no compile, no checkpoints), run through train_mrpc's own loop with
-flags; "defaults" is `train-mrpc` with no speed flags at all (it picks precision, batching and padding for
+padded per batch, evaluation batch 32, no compile, no checkpoints, torch's own dropout), run through
+train_mrpc's own loop with flags; "defaults" is `train-mrpc` with no speed flags at all (it picks precision, batching and padding for
 the hardware, and checkpoints every epoch). Each run is a fresh `python -m train_mrpc` process timed from
 start to exit: model loading, data, training, every evaluation and saving are all in the clock. Runs are
 interleaved (reference, defaults, reference, ...) so a slow spell of the machine hits both.
@@ -28,10 +28,10 @@ from train_mrpc.schema import ALL_RESULTS
 
 VARIANTS = {
     "reference": ["--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32", "--precision", "fp32",
-                  "--group_by_length", "false", "--checkpointing_steps", "no"],
+                  "--group_by_length", "false", "--checkpointing_steps", "no", "--cpu_speedups", "off"],
     "defaults": [],
 }  # fmt: skip
-TARGET_SPEEDUP, TARGET_ACCURACY_DROP = 3.0, 0.5  # issue 6: >= 3x faster, mean accuracy >= reference - 0.5 points
+TARGET_SPEEDUP, TARGET_ACCURACY_DROP = 4.0, 0.5  # issue 15: >= 4x faster, mean accuracy >= reference - 0.5 points
 
 
 def parse_args(argv=None) -> argparse.Namespace:
