@@ -356,6 +356,8 @@ def run_variant(kind: str, cell: dict, config, device, warm_batches, timed_batch
     """Build (outside the clock), warm up (reported, not counted), then time each step."""
     import torch
 
+    from train_mrpc.cpu_speed import resolve_cpu_speedups, use_cpu_speedups
+
     common.release_memory()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -365,7 +367,10 @@ def run_variant(kind: str, cell: dict, config, device, warm_batches, timed_batch
     rss_before = common.rss_bytes()
     with common.PeakRSS() as rss:
         make = accelerate_step_fn if kind == "accelerate" else bare_step_fn
-        step, keep = make(cell, build_model(config, cell["attn"], seed), device)
+        model = build_model(config, cell["attn"], seed)
+        if resolve_cpu_speedups("auto", device.type, cell["compile"])[0]:
+            use_cpu_speedups(model)  # as the loop does by default, in both variants
+        step, keep = make(cell, model, device)
         torch.manual_seed(seed + 1)  # same dropout masks in both variants
         warm = []
         for batch, _, _ in warm_batches:
