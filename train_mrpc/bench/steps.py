@@ -368,7 +368,8 @@ def run_variant(kind: str, cell: dict, config, device, warm_batches, timed_batch
     with common.PeakRSS() as rss:
         make = accelerate_step_fn if kind == "accelerate" else bare_step_fn
         model = build_model(config, cell["attn"], seed)
-        if resolve_cpu_speedups("auto", device.type, cell["compile"])[0]:
+        speedups = resolve_cpu_speedups("auto", device.type, cell["compile"])[0]
+        if speedups:
             use_cpu_speedups(model)  # as the loop does by default, in both variants
         step, keep = make(cell, model, device)
         torch.manual_seed(seed + 1)  # same dropout masks in both variants
@@ -401,7 +402,7 @@ def run_variant(kind: str, cell: dict, config, device, warm_batches, timed_batch
     return {
         "timed": timed, "warm": warm, "last_loss": last_loss, "peak_memory_bytes": peak, "memory_kind": memory_kind,
         "rss_before_bytes": rss_before, "graphs_compiled_during_timing": recompiles, "attn_implementation_used": attn_used,
-        "other_cpu_cores": other.cores,
+        "cpu_speedups": speedups, "other_cpu_cores": other.cores,
     }  # fmt: skip
 
 
@@ -423,6 +424,7 @@ def variant_figures(raw: dict, cell: dict, work: dict, peak_flops: float) -> dic
         "rss_before_bytes": raw["rss_before_bytes"],
         "last_loss": raw["last_loss"],
         "attn_implementation_used": raw["attn_implementation_used"],
+        "cpu_speedups": raw["cpu_speedups"],  # train_mrpc.cpu_speed: its attention function stands in for sdpa
     }
     if cell["compile"]:
         # The first warm-up step traces and compiles; a plain step's cost is taken off to leave compile time.
