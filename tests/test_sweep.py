@@ -275,8 +275,11 @@ def test_a_worker_with_a_late_heartbeat_is_not_trained_twice(tmp_path, tiny_mode
     url = f"sqlite:///{out / 'sweep.db'}"
 
     def b_waits_on_the_folder():
+        # The retry starts with the failed trial's user attributes (a's "worker") and turns RUNNING a moment
+        # before b writes its own name: wait until b has written it (CI caught the window).
         trials = load_trials(url, "sweep")
-        return [t for t in trials if t.state.name == "RUNNING" and t.system_attrs.get("failed_trial") is not None]
+        return [t for t in trials if t.state.name == "RUNNING" and t.system_attrs.get("failed_trial") is not None
+                and t.user_attrs.get("worker", "").endswith(f":{b.pid}")]  # fmt: skip
 
     retry = workers.wait_for(b_waits_on_the_folder)[0]
     assert retry.user_attrs["worker"].endswith(f":{b.pid}") and retry.user_attrs["output_dir"] == str(folder.relative_to(out))
