@@ -71,7 +71,7 @@ def test_attention_equals_bert_math_with_the_same_mask(monkeypatch):
     scores = (q @ k.transpose(-1, -2)) * 8**-0.5
     probs = torch.softmax(scores.masked_fill(~padding, torch.finfo(scores.dtype).min), -1) * mask / 0.7
     assert torch.allclose(out, (probs @ v).transpose(1, 2), atol=1e-6)
-    assert torch.allclose(out, plain, atol=1e-6) is False  # the mask did drop something
+    assert not torch.allclose(out, plain, atol=1e-6)  # the mask did drop something
 
 
 def test_model_keeps_its_weights_and_saves_as_before(tmp_path, tiny_model_dir):
