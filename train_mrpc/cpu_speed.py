@@ -9,21 +9,24 @@ the backward pass. And the 47 MB gradient of the word embeddings, allocated anew
 by glibc and page-faulted in again: zeroing it took 12.8 ms instead of 1.9 ms.
 
 Here:
-- `keep_mask` draws 64 random bits per four elements (the same global torch generator, so seeds, checkpoints
-  and resumes work as before) and keeps an element when its 16 bits clear a threshold: the drop rate is p to
-  within 1/131072, the kept values are scaled by 1/(1-p), as torch's dropout does. 0.7 ms for a
-  32 x 60 x 384 mask against bernoulli's 4.2 ms.
+- `keep_mask` draws 64 random bits per four elements from numpy's SFC64, seeded by one draw from torch's
+  global generator (so seeds, checkpoints and resumes work as before), and keeps an element when its 16 bits
+  clear a threshold: the drop rate is p to within 1/131072, the kept values are scaled by 1/(1-p), as torch's
+  dropout does. ~0.5 ms for a 32 x 56 x 384 mask and its scale against bernoulli's 4.2 ms.
 - `FastCPUDropout` replaces the model's `nn.Dropout` modules; on other devices, in evaluation and at p=0 it is
   `nn.Dropout` itself.
 - `cpu_attention_forward` is registered with transformers' AttentionInterface: with dropout on a CPU it computes
-  softmax(q k^T * scale + mask) in the input's precision (fp32 sums inside the kernel, no fp32 copies), drops
+  softmax(q k^T * scale + mask) in the input's precision (fp32 sums inside the kernel, no fp32 copies), with
+  the boolean mask turned into an additive one (masked_fill_ costs 5x an add here, and again backward), drops
   with `keep_mask` and multiplies by v;
   otherwise (evaluation, GPUs, causal or GQA attention) it is transformers' own SDPA function.
 - `keep_freed_memory` tells glibc not to hand large blocks back to the kernel (`mallopt`), as PyTorch's CPU
   performance guide gets from jemalloc or tcmalloc.
 
 Measured on that Xeon, quiet: ~445 ms a step with torch's dropout, ~335 ms with these over a whole 3-epoch
-run (see benchmarks/README.md for the end-to-end figures).
+run. SFC64 masks with the uint8 route to their scale took ~13 ms more off a ~325 ms step, and the additive
+attention mask ~4 ms (A/B in one process on a busier day; ~12 ms by the kernels' own times). See
+benchmarks/README.md for the end-to-end figures.
 """
 
 from __future__ import annotations
@@ -39,16 +42,22 @@ ATTENTION_NAME = "sdpa_fast_cpu_dropout"
 
 def keep_mask(shape: tuple[int, ...], p: float) -> torch.Tensor:
     """Bool mask of `shape`, each element True (kept) with probability 1 - p, from the global CPU generator."""
+    import numpy as np
+
     count = math.prod(shape)
-    # random_ over the whole int64 range fills all 64 bits (its default range leaves the top bit 0).
-    words = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-    lanes = words.view(torch.int16)[:count].view(shape)
+    # numpy's SFC64, seeded by one draw from torch's generator, fills 64 bits per word (all random): 0.24 ms
+    # for a 32 x 56 x 384 mask against 0.68 ms for torch's Mersenne Twister (random_ over the int64 range);
+    # ~12 ms less of a ~300 ms step, measured in the same process.
+    seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+    words = np.random.SFC64(seed).random_raw((count + 3) // 4)
+    lanes = torch.from_numpy(words.view(np.int16))[:count].view(shape)
     return lanes >= -32768 + round(p * 65536)
 
 
 def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """Inverted dropout as torch's (zero with probability p, scale the rest by 1/(1-p)), with `keep_mask`."""
-    scale = keep_mask(tuple(x.shape), p).to(x.dtype).mul_(1.0 / (1.0 - p))
+    # Through uint8: torch converts bool to bf16 ~5x slower than uint8 (0.30 vs 0.06 ms for 32 x 56 x 384).
+    scale = keep_mask(tuple(x.shape), p).view(torch.uint8).to(x.dtype).mul_(1.0 / (1.0 - p))
     return x * scale
 
 
@@ -77,9 +86,11 @@ def cpu_attention_forward(module, query, key, value, attention_mask, dropout: fl
     scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
-            scores.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
-        else:
-            scores.add_(attention_mask)
+            # An additive mask the size of one head: adding it costs 0.16 ms for 32 x 12 x 56 x 56 scores in
+            # bf16, where masked_fill_ costs 0.78 ms and again in the backward pass (~12 ms a step in all).
+            attention_mask = torch.zeros(attention_mask.shape, dtype=scores.dtype).masked_fill_(
+                ~attention_mask, torch.finfo(scores.dtype).min)  # fmt: skip
+        scores.add_(attention_mask)
     with torch.autocast("cpu", enabled=False):  # softmax reads and writes bf16 and sums in fp32 inside
         probs = torch.softmax(scores, dim=-1)
     probs = fast_dropout(probs, dropout)
