@@ -22,8 +22,8 @@ def test_keep_mask_drops_at_the_asked_rate(p):
     assert mask.shape == (1000, 1001) and mask.dtype == torch.bool
     dropped = 1 - mask.float().mean().item()
     assert abs(dropped - p) < 0.003  # ~1M draws: the standard error is ~0.0005
-    # Every 16-bit lane of the 64-bit words is random (a default random_ leaves the top bit 0, so the 4th lane
-    # would then always be kept): each lane drops at the same rate.
+    # Every 16-bit lane of the 64-bit words is random (a source that leaves the top bit 0, as torch's default
+    # random_ range does, would always keep the 4th lane): each lane drops at the same rate.
     lanes = mask.flatten()[: 4 * (mask.numel() // 4)].view(-1, 4).float().mean(0)
     assert torch.allclose(lanes, torch.full((4,), 1 - p), atol=0.006), lanes
 

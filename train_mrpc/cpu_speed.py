@@ -23,10 +23,10 @@ Here:
 - `keep_freed_memory` tells glibc not to hand large blocks back to the kernel (`mallopt`), as PyTorch's CPU
   performance guide gets from jemalloc or tcmalloc.
 
-Measured on that Xeon, quiet: ~445 ms a step with torch's dropout, ~335 ms with these over a whole 3-epoch
-run. SFC64 masks with the uint8 route to their scale took ~13 ms more off a ~325 ms step, and the additive
-attention mask ~4 ms (A/B in one process on a busier day; ~12 ms by the kernels' own times). See
-benchmarks/README.md for the end-to-end figures.
+Measured on that Xeon: ~445 ms a step with torch's dropout, ~318 ms with all of these over whole 3-epoch runs
+(quiet, 3 runs). Of that, SFC64 masks with the uint8 route to their scale took ~13 ms and the additive attention
+mask ~4 ms (A/B in one process on a busier day; ~12 ms by the kernels' own times). See benchmarks/README.md for
+the end-to-end figures.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import ctypes
 import math
 import sys
 
+import numpy as np
 import torch
 
 ATTENTION_NAME = "sdpa_fast_cpu_dropout"
@@ -42,12 +43,9 @@ ATTENTION_NAME = "sdpa_fast_cpu_dropout"
 
 def keep_mask(shape: tuple[int, ...], p: float) -> torch.Tensor:
     """Bool mask of `shape`, each element True (kept) with probability 1 - p, from the global CPU generator."""
-    import numpy as np
-
     count = math.prod(shape)
-    # numpy's SFC64, seeded by one draw from torch's generator, fills 64 bits per word (all random): 0.24 ms
-    # for a 32 x 56 x 384 mask against 0.68 ms for torch's Mersenne Twister (random_ over the int64 range);
-    # ~12 ms less of a ~300 ms step, measured in the same process.
+    # SFC64 fills all 64 bits of a word: 0.24 ms for a 32 x 56 x 384 mask, where torch's Mersenne Twister
+    # (random_ over the int64 range) takes 0.68 ms. Seeded from torch's generator, so its state replays it.
     seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
     words = np.random.SFC64(seed).random_raw((count + 3) // 4)
     lanes = torch.from_numpy(words.view(np.int16))[:count].view(shape)

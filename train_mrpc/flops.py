@@ -83,8 +83,9 @@ def cpu_peak(precision: str, cache_dir: str | Path | None = None) -> float:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    # 2048-square matmuls: at 1024, a 2-core Xeon's bf16 (AMX) reached only 1.1-1.27 of the 2.04 TFLOP/s it reaches at 2048, and a
-    # cached fp32 figure taken on a busy machine (0.105 vs 0.35 TFLOP/s) gave runs an MFU of 143 %.
+    # 2048-square matmuls: at 1024, a 2-core Xeon's bf16 (AMX) reached only 1.1-1.27 of the 2.04 TFLOP/s it
+    # reaches at 2048, and a cached fp32 figure taken on a busy machine (0.105 vs 0.35 TFLOP/s) gave runs an
+    # MFU of 143 %.
     size = 2048
     key = f"{cpu}|torch {torch.__version__}|{torch.get_num_threads()} threads|{precision}|{size}"
     cache = Path(cache_dir or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "train_mrpc" / "cpu_peak.json"
