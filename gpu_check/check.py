@@ -423,6 +423,9 @@ def stage_tests(check: Check, inputs: dict) -> None:
     junit.unlink(missing_ok=True)
     command = [PY, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-v", "-rfEs", "-p", "no:cacheprovider",
                f"--junitxml={junit}", "-o", "junit_family=xunit2"]  # fmt: skip
+    if check.args.tests_k:
+        command += ["-k", check.args.tests_k]
+        entry["selected"] = check.args.tests_k
     try:
         returncode = check.run(command, entry, "tests", env=check.env)
     finally:
@@ -484,7 +487,7 @@ def stage_finetune(check: Check, inputs: dict) -> None:
     stage = check.begin("finetune")
     stage["runs"], stage["models"] = [], {}
     for spec in FINETUNES:
-        if spec.get("gpu_only") and check.args.dry_run:
+        if spec.get("gpu_only") and check.args.dry_run or check.args.finetunes and spec["name"] not in check.args.finetunes:
             continue
         entry = {"name": spec["name"], "model": spec["model"], "flags": spec["flags"], "accuracy_meaningful": spec["accuracy"]}
         stage["runs"].append(entry)
@@ -557,6 +560,8 @@ def stage_bench(check: Check, inputs: dict) -> None:
     check.say(f"bench: largest batch {max_batch}")
     stage["runs"] = []
     for spec in BENCH_RUNS:
+        if check.args.bench_runs and spec["name"] not in check.args.bench_runs:
+            continue
         flags = []
         for flag in spec["flags"]:
             if flag == "{max_batch}":
@@ -633,7 +638,8 @@ def markdown(record: dict) -> str:
     tests = stages.get("tests")
     if tests:
         counts = tests.get("counts", {})
-        out += [(f"## Tests: `pytest -m gpu tests/test_gpu.py` — {counts.get('passed', 0)} passed, "
+        selected = f" -k '{tests['selected']}'" if tests.get("selected") else ""
+        out += [(f"## Tests: `pytest -m gpu tests/test_gpu.py{selected}` — {counts.get('passed', 0)} passed, "
                  f"{counts.get('failed', 0)} failed, {counts.get('error', 0)} errors, {counts.get('skipped', 0)} skipped "
                  f"({tests.get('status')})"), ""]  # fmt: skip
         rows = [[t["name"].split("::")[-1], t["outcome"], fmt(t.get("seconds"), ".1f"), (t.get("reason") or "")[:200]]
@@ -714,6 +720,12 @@ def parse_args(argv=None):
                         help="Every stage on CPU with the tiny model and generated data (~1.5 min on 2 CPU cores).")
     parser.add_argument("--work_dir", type=Path, default=None, help="Parent of the temporary work folder (default: the system's).")
     parser.add_argument("--keep_work", action="store_true", help="Keep the work folder (models, full run outputs).")
+    parser.add_argument("--tests_k", default=None, metavar="EXPR",
+                        help="Only the GPU tests pytest's -k EXPR selects (default: all), to re-run one test in a short device call.")
+    parser.add_argument("--finetunes", nargs="+", choices=[spec["name"] for spec in FINETUNES], default=None, metavar="NAME",
+                        help="Only these fine-tunes, in FINETUNES' order (default: all): " + ", ".join(spec["name"] for spec in FINETUNES) + ".")
+    parser.add_argument("--bench_runs", nargs="+", choices=[spec["name"] for spec in BENCH_RUNS], default=None, metavar="NAME",
+                        help="Only these step-benchmark runs (default: all): " + ", ".join(spec["name"] for spec in BENCH_RUNS) + ".")
     return parser.parse_args(argv)
 
 

@@ -237,3 +237,25 @@ def test_shared_assets_and_default_out(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert common.shared_candidates()[0] == ROOT.parent / "shared"
     assert common.shared_candidates()[1:] == [tmp_path / "shared", tmp_path.parent / "shared"]
+
+
+def test_step_batches_repeat_when_an_epoch_has_fewer_than_the_steps_timed():
+    """A batch as large as the GPU's largest (512) leaves MRPC only 7 batches an epoch, fewer than the 22 steps
+    a cell warms up and times: the benchmark reuses batches (as a second epoch would) instead of stopping."""
+    import random
+
+    from transformers import BertConfig
+
+    from train_mrpc.bench import common
+    from train_mrpc.bench.steps import select_batches
+
+    tokenizer = common.load_tokenizer("tiny")[0]
+    rng = random.Random(0)
+    words = "the cat sat on a mat while dogs ran far away".split()
+    pairs = [(" ".join(rng.choices(words, k=rng.randint(3, 20))), " ".join(rng.choices(words, k=5))) for _ in range(100)]
+    examples = [dict(tokenizer(a, b)) for a, b in pairs]
+    config = BertConfig(vocab_size=tokenizer.vocab_size, type_vocab_size=2)
+    warm, timed = select_batches(examples, tokenizer, config, "grouped", 32, None, warmup=2, steps=20, seed=0)
+    assert len(warm) == 2 and len(timed) == 20  # from 3 batches of 32
+    assert all(batch["input_ids"].shape[0] == 32 for batch, _, _ in warm + timed)
+    assert len({tuple(lengths) for _, lengths, _ in timed}) == 3  # every batch of the epoch among those timed

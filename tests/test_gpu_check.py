@@ -200,6 +200,22 @@ def test_check_dry_run_runs_every_stage_and_reports_each(tmp_path):
     assert all((out / "logs" / f"{name}.log").is_file() for name in ("environment", "tests", "finetune-minilm", "bench-b32-eager"))
 
 
+def test_check_runs_only_the_tests_finetunes_and_benchmarks_asked_for(tmp_path):
+    """A short device call re-runs what is still owed: -k for the GPU tests, named fine-tunes and benchmark runs."""
+    out = tmp_path / "out"
+    proc = run_script(GPU_CHECK / "check.py", "--dry_run", "--out", out, "--budget_s", "300", "--stages", "tests",
+                      "finetune", "--tests_k", "fp16_grad_scaler", "--finetunes", "bert-base-random", timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    stages = json.loads((out / "report.json").read_text())["stages"]
+    assert list(stages) == ["environment", "tests", "finetune"]
+    assert [t["name"].split("::")[-1] for t in stages["tests"]["tests"]] == ["test_fp16_grad_scaler_scale_moves_and_no_nan"]
+    assert [r["name"] for r in stages["finetune"]["runs"]] == ["bert-base-random"]
+    assert list(stages["finetune"]["models"]) == ["bert-base"]  # MiniLM not even upcast
+    assert "-k 'fp16_grad_scaler'" in (out / "report.md").read_text()
+    bad = run_script(GPU_CHECK / "check.py", "--dry_run", "--out", out, "--bench_runs", "b64-eager", timeout=60)
+    assert bad.returncode == 2 and "invalid choice: 'b64-eager'" in bad.stderr
+
+
 def test_check_stops_at_its_deadline_and_keeps_what_it_has(tmp_path):
     out = tmp_path / "out"
     proc = run_script(GPU_CHECK / "check.py", "--dry_run", "--out", out, "--budget_s", "8", timeout=120)
