@@ -125,6 +125,40 @@ def test_latin1_config_file_is_located(tmp_path, capsys):
     main_error(["--config", path], capsys, f"config file {path}: line 2 is not valid UTF-8", "expected a UTF-8")
 
 
+def test_config_file_that_is_a_pipe_is_refused_without_waiting(tmp_path):
+    """Reading a FIFO blocks until a writer comes (and Python retries the open after SIGTERM): refuse it."""
+    path = tmp_path / "run.yaml"
+    os.mkfifo(path)
+    cli_error(tmp_path, *TINY, "--config", path, fragments=(f"config file {path} is not a regular file", "YAML or JSON"))
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fragments"),
+    [
+        ("run.yaml", "seed: 3\nlearning_rate: 1e-4\nlearning_rate: 2e-5\n", ("line 3 repeats the key 'learning_rate' (first on line 2)",)),
+        ("run.yml", "seed: 3\nlr_scheduler_type: {a: 1, a: 2}\n", ("line 2 repeats the key 'a'",)),
+        ("run.json", '{"learning_rate": 1e-4, "seed": 3, "learning_rate": 2e-5}', ("repeats the key 'learning_rate'",)),
+    ],
+)  # fmt: skip
+def test_config_file_repeating_a_key_is_refused(tmp_path, capsys, name, text, fragments):
+    """YAML and JSON loaders keep the last of two equal keys silently: the run would use a value nobody chose."""
+    path = tmp_path / name
+    path.write_text(text)
+    main_error(["--config", path], capsys, f"config file {path}: ", *fragments, "keep one")
+
+
+def test_config_value_built_from_yaml_aliases_is_shown_short(tmp_path, capsys):
+    """Nine levels of YAML aliases make a 300-byte file hold a 43-million-element list (a 254 MB repr)."""
+    lines = ["learning_rate:", '  - &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for name, prev in zip("bcdefgh", "abcdefg"):
+        lines.append(f"  - &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    path = tmp_path / "run.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size < 400
+    line = main_error(["--config", path], capsys, "--learning_rate [['x', 'x'", "is invalid: expected a number")
+    assert len(line) < 300
+
+
 def test_unreadable_config_file_is_named(tmp_path):
     launcher = non_root_launcher(tmp_path)
     path = tmp_path / "run.yaml"

@@ -311,9 +311,21 @@ class TrainConfig:
         return path
 
 
+def shown_value(value, limit: int = 120) -> str:
+    """A value for an error line, cut to about ``limit`` characters: a config file's YAML aliases can nest a
+    312-byte file into a list whose repr is 254 MB (measured), which must not become the one-line message."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict, short.maxset = 3, 6, 6, 6, 6
+    short.maxstring, short.maxother, short.maxlong = limit, limit, 40
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def check_value(ok: bool, name: str, value, expected: str) -> None:
     if not ok:
-        raise UserError(f"--{name} {value!r} is invalid: expected {expected}")
+        raise UserError(f"--{name} {shown_value(value)} is invalid: expected {expected}")
 
 
 def _is_finite(value: float) -> bool:
@@ -375,6 +387,9 @@ def load_config_file(path: str, types: tuple = (TrainConfig,)) -> dict:
     """Read a YAML/JSON config file into a dict, with errors that name the file."""
     file = Path(path)
     try:
+        if file.exists() and not file.is_dir() and not file.is_file():
+            # A FIFO or device: reading one blocks until a writer comes, and the open is retried after SIGTERM.
+            raise UserError(f"config file {path} is not a regular file (a pipe or device); expected a YAML or JSON file")
         data = file.read_bytes()
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist") from None
@@ -392,11 +407,11 @@ def load_config_file(path: str, types: tuple = (TrainConfig,)) -> dict:
         ) from None
     try:
         if file.suffix == ".json":
-            values = json.loads(text)
+            values = json.loads(text, object_pairs_hook=_json_object_without_repeats(path, text))
         else:
-            import yaml
-
-            values = yaml.safe_load(text)
+            values = _yaml_without_repeated_keys(path, text)
+    except UserError:
+        raise
     except Exception as err:  # json.JSONDecodeError or yaml.YAMLError
         kind = "JSON" if file.suffix == ".json" else "YAML"
         reason = " ".join(str(err).split())
@@ -410,6 +425,47 @@ def load_config_file(path: str, types: tuple = (TrainConfig,)) -> dict:
     if unknown:
         raise UserError(f"config file {path}: unknown key(s) {', '.join(unknown)}; run train-mrpc --help for the valid names")
     return values
+
+
+def _repeated_key(path: str, key, line: int | None, first: int | None = None) -> UserError:
+    where = f"line {line} " if line else ""
+    before = f" (first on line {first})" if first else ""
+    return UserError(f"config file {path}: {where}repeats the key {shown_value(key)}{before}; "
+                     "a later value would silently replace the earlier one: keep one")  # fmt: skip
+
+
+def _yaml_without_repeated_keys(path: str, text: str):
+    """yaml.safe_load, except that a mapping that repeats a key is an error (PyYAML keeps the last silently)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen = {}
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        if key in seen:
+                            raise _repeated_key(path, key, key_node.start_mark.line + 1, seen[key])
+                        seen[key] = key_node.start_mark.line + 1
+                    except TypeError:  # an unhashable key: PyYAML's own message says so below
+                        continue
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(text, Loader=Loader)  # noqa: S506 -- a SafeLoader subclass
+
+
+def _json_object_without_repeats(path: str, text: str):
+    """An object_pairs_hook for json.loads that refuses an object repeating a key (json keeps the last)."""
+
+    def hook(pairs):
+        keys = [k for k, _ in pairs]
+        for key in keys:
+            if keys.count(key) > 1:
+                raise _repeated_key(path, key, None)
+        return dict(pairs)
+
+    return hook
 
 
 def parse_config(argv: list[str] | None = None, prog: str = "train-mrpc", extra_types: tuple = ()):
