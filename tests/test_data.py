@@ -10,6 +10,7 @@ from train_mrpc.config import TrainConfig
 from train_mrpc.data import (
     load_raw_splits,
     pair_encoder,
+    read_delimited,
     read_glue_dir,
     tokenize_dataset,
     tokenize_pairs,
@@ -80,6 +81,8 @@ def test_unbalanced_quotes_survive_unchanged(tmp_path):
         (["1\t1\t2\tA.\tB.", "2\t3\t4\tC.\tD."], "train.tsv: line 3: label '2' in column 'Quality' is invalid; expected 0 or 1"),
         (["yes\t1\t2\tA.\tB."], "label 'yes' in column 'Quality' is invalid"),
         (["1\t1\t2\t\tB."], "train.tsv: line 2: column '#1 String' must be a non-empty string"),
+        (["1\t1\t2\tA.\tB.", "0\t3\t4\tC.\t \t "], "train.tsv: line 3 has 6 fields"),
+        (["1\t1\t2\tA.\tB.", "0\t3\t4\tC.\t  "], "train.tsv: line 3: column '#2 String' must be a non-empty string, got only whitespace"),
         ([], "train.tsv: no rows after the header"),
     ],
 )
@@ -87,6 +90,19 @@ def test_bad_glue_rows_are_named(tmp_path, rows, message):
     with pytest.raises(UserError, match=None) as err:
         read_glue_dir(write_glue_dir(tmp_path, rows))
     assert message in str(err.value)
+
+
+def test_a_sentence_longer_than_the_csv_modules_field_limit_is_read(tmp_path):
+    """Python's csv refuses fields over 131,072 characters as malformed; tokenization truncates long pairs."""
+    import csv
+
+    long_sentence = "word " * 40_000  # 200,000 characters
+    path = tmp_path / "train.csv"
+    path.write_text(f'sentence1,sentence2,label\n"{long_sentence}",Short.,1\nA.,B.,0\n')
+    limit = csv.field_size_limit()
+    columns, locations = read_delimited(path, ",")
+    assert columns["sentence1"][0] == long_sentence and locations == ["line 2", "line 3"]
+    assert csv.field_size_limit() == limit  # the process-wide limit is put back
 
 
 def test_missing_and_empty_glue_files_are_named(tmp_path):

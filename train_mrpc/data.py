@@ -14,7 +14,7 @@ import io
 import json
 from pathlib import Path
 
-from train_mrpc.config import SYNTHETIC, TrainConfig
+from train_mrpc.config import SYNTHETIC, TrainConfig, shown_value
 from train_mrpc.errors import UserError
 from train_mrpc.hub import offline_error
 from train_mrpc.schema import LABEL_NAMES
@@ -82,6 +82,9 @@ def read_delimited(path: Path, delimiter: str) -> tuple[Columns, list[str]]:
     text = _read_text(path)
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    # The csv module refuses a field over 131,072 characters as if the file were malformed; a long sentence is
+    # not an error (tokenization truncates it to --max_length), so the whole text is the only bound.
+    limit = csv.field_size_limit(max(csv.field_size_limit(), len(text)))
     try:
         header = next(reader)
         columns: Columns = {name: [] for name in header}
@@ -100,6 +103,8 @@ def read_delimited(path: Path, delimiter: str) -> tuple[Columns, list[str]]:
             locations.append(f"line {line}")
     except csv.Error as err:
         raise UserError(f"{path}: line {reader.line_num}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({err})") from None
+    finally:
+        csv.field_size_limit(limit)
     if len(header) != len(set(header)):
         raise UserError(f"{path}: the header repeats a column name ({', '.join(header)})")
     return columns, locations
@@ -234,8 +239,10 @@ def normalise(columns: Columns, locations: list[str], path: Path, names: dict[st
     out: Columns = {"sentence1": [], "sentence2": [], "label": [], "idx": []}
     for key in ("sentence1", "sentence2"):
         for value, where in zip(columns[names[key]], locations):
-            if not isinstance(value, str) or not value:
-                raise UserError(f"{path}: {where}: column '{names[key]}' must be a non-empty string, got {value!r}")
+            if not isinstance(value, str) or not value.strip():
+                # Whitespace alone tokenizes to no word at all: the pair would train as [CLS] [SEP] [SEP].
+                got = "only whitespace" if isinstance(value, str) and value else shown_value(value)
+                raise UserError(f"{path}: {where}: column '{names[key]}' must be a non-empty string, got {got}")
         out[key] = list(columns[names[key]])
     if names["label"] in columns:
         out["label"] = [_parse_label(v, path, w, names["label"]) for v, w in zip(columns[names["label"]], locations)]
