@@ -252,6 +252,28 @@ def test_tokenization_is_cached_by_content(tmp_path):
     assert len(list(tmp_path.glob("*.arrow"))) == 6
 
 
+def test_a_cut_short_tokenization_cache_is_rebuilt(tmp_path, caplog):
+    """A cache file cut short (full disk, interrupted copy) made pyarrow raise from datasets.map: it is a cache,
+    so the split is tokenized again, with a warning naming the file."""
+    from train_mrpc.synthetic import build_tiny_model
+
+    tokenizer, _ = build_tiny_model()
+    raw = load_raw_splits(TrainConfig(dataset="synthetic", max_train_samples=200, max_eval_samples=50))
+    first = tokenize_dataset(raw, tokenizer, max_length=64, cache_dir=tmp_path)
+    expected = {split: first[split]["input_ids"] for split in ("train", "validation")}
+    damaged = Path(first["train"].cache_files[0]["filename"])
+    del first  # it memory-maps the file: cutting a mapped file short would end this process with SIGBUS
+    data = damaged.read_bytes()
+    cut = damaged.with_suffix(".cut")
+    cut.write_bytes(data[: len(data) // 2])
+    cut.replace(damaged)
+    with caplog.at_level("WARNING", logger="train_mrpc.data"):
+        again = tokenize_dataset(raw, tokenizer, max_length=64, cache_dir=tmp_path)
+    assert {split: again[split]["input_ids"] for split in ("train", "validation")} == expected
+    assert f"tokenization cache {damaged} is unreadable" in caplog.text and "tokenizing train again" in caplog.text
+    assert damaged.stat().st_size == len(data)  # rewritten whole
+
+
 def test_tokenization_leaves_out_token_type_ids_for_models_without_them(tmp_path):
     """DistilBERT/RoBERTa-style tokenizers do not list token_type_ids; passing them would break the model."""
     from train_mrpc.synthetic import build_tiny_model

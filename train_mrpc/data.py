@@ -12,12 +12,15 @@ import csv
 import hashlib
 import io
 import json
+import logging
 from pathlib import Path
 
 from train_mrpc.config import SYNTHETIC, TrainConfig, shown_value
 from train_mrpc.errors import UserError
 from train_mrpc.hub import offline_error
 from train_mrpc.schema import LABEL_NAMES
+
+logger = logging.getLogger(__name__)
 
 GLUE_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
 GLUE_HEADER = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
@@ -423,6 +426,7 @@ def tokenize_dataset(raw, tokenizer, max_length: int, cache_dir: str | Path | No
     an unchanged re-run loads the Arrow file instead (memory-mapped).
     """
     import datasets
+    import pyarrow as pa
     from datasets import DatasetDict, Features, List, Value
 
     cache_dir = Path(cache_dir or Path(datasets.config.HF_DATASETS_CACHE) / "train_mrpc")
@@ -440,18 +444,34 @@ def tokenize_dataset(raw, tokenizer, max_length: int, cache_dir: str | Path | No
     tokenized = {}
     for split, dataset in raw.items():
         kept = {name: feature for name, feature in dataset.features.items() if name not in ("sentence1", "sentence2")}
-        tokenized[split] = dataset.map(
-            tokenize_pairs,
-            batched=True,
-            batch_size=1000,
-            fn_kwargs={"encoder": encoder, "token_type_ids": with_type_ids},
-            remove_columns=["sentence1", "sentence2"],
-            features=Features(kept | token_features),
-            cache_file_name=str(cache_files[split]),
-            load_from_cache_file=True,
-            new_fingerprint=cache_files[split].stem,  # our key covers the inputs: spares datasets hashing the encoder
-            desc=f"Tokenizing {split}",
-        ).rename_column("label", "labels")
+
+        def tokenize(encoder):
+            return dataset.map(
+                tokenize_pairs,
+                batched=True,
+                batch_size=1000,
+                fn_kwargs={"encoder": encoder, "token_type_ids": with_type_ids},
+                remove_columns=["sentence1", "sentence2"],
+                features=Features(kept | token_features),
+                cache_file_name=str(cache_files[split]),
+                load_from_cache_file=True,
+                new_fingerprint=cache_files[split].stem,  # our key covers the inputs: spares datasets hashing the encoder
+                desc=f"Tokenizing {split}",
+            )
+
+        try:
+            tokenized[split] = tokenize(encoder)
+        except (OSError, pa.ArrowException) as err:
+            # A cache file cut short (a full disk, a copy interrupted) fails to load: it is only a cache, so
+            # it is rebuilt; an error with no cache file in play is the user's to see.
+            if not cache_files[split].exists():
+                raise
+            logger.warning("tokenization cache %s is unreadable (%s): tokenizing %s again", cache_files[split],
+                           " ".join(str(err).split()), split)  # fmt: skip
+            cache_files[split].unlink()
+            encoder = encoder or pair_encoder(tokenizer, max_length)
+            tokenized[split] = tokenize(encoder)
+        tokenized[split] = tokenized[split].rename_column("label", "labels")
     return DatasetDict(tokenized)
 
 
