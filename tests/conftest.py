@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -129,6 +130,20 @@ def tiny_model_no_dropout(tmp_path_factory) -> Path:
     from train_mrpc.synthetic import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("tiny-model-no-dropout"), dropout=0.0)
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str):
+    """A real tmpfs of ``size`` (mount's spelling: 48k, 1m) at ``path`` for full-disk tests; skips where it cannot
+    be mounted (no root, a container without the capability)."""
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def assert_one_line_error(returncode: int, stderr: str, *fragments: str) -> str:

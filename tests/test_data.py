@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_MRPC, SHARED_TOKENIZER, requires_shared, write_glue_dir
+from conftest import SHARED_MRPC, SHARED_TOKENIZER, requires_shared, small_tmpfs, write_glue_dir
 
 from train_mrpc.config import TrainConfig
 from train_mrpc.data import (
@@ -272,6 +272,20 @@ def test_a_cut_short_tokenization_cache_is_rebuilt(tmp_path, caplog):
     assert {split: again[split]["input_ids"] for split in ("train", "validation")} == expected
     assert f"tokenization cache {damaged} is unreadable" in caplog.text and "tokenizing train again" in caplog.text
     assert damaged.stat().st_size == len(data)  # rewritten whole
+
+
+def test_a_full_disk_while_caching_tokenization_is_one_message_and_leaves_no_temporary_file(tmp_path):
+    """datasets.map left its temporary cache file behind on ENOSPC (filling the disk for good) and raised a bare
+    OSError; the run now says which file could not be written and what to do, and the folder holds nothing."""
+    from train_mrpc.synthetic import build_tiny_model
+
+    tokenizer, _ = build_tiny_model()
+    raw = load_raw_splits(TrainConfig(dataset="synthetic", max_train_samples=2000, max_eval_samples=200))
+    with small_tmpfs(tmp_path / "disk", "16k") as disk:
+        with pytest.raises(UserError, match="cannot write the tokenization cache .*/cache/train-.*: no space left on device") as err:
+            tokenize_dataset(raw, tokenizer, max_length=64, cache_dir=disk / "cache")
+        assert "HF_DATASETS_CACHE" in str(err.value)
+        assert list((disk / "cache").iterdir()) == []
 
 
 def test_tokenization_leaves_out_token_type_ids_for_models_without_them(tmp_path):

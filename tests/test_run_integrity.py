@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import (ROOT, TEST_ENV, accelerate_launch, run_cli, tiny_args, training_workers, wait_for_log_lines,
+from conftest import (ROOT, TEST_ENV, accelerate_launch, run_cli, small_tmpfs, tiny_args, training_workers, wait_for_log_lines,
                       assert_error_after_loading as assert_one_line_error)
 from test_checkpointing import assert_identical_runs, run_args
 
@@ -128,13 +128,8 @@ def test_a_second_run_in_the_same_folder_stops_at_once(tmp_path, tiny_model_dir)
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 1 MiB tmpfs: room for the tiny run's outputs and a few checkpoints (~0.2 MB each), not all."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with small_tmpfs(tmp_path / "disk", "1m") as mount:
+        yield mount
 
 
 def test_full_disk_keeps_the_last_checkpoint_and_says_so(small_disk, tiny_model_dir):
@@ -269,16 +264,10 @@ def test_output_dirs_and_schedules_that_would_destroy_or_waste_a_run_are_refused
 
 
 def test_full_disk_during_the_model_save_is_one_line_and_leaves_no_config_without_weights(tmp_path, tiny_model_dir):
-    mount = tmp_path / "tiny-disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here")
-    try:
+    with small_tmpfs(tmp_path / "tiny-disk", "48k") as mount:
         out = mount / "run"
         proc = run_cli(tiny_args(tiny_model_dir, out, "--checkpointing_steps", "no", "--num_train_epochs", "1"))
         assert_one_line_error(proc.returncode, proc.stderr, "failed: no space left on the device")
         assert not (out / "config.json").exists() or (out / "model.safetensors").exists()
         assert not (out / "best_model" / "config.json").exists() or (out / "best_model" / "model.safetensors").exists()
         assert not list(out.glob(".tmp-*")) and not list(mount.glob(".tmp-*"))
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -8,6 +8,7 @@ that names the file, line and column instead of a parser traceback.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -419,6 +420,19 @@ def split_fingerprint(dataset) -> str:
     return hashlib.sha256(sink.getvalue()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _no_temp_files_left(cache_dir: Path, split: str):
+    """datasets.map writes a cache through a temporary file beside it and leaves it behind when the write fails
+    (a full disk: measured): remove the temporary files this step created, then let the error go on."""
+    before = set(cache_dir.glob("tmp*"))
+    try:
+        yield
+    except BaseException:
+        for leftover in set(cache_dir.glob("tmp*")) - before:
+            leftover.unlink(missing_ok=True)
+        raise
+
+
 def tokenize_dataset(raw, tokenizer, max_length: int, cache_dir: str | Path | None = None):
     """Tokenize every split with ``datasets.map(batched=True)``, cached on disk by content.
 
@@ -459,18 +473,26 @@ def tokenize_dataset(raw, tokenizer, max_length: int, cache_dir: str | Path | No
                 desc=f"Tokenizing {split}",
             )
 
+        cached = cache_files[split].exists()
         try:
-            tokenized[split] = tokenize(encoder)
-        except (OSError, pa.ArrowException) as err:
-            # A cache file cut short (a full disk, a copy interrupted) fails to load: it is only a cache, so
-            # it is rebuilt; an error with no cache file in play is the user's to see.
-            if not cache_files[split].exists():
+            with _no_temp_files_left(cache_dir, split):
+                try:
+                    tokenized[split] = tokenize(encoder)
+                except (OSError, pa.ArrowException) as err:
+                    # A cache file cut short (a full disk, a copy interrupted) fails to load: it is only a
+                    # cache, so it is rebuilt. Failing to write one is the user's to see (below).
+                    if not cached:
+                        raise
+                    logger.warning("tokenization cache %s is unreadable (%s): tokenizing %s again", cache_files[split],
+                                   " ".join(str(err).split()), split)  # fmt: skip
+                    cache_files[split].unlink()
+                    encoder = encoder or pair_encoder(tokenizer, max_length)
+                    tokenized[split] = tokenize(encoder)
+        except OSError as err:
+            if err.errno is None:
                 raise
-            logger.warning("tokenization cache %s is unreadable (%s): tokenizing %s again", cache_files[split],
-                           " ".join(str(err).split()), split)  # fmt: skip
-            cache_files[split].unlink()
-            encoder = encoder or pair_encoder(tokenizer, max_length)
-            tokenized[split] = tokenize(encoder)
+            raise UserError(f"cannot write the tokenization cache {cache_files[split]}: {_os_reason(err)}; free space "
+                            "there, or set HF_DATASETS_CACHE to a folder with room") from None  # fmt: skip
         tokenized[split] = tokenized[split].rename_column("label", "labels")
     return DatasetDict(tokenized)
 
