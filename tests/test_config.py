@@ -42,6 +42,15 @@ def test_flags_override_config_file(tmp_path):
     assert (config.learning_rate, config.per_device_train_batch_size, config.seed) == (5e-5, 8, 3)
 
 
+def test_yaml_merge_keys_may_be_overridden_in_config_files(tmp_path):
+    """`<<: *base` is how YAML shares settings; a key it brings may be set again (only a key written twice is
+    refused, test_bad_inputs)."""
+    path = tmp_path / "run.yaml"
+    path.write_text("<<: {learning_rate: 5.0e-5, seed: 7}\nseed: 3\n")
+    config = parse_config(["--config", str(path)])
+    assert (config.learning_rate, config.seed) == (5e-5, 3)
+
+
 def test_saved_config_replays_the_run(tmp_path):
     config = parse_config(["--learning_rate", "3e-5", "--output_dir", str(tmp_path)])
     saved = config.save(tmp_path)

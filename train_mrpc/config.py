@@ -443,6 +443,8 @@ def _yaml_without_repeated_keys(path: str, text: str):
             if isinstance(node, yaml.MappingNode):
                 seen = {}
                 for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+                        continue
                     key = self.construct_object(key_node, deep=True)
                     try:
                         if key in seen:
