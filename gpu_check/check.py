@@ -487,7 +487,7 @@ def stage_finetune(check: Check, inputs: dict) -> None:
     stage = check.begin("finetune")
     stage["runs"], stage["models"] = [], {}
     for spec in FINETUNES:
-        if spec.get("gpu_only") and check.args.dry_run or check.args.finetunes and spec["name"] not in check.args.finetunes:
+        if (spec.get("gpu_only") and check.args.dry_run) or (check.args.finetunes and spec["name"] not in check.args.finetunes):
             continue
         entry = {"name": spec["name"], "model": spec["model"], "flags": spec["flags"], "accuracy_meaningful": spec["accuracy"]}
         stage["runs"].append(entry)

@@ -407,7 +407,7 @@ def load_config_file(path: str, types: tuple = (TrainConfig,)) -> dict:
         ) from None
     try:
         if file.suffix == ".json":
-            values = json.loads(text, object_pairs_hook=_json_object_without_repeats(path, text))
+            values = json.loads(text, object_pairs_hook=_json_object_without_repeats(path))
         else:
             values = _yaml_without_repeated_keys(path, text)
     except UserError:
@@ -457,15 +457,16 @@ def _yaml_without_repeated_keys(path: str, text: str):
     return yaml.load(text, Loader=Loader)  # noqa: S506 -- a SafeLoader subclass
 
 
-def _json_object_without_repeats(path: str, text: str):
+def _json_object_without_repeats(path: str):
     """An object_pairs_hook for json.loads that refuses an object repeating a key (json keeps the last)."""
 
     def hook(pairs):
-        keys = [k for k, _ in pairs]
-        for key in keys:
-            if keys.count(key) > 1:
+        values = {}
+        for key, value in pairs:
+            if key in values:
                 raise _repeated_key(path, key, None)
-        return dict(pairs)
+            values[key] = value
+        return values
 
     return hook
 

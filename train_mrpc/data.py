@@ -189,8 +189,8 @@ INT32_RANGE = (-(2**31), 2**31 - 1)  # the idx column is stored as int32, like t
 
 
 def _shown(value) -> str:
-    """A cell as its file spells it: JSON, YAML and parquet write booleans true/false."""
-    return str(value).lower() if isinstance(value, bool) else repr(value)
+    """A cell as its file spells it (JSON, YAML and parquet write booleans true/false), cut short if long."""
+    return str(value).lower() if isinstance(value, bool) else shown_value(value)
 
 
 def _as_integer(value) -> int | None:
@@ -245,7 +245,7 @@ def normalise(columns: Columns, locations: list[str], path: Path, names: dict[st
         for value, where in zip(columns[names[key]], locations):
             if not isinstance(value, str) or not value.strip():
                 # Whitespace alone tokenizes to no word at all: the pair would train as [CLS] [SEP] [SEP].
-                got = "only whitespace" if isinstance(value, str) and value else shown_value(value)
+                got = "only whitespace" if isinstance(value, str) and value else _shown(value)
                 raise UserError(f"{path}: {where}: column '{names[key]}' must be a non-empty string, got {got}")
         out[key] = list(columns[names[key]])
     if names["label"] in columns:
@@ -421,7 +421,7 @@ def split_fingerprint(dataset) -> str:
 
 
 @contextlib.contextmanager
-def _no_temp_files_left(cache_dir: Path, split: str):
+def _no_temp_files_left(cache_dir: Path):
     """datasets.map writes a cache through a temporary file beside it and leaves it behind when the write fails
     (a full disk: measured): remove the temporary files this step created, then let the error go on."""
     before = set(cache_dir.glob("tmp*"))
@@ -475,7 +475,7 @@ def tokenize_dataset(raw, tokenizer, max_length: int, cache_dir: str | Path | No
 
         cached = cache_files[split].exists()
         try:
-            with _no_temp_files_left(cache_dir, split):
+            with _no_temp_files_left(cache_dir):
                 try:
                     tokenized[split] = tokenize(encoder)
                 except (OSError, pa.ArrowException) as err:
