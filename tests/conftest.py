@@ -107,10 +107,10 @@ def weights(output_dir: Path) -> dict:
 
 
 def read_log(output_dir: Path) -> list[dict]:
-    """Each logged step's step, loss and learning rate from train_log.jsonl."""
+    """Each logged step's step, loss, learning rate and gradient norms from train_log.jsonl."""
     import json
 
-    return [{k: r[k] for k in ("step", "loss", "learning_rate")}
+    return [{k: r[k] for k in ("step", "loss", "learning_rate", "grad_norm", "grad_norm_max")}
             for r in map(json.loads, (output_dir / "train_log.jsonl").read_text().splitlines())]  # fmt: skip
 
 

@@ -98,6 +98,20 @@ def test_resume_in_a_later_epoch_keeps_that_epochs_data_order(tmp_path, tiny_mod
     assert read_log(out) == [r for r in read_log(uninterrupted) if r["step"] > step]
 
 
+def test_a_resume_between_logging_steps_logs_the_uninterrupted_windows(tmp_path, tiny_model_dir):
+    """Checkpoint at step 10, logs every 4: the resumed run's step-12 line still covers steps 9-12 (loss, grad norms)."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    proc = run_cli(run_args(tiny_model_dir, full, "--logging_steps", "4", "--max_train_steps", "16"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shutil.copytree(full / "checkpoints" / "step_000010", resumed / "checkpoints" / "step_000010")
+    proc = run_cli(run_args(tiny_model_dir, resumed, "--logging_steps", "4", "--max_train_steps", "16",
+                            "--resume_from_checkpoint", "latest"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["step"] for r in read_log(resumed)] == [12, 16]
+    assert read_log(resumed) == [r for r in read_log(full) if r["step"] > 10]
+    assert all(r["grad_norm"] > 0 for r in read_log(resumed))
+
+
 def test_damaged_checkpoint_is_skipped_by_latest_and_refused_by_path(tmp_path, tiny_model_dir, uninterrupted):
     out = tmp_path / "damaged"
     shutil.copytree(uninterrupted / "checkpoints", out / "checkpoints")

@@ -172,6 +172,8 @@ def test_zero2_ends_with_the_weights_of_ddp_on_the_same_batches(tmp_path, tiny_m
     # The schedule steps as under DDP (a scheduler prepared apart from the model is wrapped under DeepSpeed too).
     assert [r["learning_rate"] for r in read_log(zero2_fp32)] == pytest.approx([r["learning_rate"] for r in read_log(ddp)], rel=1e-9)
     assert [r["loss"] for r in read_log(zero2_fp32)] == pytest.approx([r["loss"] for r in read_log(ddp)], rel=1e-4)
+    # The logged gradient norm (the engine's own) is the whole model's, not one partition's.
+    assert [r["grad_norm"] for r in read_log(zero2_fp32)] == pytest.approx([r["grad_norm"] for r in read_log(ddp)], rel=1e-4)
     zero2, plain = results(zero2_fp32), results(ddp)
     assert zero2["eval_examples"] == plain["eval_examples"] == 101
     assert zero2["eval_loss"] == pytest.approx(plain["eval_loss"], rel=1e-4)

@@ -53,7 +53,7 @@ params = dict(run.model.named_parameters())
 query = run.accelerator.unwrap_model(run.model).bert.encoder.layer[0].attention.self.query
 seen = []
 query.register_forward_hook(lambda module, inputs, output: seen.append(str(output.dtype)))
-loss = training_step(run.accelerator, run.model, run.optimizer, run.scheduler, next(iter(run.train_loader)), 1.0)
+loss, _ = training_step(run.accelerator, run.model, run.optimizer, run.scheduler, next(iter(run.train_loader)), 1.0)
 state = [s for s in run.optimizer.optimizer.state.values() if "exp_avg" in s]
 record = {
     "distributed_type": str(run.accelerator.distributed_type.value),
@@ -123,6 +123,8 @@ def test_fsdp_ends_with_the_weights_of_ddp_on_the_same_batches(tmp_path, tiny_mo
             torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=2e-6, msg=f"{folder}: {name}")
     assert [r["step"] for r in read_log(fsdp_run)] == [r["step"] for r in read_log(ddp)] == list(range(1, STEPS + 1))
     assert [r["loss"] for r in read_log(fsdp_run)] == pytest.approx([r["loss"] for r in read_log(ddp)], rel=1e-4)
+    # The logged gradient norm is the whole model's, not one shard's.
+    assert [r["grad_norm"] for r in read_log(fsdp_run)] == pytest.approx([r["grad_norm"] for r in read_log(ddp)], rel=1e-4)
     fsdp_results = json.loads((fsdp_run / "all_results.json").read_text())
     ddp_results = json.loads((ddp / "all_results.json").read_text())
     assert fsdp_results["eval_examples"] == ddp_results["eval_examples"] == 101

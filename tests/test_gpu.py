@@ -147,7 +147,7 @@ def test_fp16_grad_scaler_scale_moves_and_no_nan(tmp_path):
     before = [p.detach().clone() for p in model.parameters()]
     scales, losses = [accelerator.scaler.get_scale()], []
     for step in range(40):
-        loss = training_step(accelerator, model, optimizer, scheduler, tiny_batch(tokenizer, seed=step), config.max_grad_norm)
+        loss, _ = training_step(accelerator, model, optimizer, scheduler, tiny_batch(tokenizer, seed=step), config.max_grad_norm)
         losses.append(loss.float().item())
         scales.append(accelerator.scaler.get_scale())
     # A skipped step is one whose scale was halved. (Accelerate's optimizer_step_was_skipped cannot tell with a

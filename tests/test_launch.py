@@ -108,7 +108,7 @@ def test_the_loops_model_computes_in_the_precision_asked(tmp_path, tiny_model_di
     seen = []
     layer = run.accelerator.unwrap_model(run.model).bert.encoder.layer[0].attention.self.query
     layer.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
-    loss = training_step(run.accelerator, run.model, run.optimizer, run.scheduler, next(iter(run.train_loader)), 1.0)
+    loss, _ = training_step(run.accelerator, run.model, run.optimizer, run.scheduler, next(iter(run.train_loader)), 1.0)
     assert seen == [dtype] and torch.isfinite(loss)
 
 

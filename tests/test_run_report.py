@@ -51,6 +51,7 @@ def test_every_run_reports_its_time_breakdown_mfu_memory_and_curves(tmp_path, ti
     for record in (json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()):
         assert 0 < record["mfu"] < 1 and record["tflops"] > 0 and record["data_wait_s"] >= 0
         assert record["checkpoint_s"] >= 0 and record["peak_memory_gb"] > 0
+        assert record["grad_norm_max"] >= record["grad_norm"] > 0 and record["nonfinite_grad_norm_steps"] == 0
     summary = table_text(proc.stdout)
     assert "where the time went" in summary and "MFU" in summary and "peak memory" in summary
     assert (out / "training_curves.png").read_bytes()[:8] == PNG_MAGIC
@@ -61,6 +62,32 @@ def test_every_run_reports_its_time_breakdown_mfu_memory_and_curves(tmp_path, ti
     assert proc.returncode == 0 and (out / "training_curves.png").read_bytes()[:8] == PNG_MAGIC
     proc = run_cli(["plot", tmp_path])
     assert proc.returncode == 2 and "not a train-mrpc output folder" in proc.stderr
+
+
+def test_gradient_norms_of_a_window_leave_out_and_count_non_finite_steps():
+    """fp16 overflow steps (skipped by the scaler) have an infinite norm: counted, not averaged in."""
+    import torch
+
+    from train_mrpc.meters import Meters
+
+    meters = Meters(torch.device("cpu"), samples=0)
+    assert meters.grad_norm_figures() == {"grad_norm": None, "grad_norm_max": None, "nonfinite_grad_norm_steps": 0}
+    for norm in (torch.tensor(2.0), 4.0, torch.tensor(float("inf")), torch.tensor(float("nan"))):
+        meters.add_grad_norm(norm)
+    assert meters.grad_norm_figures() == {"grad_norm": 3.0, "grad_norm_max": 4.0, "nonfinite_grad_norm_steps": 2}
+    saved = meters.state_dict(_OneProcess())["grad_norms"]
+    assert Meters(torch.device("cpu"), samples=0, record={"grad_norms": saved}).grad_norm_figures()["grad_norm"] == 3.0
+    meters.start_window(samples=0)
+    meters.add_grad_norm(float("inf"))
+    assert meters.grad_norm_figures() == {"grad_norm": None, "grad_norm_max": None, "nonfinite_grad_norm_steps": 1}
+
+
+class _OneProcess:
+    """What Meters.state_dict asks of an Accelerator, for one process."""
+
+    @staticmethod
+    def gather(tensor):
+        return tensor
 
 
 def test_peak_override_sets_the_mfu_denominator(tmp_path, tiny_model_dir):

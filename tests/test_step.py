@@ -74,3 +74,27 @@ def test_benchmark_step_is_the_loops_step(tmp_path, tiny_model_no_dropout, bench
         assert torch.equal(bench_weights[name], value), name
     initial = AutoModelForSequenceClassification.from_pretrained(tiny_model_no_dropout).state_dict()
     assert any(not torch.equal(initial[n], loop_weights[n]) for n in loop_weights), "the loop trained nothing"
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_the_step_returns_the_global_gradient_norm_before_clipping(tmp_path, tiny_model_no_dropout, accumulation):
+    """What train_log.jsonl's grad_norm reports: the norm clipping saw (not the clipped one), once per optimizer step."""
+    import copy
+
+    from train_mrpc.config import parse_config
+    from train_mrpc.step import training_step
+    from train_mrpc.train import setup
+
+    run = setup(parse_config(tiny_args(tiny_model_no_dropout, tmp_path / "run", "--precision", "fp32",
+                                       "--gradient_accumulation_steps", str(accumulation))))  # fmt: skip
+    batches = list(islice(iter(run.train_loader), accumulation))
+    reference = copy.deepcopy(run.accelerator.unwrap_model(run.model))
+    for batch in batches:
+        (reference(**batch).loss / accumulation).backward()
+    expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in reference.parameters() if p.grad is not None]))
+    max_norm = float(expected) / 10  # so that it clips
+    norms = [training_step(run.accelerator, run.model, run.optimizer, run.scheduler, batch, max_norm)[1] for batch in batches]
+    assert norms[:-1] == [None] * (accumulation - 1)  # inside an accumulation: no optimizer step, no norm
+    assert float(norms[-1]) == pytest.approx(float(expected), rel=1e-5)
+    off = [training_step(run.accelerator, run.model, run.optimizer, run.scheduler, batch, 0.0)[1] for batch in batches]
+    assert off == [None] * accumulation  # clipping off: no norm is computed

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 
 
 class Meters:
-    """Loss since the last logging step, real tokens and samples trained on, model FLOPs, and where the
-    wall-clock time went (waiting for data, saving checkpoints, evaluating, the steps themselves)."""
+    """Loss and gradient norms since the last logging step, real tokens and samples trained on, model FLOPs,
+    and where the wall-clock time went (waiting for data, saving checkpoints, evaluating, the steps themselves)."""
 
     def __init__(self, device, samples: int, record: dict | None = None, rank: int = 0,
                  prior_train_seconds: float = 0.0, prior_eval_seconds: float = 0.0) -> None:
@@ -26,6 +26,9 @@ class Meters:
         self.tokens = torch.tensor(_own(record.get("tokens"), rank, 0), device=device, dtype=torch.int64)
         self.last_loss = record.get("last_loss")
         self.last_loss = float("nan") if self.last_loss is None else float(self.last_loss)
+        # The window's pre-clip gradient norms: [sum of the finite ones, their count, their max, non-finite count].
+        # Every process holds the same global norm, so one list serves all of them.
+        self.grad_norms = torch.tensor(record.get("grad_norms", [0.0, 0.0, 0.0, 0.0]), device=device, dtype=torch.float32)
         # Per-process totals of the whole run (earlier segments included), and the same since the last log.
         self.flops = float(_own(record.get("flops"), rank, 0.0))
         self.data_wait = float(_own(record.get("data_wait_s"), rank, 0.0))
@@ -57,6 +60,25 @@ class Meters:
         self.batches += 1
         self.flops += flops
         self.window_flops += flops
+
+    def add_grad_norm(self, grad_norm) -> None:
+        """Count one optimizer step's global gradient norm (a tensor or float; on the device, no host sync)."""
+        import torch
+
+        norm = torch.as_tensor(grad_norm, device=self.grad_norms.device).to(torch.float32).reshape(())
+        finite = torch.isfinite(norm)
+        kept = torch.where(finite, norm, 0.0)
+        self.grad_norms += torch.stack([kept, finite.float(), torch.zeros_like(kept), (~finite).float()])
+        self.grad_norms[2] = torch.maximum(self.grad_norms[2], kept)
+
+    def grad_norm_figures(self) -> dict:
+        """The window's pre-clip gradient norm: mean and max over finite steps, and how many were not finite
+        (fp16 overflows, which the scaler skips). None where no norm was measured (clipping off)."""
+        total, finite, largest, nonfinite = self.grad_norms.tolist()
+        if finite + nonfinite == 0:
+            return {"grad_norm": None, "grad_norm_max": None, "nonfinite_grad_norm_steps": 0}
+        return {"grad_norm": total / finite if finite else None, "grad_norm_max": largest if finite else None,
+                "nonfinite_grad_norm_steps": int(nonfinite)}  # fmt: skip
 
     def checkpointed(self, seconds: float) -> None:
         self.checkpointing += seconds
@@ -100,6 +122,7 @@ class Meters:
 
     def start_window(self, samples: int) -> None:
         self.loss_sum.zero_()
+        self.grad_norms.zero_()
         self.batches, self.window_start, self.window_samples = 0, time.perf_counter(), samples
         self.window_flops = self.window_data_wait = self.window_checkpointing = 0.0
 
@@ -143,6 +166,7 @@ class Meters:
             "loss_sum": loss_sums,
             "loss_sum_all_processes": math.fsum(loss_sums),
             "batches": self.batches,
+            "grad_norms": self.grad_norms.tolist(),
             "tokens": [int(t) for t in tokens],
             "last_loss": self.last_loss if math.isfinite(self.last_loss) else None,
         }

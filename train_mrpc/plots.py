@@ -1,4 +1,5 @@
-"""``output_dir/training_curves.png``: a run's loss, learning rate, validation metrics and throughput.
+"""``output_dir/training_curves.png``: a run's loss, learning rate, gradient norm, validation metrics, throughput
+and where its time went.
 
 Drawn from the run's own JSON-lines logs, so it can be drawn again at any time: ``train-mrpc plot DIR``.
 """
@@ -9,7 +10,7 @@ import json
 from pathlib import Path
 
 from train_mrpc.errors import UserError
-from train_mrpc.schema import ALL_RESULTS, EVAL_LOG, TRAIN_LOG, TRAINING_CURVES
+from train_mrpc.schema import ALL_RESULTS, EVAL_LOG, TRAIN_CONFIG, TRAIN_LOG, TRAINING_CURVES
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -38,8 +39,8 @@ def plot_training_curves(output_dir: str | Path) -> Path:
         raise UserError(f"{output_dir} holds no {TRAIN_LOG} or {EVAL_LOG}: not a train-mrpc output folder (or nothing logged yet)")
     results = json.loads((output_dir / ALL_RESULTS).read_text()) if (output_dir / ALL_RESULTS).is_file() else {}
     steps = [r["step"] for r in train_log]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
-    (loss_ax, lr_ax), (eval_ax, speed_ax) = axes
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
+    (loss_ax, lr_ax, norm_ax), (eval_ax, speed_ax, time_ax) = axes
     loss_ax.plot(steps, [r["loss"] for r in train_log], color="#4c72b0", label="training (mean since last log)")
     if eval_log:
         loss_ax.plot([r["step"] for r in eval_log], [r["eval_loss"] for r in eval_log], "o-", color="#dd8452",
@@ -49,6 +50,7 @@ def plot_training_curves(output_dir: str | Path) -> Path:
     lr_ax.plot(steps, [r["learning_rate"] for r in train_log], color="#55a868")
     lr_ax.set(title="Learning rate", ylabel="lr")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    plot_grad_norm(norm_ax, train_log, output_dir)
     for key, marker in (("eval_accuracy", "o-"), ("eval_f1", "s-")):
         eval_ax.plot([r["step"] for r in eval_log], [100 * r[key] for r in eval_log], marker, label=key.removeprefix("eval_"))
     if results.get("eval_majority_accuracy"):
@@ -62,9 +64,43 @@ def plot_training_curves(output_dir: str | Path) -> Path:
         mfu_ax = speed_ax.twinx()
         mfu_ax.plot(steps, [100 * (r.get("mfu") or 0) for r in train_log], color="#c44e52", linewidth=1, alpha=0.7)
         mfu_ax.set_ylabel("MFU % (red)")
+    plot_time_breakdown(time_ax, results.get("time_breakdown_s"))
     fig.suptitle(f"MRPC fine-tune: {results.get('model', output_dir.name)}")
     fig.tight_layout()
     path = output_dir / TRAINING_CURVES
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_grad_norm(ax, train_log: list[dict], output_dir: Path) -> None:
+    """The pre-clip global gradient norm (window mean and max) against the clipping threshold."""
+    logged = [r for r in train_log if r.get("grad_norm") is not None]
+    ax.set(title="Gradient norm (before clipping)", ylabel="L2 norm")
+    if not logged:
+        ax.text(0.5, 0.5, "not measured\n(clipping off: --max_grad_norm 0)", ha="center", va="center",
+                transform=ax.transAxes, color="grey")  # fmt: skip
+        return
+    steps = [r["step"] for r in logged]
+    ax.plot(steps, [r["grad_norm"] for r in logged], color="#937860", label="mean since last log")
+    ax.plot(steps, [r["grad_norm_max"] for r in logged], color="#937860", linewidth=0.8, alpha=0.5, label="max")
+    config = output_dir / TRAIN_CONFIG
+    threshold = json.loads(config.read_text()).get("max_grad_norm") if config.is_file() else None
+    if threshold:
+        ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"--max_grad_norm {threshold:g}")
+    ax.legend(fontsize="small")
+
+
+def plot_time_breakdown(ax, breakdown: dict | None) -> None:
+    """Where the run's wall-clock time went (all_results.json's time_breakdown_s), as horizontal bars."""
+    ax.set(title="Where the time went")
+    if not breakdown:
+        ax.text(0.5, 0.5, f"no {ALL_RESULTS} yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+        return
+    names = list(breakdown)
+    ax.barh([name.replace("_", " ") for name in names], [breakdown[name] for name in names], color="#64b5cd")
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.set_xlim(0, 1.2 * max(max(breakdown.values()), 1e-9))  # room for the labels
+    for y, name in enumerate(names):
+        ax.annotate(f" {breakdown[name]:.1f} s", (breakdown[name], y), va="center", fontsize="small")

@@ -23,20 +23,25 @@ def padding_multiple(requested: int | None, *, torch_compile: bool, device_type:
 
 
 def training_step(accelerator, model, optimizer, scheduler, batch: dict, max_grad_norm: float):
-    """Forward, backward, clipping, AdamW and schedule for one micro-batch; returns the detached loss.
+    """Forward, backward, clipping, AdamW and schedule for one micro-batch.
 
+    Returns the detached loss and the global gradient norm before clipping (a device tensor, read only at
+    logging steps; None inside a gradient accumulation, with clipping off, or where DeepSpeed gives none).
     Under gradient accumulation Accelerate's ``accumulate`` skips the gradient sync, and its prepared
     optimizer and scheduler skip their steps, until the last micro-batch of the optimizer step.
     """
+    grad_norm = None
     with accelerator.accumulate(model):
         loss = model(**batch).loss
         accelerator.backward(loss)
         if accelerator.sync_gradients and max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor (replicated), whose value every process holds
+                grad_norm = grad_norm.full_tensor()
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+    return loss.detach(), grad_norm
 
 
 def compile_model(model, backend: str = "inductor", mode: str = "default"):

@@ -285,8 +285,10 @@ def train_epoch(run: Run, state: TrainState, meters: Meters, preemption: Preempt
     run.model.train()
     model_config = accelerator.unwrap_model(run.model).config
     for batch in meters.timed(batches):  # counts the time spent waiting for each batch
-        loss = training_step(accelerator, run.model, run.optimizer, run.scheduler, batch, config.max_grad_norm)
+        loss, grad_norm = training_step(accelerator, run.model, run.optimizer, run.scheduler, batch, config.max_grad_norm)
         meters.add(loss, batch, batch_flops(run.flop_counts, model_config, *batch["input_ids"].shape))
+        if grad_norm is not None:
+            meters.add_grad_norm(grad_norm)
         state.batches_in_epoch += 1
         state.samples += len(batch["labels"]) * accelerator.num_processes
         if not accelerator.sync_gradients:  # inside an accumulation
@@ -320,11 +322,11 @@ def log_training(run: Run, state: TrainState, meters: Meters, stop: bool) -> boo
     window = meters.window_figures(state.samples, run.peak_flops)
     rate = window["samples_per_second"]
     record = {"step": state.step, "epoch": round(state.step / run.schedule.steps_per_epoch, 4), "loss": loss,
-              "learning_rate": run.scheduler.get_last_lr()[0], **window,
+              "learning_rate": run.scheduler.get_last_lr()[0], **meters.grad_norm_figures(), **window,
               "peak_memory_gb": peak_memory(run.accelerator.device)[0] / 2**30}  # fmt: skip
     if run.accelerator.is_main_process:
         append_jsonl(run.output_dir / TRAIN_LOG, record)
-    run.accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=state.step)
+    run.accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step" and v is not None}, step=state.step)
     meters.start_window(state.samples)
     run.progress.update(run.task, loss=loss, samples_per_s=rate)
     return stop

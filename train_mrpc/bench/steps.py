@@ -295,7 +295,7 @@ def accelerate_step_fn(cell: dict, model, device, train_config=None, schedule=No
 
     def step(batch):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        loss = training_step(accelerator, model, optimizer, scheduler, batch, train_config.max_grad_norm)
+        loss, _ = training_step(accelerator, model, optimizer, scheduler, batch, train_config.max_grad_norm)
         meters.add(loss, batch)
         return loss
 
