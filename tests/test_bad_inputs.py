@@ -15,7 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import assert_one_line_error, non_root_launcher, run_cli
+from conftest import assert_error_after_loading, assert_one_line_error, non_root_launcher, run_cli
 
 from train_mrpc.cli import main
 from train_mrpc.config import TrainConfig, parse_config
@@ -181,6 +181,16 @@ def test_os_error_from_a_user_path_is_one_line(tmp_path):
                   fragments=(f"permission denied: {cache}",))  # fmt: skip
     finally:
         read_only.chmod(0o755)
+
+
+def test_a_file_where_a_folder_is_needed_is_named(tmp_path):
+    """TensorBoard's folder (output_dir/train_mrpc) is a file: the line says a folder was needed, not "file exists"."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train_mrpc").write_text("not a folder")
+    proc = run_cli([*TINY, "--output_dir", out, "--max_train_steps", "1", "--report_to", "tensorboard"], cwd=tmp_path)
+    assert_error_after_loading(proc.returncode, proc.stderr,
+                               f"a file stands where a folder is needed (remove or rename it): {out / 'train_mrpc'}")  # fmt: skip
 
 
 def test_last_resort_handler_takes_only_os_errors_with_a_known_cause(monkeypatch, capsys):

@@ -217,5 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         cause = os.strerror(err.errno).lower()
         paths = [os.fsdecode(p) for p in (err.filename, err.filename2) if p is not None]
         where = " -> ".join(paths) or "a file of this run (--output_dir, the data, the model or the Hugging Face cache)"
+        if err.errno == errno.EEXIST and paths and os.path.lexists(paths[0]) and not os.path.isdir(paths[0]):
+            cause = "a file stands where a folder is needed (remove or rename it)"  # makedirs met a file
         _print_error(f"{cause}: {where}")
         sys.exit(2)
