@@ -129,7 +129,7 @@ def test_config_file_that_is_a_pipe_is_refused_without_waiting(tmp_path):
     """Reading a FIFO blocks until a writer comes (and Python retries the open after SIGTERM): refuse it."""
     path = tmp_path / "run.yaml"
     os.mkfifo(path)
-    cli_error(tmp_path, *TINY, "--config", path, fragments=(f"config file {path} is not a regular file", "YAML or JSON"))
+    cli_error(tmp_path, *TINY, "--config", path, fragments=(f"config file {path}: is not a regular file (a pipe or device)", "YAML or JSON"))
 
 
 @pytest.mark.parametrize(
@@ -165,7 +165,7 @@ def test_unreadable_config_file_is_named(tmp_path):
     path.write_text("seed: 3\n")
     path.chmod(0)
     cli_error(tmp_path, *TINY, "--config", path, launcher=launcher,
-              fragments=(f"config file {path} cannot be read", "permission denied"))  # fmt: skip
+              fragments=(f"config file {path}: cannot read (permission denied)",))  # fmt: skip
 
 
 def test_os_error_from_a_user_path_is_one_line(tmp_path):
@@ -451,7 +451,7 @@ def test_help_still_prints_the_usage(capsys):
 
 
 def test_config_folder_is_named(tmp_path, capsys):
-    main_error(["--config", tmp_path], capsys, f"config file {tmp_path} is a folder", "expected a YAML or JSON file")
+    main_error(["--config", tmp_path], capsys, f"config file {tmp_path}: is a folder", "expected a YAML or JSON file")
 
 
 @pytest.mark.parametrize("kind", ["folder", "fifo"])

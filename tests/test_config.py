@@ -113,7 +113,7 @@ def test_malformed_config_file_is_named(tmp_path, capsys, text, suffix, message)
 
 def test_missing_config_file_is_named(capsys):
     code, err = run_main(["--config", "nope.yaml"], capsys)
-    assert code == 2 and "config file nope.yaml does not exist" in err
+    assert code == 2 and "config file nope.yaml: file not found" in err
 
 
 def test_config_validation_runs_without_the_parser():

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from train_mrpc.errors import UserError
+from train_mrpc.errors import UserError, read_text_file
 from train_mrpc.recipes import RECIPE_NAMES
 from train_mrpc.schema import TRAIN_CONFIG
 
@@ -386,25 +386,7 @@ def build_parser(prog: str = "train-mrpc", extra_types: tuple = ()):
 def load_config_file(path: str, types: tuple = (TrainConfig,)) -> dict:
     """Read a YAML/JSON config file into a dict, with errors that name the file."""
     file = Path(path)
-    try:
-        if file.exists() and not file.is_dir() and not file.is_file():
-            # A FIFO or device: reading one blocks until a writer comes, and the open is retried after SIGTERM.
-            raise UserError(f"config file {path} is not a regular file (a pipe or device); expected a YAML or JSON file")
-        data = file.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise UserError(f"config file {path} is a folder; expected a YAML or JSON file") from None
-    except OSError as err:
-        raise UserError(f"config file {path} cannot be read: {(err.strerror or str(err)).lower()}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        offset = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)  # utf-8-sig counts after the BOM
-        line = data[:offset].count(b"\n") + 1
-        raise UserError(
-            f"config file {path}: line {line} is not valid UTF-8 (byte 0x{data[offset]:02x}); expected a UTF-8 text file"
-        ) from None
+    text = read_text_file(file, f"config file {path}", "a YAML or JSON file")
     try:
         if file.suffix == ".json":
             values = json.loads(text, object_pairs_hook=_json_object_without_repeats(path))

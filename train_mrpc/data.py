@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from train_mrpc.config import SYNTHETIC, TrainConfig, shown_value
-from train_mrpc.errors import UserError
+from train_mrpc.errors import UserError, check_readable_file, os_reason, read_text_file
 from train_mrpc.hub import offline_error
 from train_mrpc.schema import LABEL_NAMES
 
@@ -34,44 +34,8 @@ Columns = dict[str, list]
 # --- reading files ---------------------------------------------------------------------------------
 
 
-def _os_reason(err: OSError) -> str:
-    return (err.strerror or str(err)).lower()
-
-
-def _check_readable(path: Path) -> None:
-    """A missing, folder, special or unreadable path ends here with a message (permissions checked by opening)."""
-    import stat
-
-    try:
-        mode = path.stat().st_mode
-        if stat.S_ISREG(mode):
-            with open(path, "rb"):
-                pass
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except OSError as err:  # PermissionError, or a folder on the way that cannot be entered
-        raise UserError(f"{path}: cannot read ({_os_reason(err)})") from None
-    if stat.S_ISDIR(mode):
-        raise UserError(f"{path}: is a folder; expected a data file")
-    if not stat.S_ISREG(mode):  # a pipe or device could block or never end
-        raise UserError(f"{path}: is not a regular file; expected a data file")
-
-
 def _read_text(path: Path) -> str:
-    _check_readable(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({_os_reason(err)})") from None
-    try:
-        text = data.decode("utf-8-sig")  # GLUE's files start with a byte-order mark
-    except UnicodeDecodeError as err:
-        offset = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)  # utf-8-sig counts after the BOM
-        line = data[:offset].count(b"\n") + 1
-        raise UserError(
-            f"{path}: line {line} is not valid UTF-8 (byte 0x{data[offset]:02x} at offset {offset}); "
-            "expected a UTF-8 text file"
-        ) from None
+    text = read_text_file(path, str(path), "a data file")
     if not text.strip():
         raise UserError(f"{path}: file is empty; expected a header line and at least one row")
     return text
@@ -161,7 +125,7 @@ def read_json(path: Path) -> tuple[Columns, list[str]]:
 def read_parquet(path: Path) -> tuple[Columns, list[str]]:
     import pyarrow.parquet as pq
 
-    _check_readable(path)
+    check_readable_file(path, str(path), "a data file")
     try:
         table = pq.read_table(path)
     except Exception as err:  # pyarrow raises several types for a bad file
@@ -292,7 +256,7 @@ def read_glue_dir(data_dir: str | Path) -> dict[str, Columns]:
     try:
         is_dir = data_dir.is_dir()
     except OSError as err:  # a folder on the way cannot be entered
-        raise UserError(f"--data_dir {data_dir}: cannot read ({_os_reason(err)})") from None
+        raise UserError(f"--data_dir {data_dir}: cannot read ({os_reason(err)})") from None
     if not is_dir:
         raise UserError(f"--data_dir {data_dir}: not a directory; expected a folder with train.tsv and dev.tsv")
     splits = {}
@@ -491,7 +455,7 @@ def tokenize_dataset(raw, tokenizer, max_length: int, cache_dir: str | Path | No
         except OSError as err:
             if err.errno is None:
                 raise
-            raise UserError(f"cannot write the tokenization cache {cache_files[split]}: {_os_reason(err)}; free space "
+            raise UserError(f"cannot write the tokenization cache {cache_files[split]}: {os_reason(err)}; free space "
                             "there, or set HF_DATASETS_CACHE to a folder with room") from None  # fmt: skip
         tokenized[split] = tokenized[split].rename_column("label", "labels")
     return DatasetDict(tokenized)

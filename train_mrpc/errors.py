@@ -21,6 +21,52 @@ class JobFailure(Exception):
     """
 
 
+def os_reason(err: OSError) -> str:
+    """An OSError's cause in lower case, for the middle of a message: "permission denied"."""
+    return (err.strerror or str(err)).lower()
+
+
+def check_readable_file(path, name: str, expected: str) -> None:
+    """A missing, folder, special or unreadable file the user named ends here with one UserError,
+    ``{name}: <what is wrong>; expected {expected}``. Permissions are checked by opening; a pipe or device is
+    refused unopened (reading one blocks until a writer comes, and the open is retried after SIGTERM)."""
+    import stat
+    from pathlib import Path
+
+    try:
+        mode = Path(path).stat().st_mode
+        if stat.S_ISREG(mode):
+            with open(path, "rb"):
+                pass
+    except FileNotFoundError:
+        raise UserError(f"{name}: file not found") from None
+    except OSError as err:  # PermissionError, or a folder on the way that cannot be entered
+        raise UserError(f"{name}: cannot read ({os_reason(err)})") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{name}: is a folder; expected {expected}")
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{name}: is not a regular file (a pipe or device); expected {expected}")
+
+
+def read_text_file(path, name: str, expected: str) -> str:
+    """The UTF-8 text of a file the user named (a byte-order mark dropped), or one UserError naming it: what
+    ``check_readable_file`` refuses, or the line of the first byte that is not UTF-8."""
+    from pathlib import Path
+
+    check_readable_file(path, name, expected)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise UserError(f"{name}: cannot read ({os_reason(err)})") from None
+    try:
+        return data.decode("utf-8-sig")  # GLUE's files start with a byte-order mark
+    except UnicodeDecodeError as err:
+        offset = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)  # utf-8-sig counts after the BOM
+        line = data[:offset].count(b"\n") + 1
+        raise UserError(f"{name}: line {line} is not valid UTF-8 (byte 0x{data[offset]:02x} at offset {offset}); "
+                        "expected a UTF-8 text file") from None  # fmt: skip
+
+
 # What gloo (and NCCL) say when the other end of a collective is gone: the process was killed or crashed, its
 # host went down, or it closed the process group early. Matched, lower-cased, on RuntimeErrors that come from
 # the communication library (the message names gloo or NCCL, or torch.distributed raised a DistError).
