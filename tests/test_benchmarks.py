@@ -259,3 +259,12 @@ def test_step_batches_repeat_when_an_epoch_has_fewer_than_the_steps_timed():
     assert len(warm) == 2 and len(timed) == 20  # from 3 batches of 32
     assert all(batch["input_ids"].shape[0] == 32 for batch, _, _ in warm + timed)
     assert len({tuple(lengths) for _, lengths, _ in timed}) == 3  # every batch of the epoch among those timed
+
+    # On a GPU each timed shape is stepped once more before the clock (kernel loading), and counted as warm-up.
+    import torch
+
+    from train_mrpc.bench.steps import shape_warmups
+
+    shapes = {length for _, _, length in timed}
+    assert sorted(b[2] for b in shape_warmups(timed, torch.device("cuda"))) == sorted(shapes)
+    assert shape_warmups(timed, torch.device("cpu")) == []

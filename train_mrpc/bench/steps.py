@@ -375,11 +375,7 @@ def run_variant(kind: str, cell: dict, config, device, warm_batches, timed_batch
         step, keep = make(cell, model, device)
         torch.manual_seed(seed + 1)  # same dropout masks in both variants
         warm = []
-        # On a GPU the first step of each new shape loads kernels and picks cuBLAS algorithms: up to ~1 s per
-        # shape (H100, bf16, measured), 20x a step. Steady state is what is timed here (the fine-tune's
-        # train_runtime counts those first uses), so each timed shape is seen once before the clock starts.
-        first_of_shape = {b[2]: b for b in timed_batches}.values() if device.type == "cuda" else []
-        for batch, _, _ in [*warm_batches, *first_of_shape]:
+        for batch, _, _ in [*warm_batches, *shape_warmups(timed_batches, device)]:
             common.synchronize()
             start = time.perf_counter()
             step(batch)
@@ -409,6 +405,16 @@ def run_variant(kind: str, cell: dict, config, device, warm_batches, timed_batch
         "rss_before_bytes": rss_before, "graphs_compiled_during_timing": recompiles, "attn_implementation_used": attn_used,
         "cpu_speedups": speedups, "other_cpu_cores": other.cores,
     }  # fmt: skip
+
+
+def shape_warmups(timed_batches, device) -> list:
+    """Extra untimed steps: on a GPU, one batch of each shape the clock will see.
+
+    The first step of each new shape loads kernels and picks cuBLAS algorithms: up to ~1 s per shape (H100,
+    bf16, measured), 20x a step. Steady state is what is timed here (the fine-tune's train_runtime counts
+    those first uses), so each timed shape is seen once before the clock starts.
+    """
+    return list({b[2]: b for b in timed_batches}.values()) if device.type == "cuda" else []
 
 
 def variant_figures(raw: dict, cell: dict, work: dict, peak_flops: float) -> dict:
@@ -546,7 +552,7 @@ def main(argv=None) -> dict:
             "mean_real_length": work["real_tokens"] / (steps * cell["batch_size"]),
             "flops_per_step": work["flops"] / steps,
             "useful_flops_per_step": work["useful_flops"] / steps,
-            "warmup_steps": len(warm_batches),  # on a GPU, plus one step per distinct timed shape (run_variant)
+            "warmup_steps": len(warm_batches) + len(shape_warmups(timed_batches, device)),
             "timed_steps": steps,
         })  # fmt: skip
         cell["load_average_1m_at_start"] = common.load_average()  # other work on the machine skews a cell
