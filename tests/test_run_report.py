@@ -46,7 +46,7 @@ def test_every_run_reports_its_time_breakdown_mfu_memory_and_curves(tmp_path, ti
     train_time = results["train_runtime"] - results["eval_runtime"]
     assert sum(breakdown.values()) - breakdown["evaluation"] == pytest.approx(train_time, rel=1e-6)
     assert 0 < results["mfu"] < 1 and results["achieved_tflops"] > 0
-    assert results["peak_flops_source"] == "measured bf16 matmul on this CPU"
+    assert results["peak_flops_source"].startswith("measured bf16 matmul on this CPU")
     assert results["peak_memory_kind"] == "process_peak_rss" and results["peak_memory_bytes"] > 100 * 2**20
     for record in (json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()):
         assert 0 < record["mfu"] < 1 and record["tflops"] > 0 and record["data_wait_s"] >= 0
@@ -62,6 +62,27 @@ def test_every_run_reports_its_time_breakdown_mfu_memory_and_curves(tmp_path, ti
     assert proc.returncode == 0 and (out / "training_curves.png").read_bytes()[:8] == PNG_MAGIC
     proc = run_cli(["plot", tmp_path])
     assert proc.returncode == 2 and "not a train-mrpc output folder" in proc.stderr
+
+
+def test_a_cpu_peak_measured_while_other_processes_run_is_not_cached(tmp_path):
+    """A busy machine makes the measured peak low and every later run's MFU high: such a figure is used once."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from train_mrpc.flops import QUIET_OTHER_CORES, cpu_peak
+
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        time.sleep(0.3)
+        peak, other_cores = cpu_peak("fp32", cache_dir=tmp_path)
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    assert peak > 0 and other_cores > QUIET_OTHER_CORES
+    assert not (tmp_path / "train_mrpc" / "cpu_peak.json").exists()
 
 
 def test_gradient_norms_of_a_window_leave_out_and_count_non_finite_steps():

@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +45,37 @@ def cpu_info() -> dict:
 def load_average() -> float | None:
     """The 1-minute load average: above the core count, other work shared the CPU during the measurement."""
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux /proc/stat), or None elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class OtherCpu:
+    """CPU used by other processes while the block runs, in cores (0: this process was alone; 1: another
+    process kept one core busy). ``.cores`` is None where /proc/stat is unavailable."""
+
+    def __enter__(self):
+        self._busy, self._own, self._wall = _busy_seconds(), _own_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy, wall = _busy_seconds(), time.perf_counter() - self._wall
+        if busy is None or self._busy is None or wall <= 0:
+            self.cores = None
+        else:
+            self.cores = round(max(0.0, (busy - self._busy - (_own_seconds() - self._own)) / wall), 4)
 
 
 def git_commit() -> dict:

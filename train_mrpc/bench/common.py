@@ -263,37 +263,6 @@ class PeakRSS:
 # --- a shared machine: measure only when nobody else is using the CPU -----------------------------
 
 
-def _busy_seconds() -> float | None:
-    """CPU seconds all processes have spent busy since boot (Linux /proc/stat), or None elsewhere."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_seconds() -> float:
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-class OtherCpu:
-    """CPU used by other processes while the block runs, in cores (0: this process was alone; 1: another
-    process kept one core busy). ``.cores`` is None where /proc/stat is unavailable."""
-
-    def __enter__(self):
-        self._busy, self._own, self._wall = _busy_seconds(), _own_seconds(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        busy, wall = _busy_seconds(), time.perf_counter() - self._wall
-        if busy is None or self._busy is None or wall <= 0:
-            self.cores = None
-        else:
-            self.cores = round(max(0.0, (busy - self._busy - (_own_seconds() - self._own)) / wall), 4)
-
-
 def wait_until_quiet(max_other: float, max_wait: float, sample: float = 1.0) -> float:
     """Sleep until other processes use at most ``max_other`` cores over a ``sample``-second window, or until
     ``max_wait`` seconds have passed; returns the seconds waited."""
@@ -346,7 +315,7 @@ def guard_settings(args) -> dict:
 # device name, CPU model and SIMD flags, GPU model/capability/memory/CUDA/cuDNN/TF32, torch threads,
 # library versions, git commit and dirty flag, command line, start time, load average.
 from train_mrpc import reporting  # noqa: E402
-from train_mrpc.environment import environment, load_average  # noqa: E402, F401  (re-exported: common.environment)
+from train_mrpc.environment import OtherCpu, environment, load_average  # noqa: E402, F401  (re-exported: common.environment)
 
 
 # --- output ----------------------------------------------------------------------------------------
