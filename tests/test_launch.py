@@ -68,6 +68,8 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path, tiny_mod
         "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "global_batch_size": 16,
     }  # fmt: skip
     assert one["launch"]["num_processes"] == 1 and one["launch"]["global_batch_size"] == 16
+    # One process measured the CPU's peak while its sibling waited: not mistaken for a busy machine.
+    assert two["peak_flops_source"] == "measured fp32 matmul on this CPU"
     # The uneven validation split (101 on 2 processes) is counted exactly once.
     assert two["eval_examples"] == 101
     # Logging, progress, saving and the summary happen once.

@@ -198,7 +198,10 @@ def setup(config: TrainConfig) -> Run:
                         "optimizer steps): the learning rate would never reach its peak; lower --num_warmup_steps")  # fmt: skip
     scheduler = build_scheduler(accelerator, optimizer, config, schedule)
     precision = compute_precision(device, accelerator.mixed_precision, config.tf32)
-    peak_flops, peak_source = device_peak(accelerator.device, precision, config.peak_tflops)
+    # One process per machine measures a CPU's peak, alone (a sibling measuring at once would read as a busy
+    # machine); the others then find it cached.
+    with accelerator.local_main_process_first():
+        peak_flops, peak_source = device_peak(accelerator.device, precision, config.peak_tflops)
     accelerator.init_trackers("train_mrpc", config={k: v for k, v in config.to_dict().items()
                                                     if isinstance(v, (int, float, str, bool))})  # fmt: skip
     return Run(config, accelerator, model, optimizer, scheduler, train_loader, eval_loader, test_loader, tokenizer,
