@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -84,14 +83,10 @@ def cpu_peak(precision: str, cache_dir: str | Path | None = None) -> tuple[float
     run measures again. The cache file is ~/.cache/train_mrpc/cpu_peak.json."""
     import torch
 
-    from train_mrpc.environment import OtherCpu
+    from train_mrpc.environment import OtherCpu, cpu_info
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_info()["model"]
     # 2048-square matmuls: at 1024, a 2-core Xeon's bf16 (AMX) reached only 1.1-1.27 of the 2.04 TFLOP/s it
     # reaches at 2048.
     size = 2048

@@ -78,7 +78,7 @@ def plot_grad_norm(ax, train_log: list[dict], output_dir: Path) -> None:
     logged = [r for r in train_log if r.get("grad_norm") is not None]
     ax.set(title="Gradient norm (before clipping)", ylabel="L2 norm")
     if not logged:
-        ax.text(0.5, 0.5, "not measured\n(clipping off: --max_grad_norm 0)", ha="center", va="center",
+        ax.text(0.5, 0.5, "no gradient norm in the log\n(--max_grad_norm 0 computes none)", ha="center", va="center",
                 transform=ax.transAxes, color="grey")  # fmt: skip
         return
     steps = [r["step"] for r in logged]
