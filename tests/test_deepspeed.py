@@ -99,7 +99,8 @@ def test_the_yamls_run_is_zero2_in_bf16_with_partitioned_optimizer_state(zero2_b
     }  # fmt: skip
     assert record["sharding"] == {
         "kind": "DeepSpeed ZeRO", "zero_stage": 2, "offload_optimizer": "none", "offload_param": "none",
-        "precision": "bf16", "gradient_clipping": 1.0, "train_micro_batch_size_per_gpu": 8, "backend": "gloo",
+        "precision": "bf16", "gradient_clipping": 1.0, "train_micro_batch_size_per_gpu": 8,
+        "gradient_accumulation_steps": 1, "backend": "gloo",
     }  # fmt: skip
     assert record["speed"]["precision"] == "bf16" and record["speed"]["precision_reason"] == "launch config"
 
@@ -182,6 +183,29 @@ def test_zero2_ends_with_the_weights_of_ddp_on_the_same_batches(tmp_path, tiny_m
     assert plain["sharding"] == "none"
     ranks = optimizer_partitions(zero2_fp32 / "checkpoints" / "step_000004")
     assert [r["file"] for r in ranks] == [f"zero_pp_rank_{i}_mp_rank_00_optim_states.pt" for i in (0, 1)]
+
+
+def test_zero2_with_gradient_accumulation_ends_with_the_weights_of_the_larger_batch(tmp_path, tiny_model_no_dropout, zero2_fp32):
+    """Micro-batches of 4 accumulated twice on 2 processes: the same 16 pairs per optimizer step as batches of 8,
+    so the same weights, losses, schedule and gradient norms (DeepSpeed's engine counts the micro-batches itself;
+    a loss scaled twice, or a schedule stepped per micro-batch, would show here)."""
+    out = tmp_path / "accumulated"
+    launch(ZERO2[0], zero2_args(tiny_model_no_dropout, out, "--precision", "fp32", "--per_device_train_batch_size", "4",
+                                "--gradient_accumulation_steps", "2"), *ZERO2[1:])  # fmt: skip
+    for folder in (".", "best_model"):
+        a, b = weights(out / folder), weights(zero2_fp32 / folder)
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=2e-6, msg=f"{folder}: {name}")
+    accumulated, plain = read_log(out), read_log(zero2_fp32)
+    assert [r["step"] for r in accumulated] == [r["step"] for r in plain] == list(range(1, STEPS + 1))
+    assert [r["learning_rate"] for r in accumulated] == pytest.approx([r["learning_rate"] for r in plain], rel=1e-9)
+    assert [r["loss"] for r in accumulated] == pytest.approx([r["loss"] for r in plain], rel=1e-4)
+    assert [r["grad_norm"] for r in accumulated] == pytest.approx([r["grad_norm"] for r in plain], rel=1e-4)
+    record = results(out)
+    assert record["global_step"] == STEPS
+    assert (record["launch"]["per_device_train_batch_size"], record["launch"]["gradient_accumulation_steps"],
+            record["launch"]["global_batch_size"]) == (4, 2, 16)  # fmt: skip
+    assert (record["sharding"]["train_micro_batch_size_per_gpu"], record["sharding"]["gradient_accumulation_steps"]) == (4, 2)
 
 
 # --- 3. full weights that from_pretrained and pipeline load --------------------------------------------

@@ -236,6 +236,8 @@ def describe_deepspeed(ds_config: dict) -> dict:
         "precision": precision,
         "gradient_clipping": ds_config.get("gradient_clipping"),
         "train_micro_batch_size_per_gpu": ds_config.get("train_micro_batch_size_per_gpu"),
+        # the engine's own count: it scales the loss and steps at its boundaries, beside Accelerate's accumulate()
+        "gradient_accumulation_steps": ds_config.get("gradient_accumulation_steps"),
         "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
     }
 
