@@ -208,6 +208,23 @@ def test_zero2_with_gradient_accumulation_ends_with_the_weights_of_the_larger_ba
     assert (record["sharding"]["train_micro_batch_size_per_gpu"], record["sharding"]["gradient_accumulation_steps"]) == (4, 2)
 
 
+def test_zero2_with_the_optimizer_offloaded_to_the_cpu_ends_with_the_same_weights(tmp_path, tiny_model_no_dropout):
+    """ZeRO-Offload (offload_optimizer_device: cpu, a launch flag or the YAML key): Accelerate swaps our torch AdamW
+    for DeepSpeed's CPU Adam, which must keep the run's settings (betas, epsilon, per-group weight decay; set off
+    their defaults here) and so end with the weights of the run whose optimizer stays on the device."""
+    settings = ("--precision", "fp32", "--adam_beta2", "0.98", "--adam_epsilon", "1e-6", "--weight_decay", "0.1")
+    runs = {}
+    for name, offload in (("device", "none"), ("offload", "cpu")):
+        runs[name] = tmp_path / name
+        launch(ZERO2[0], zero2_args(tiny_model_no_dropout, runs[name], *settings), *ZERO2[1:],
+               "--offload_optimizer_device", offload)  # fmt: skip
+        assert results(runs[name])["sharding"]["offload_optimizer"] == offload
+    a, b = weights(runs["offload"]), weights(runs["device"])
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=2e-6, msg=name)
+    assert [r["loss"] for r in read_log(runs["offload"])] == pytest.approx([r["loss"] for r in read_log(runs["device"])], rel=1e-4)
+
+
 # --- 3. full weights that from_pretrained and pipeline load --------------------------------------------
 
 
