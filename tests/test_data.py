@@ -9,9 +9,11 @@ from conftest import SHARED_MRPC, SHARED_TOKENIZER, requires_shared, small_tmpfs
 from train_mrpc.config import TrainConfig
 from train_mrpc.data import (
     load_raw_splits,
+    normalise,
     pair_encoder,
     read_delimited,
     read_glue_dir,
+    read_table,
     tokenize_dataset,
     tokenize_pairs,
 )
@@ -83,6 +85,8 @@ def test_unbalanced_quotes_survive_unchanged(tmp_path):
         (["1\t1\t2\t\tB."], "train.tsv: line 2: column '#1 String' must be a non-empty string"),
         (["1\t1\t2\tA.\tB.", "0\t3\t4\tC.\t \t "], "train.tsv: line 3 has 6 fields"),
         (["1\t1\t2\tA.\tB.", "0\t3\t4\tC.\t  "], "train.tsv: line 3: column '#2 String' must be a non-empty string, got only whitespace"),
+        (["1\t1\t2\tA.\tB.", "0\t3\t4\t\u200b\tD."], "train.tsv: line 3: column '#1 String' must be a non-empty string, got no visible characters"),
+        (["1\t1\t2\tA.\tB.", "0_1\t3\t4\tC.\tD."], "train.tsv: line 3: label '0_1' in column 'Quality' is invalid"),
         ([], "train.tsv: no rows after the header"),
     ],
 )
@@ -123,6 +127,18 @@ def test_non_utf8_bytes_are_located(tmp_path):
         f.write(b"0\t3\t4\tCaf\xe9 au lait.\tCoffee.\n")
     with pytest.raises(UserError, match=r"train.tsv: line 3 is not valid UTF-8 \(byte 0xe9"):
         read_glue_dir(tmp_path)
+
+
+def test_repeated_index_in_a_glue_test_file_is_named(tmp_path):
+    """MRPC.tsv writes one prediction per test index: a repeated index would repeat a line of the submission."""
+    write_glue_dir(tmp_path, ["1\t1\t2\tA.\tB."])
+    header = "index\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    (tmp_path / "test.tsv").write_text(header + "0\t1\t2\tA.\tB.\n1\t3\t4\tC.\tD.\n0\t5\t6\tE.\tF.\n")
+    with pytest.raises(UserError) as err:
+        read_glue_dir(tmp_path)
+    assert "test.tsv: line 4: row id '0' in column 'index' repeats the one on line 2" in str(err.value)
+    (tmp_path / "test.tsv").write_text(header + "0\t1\t2\tA.\tB.\n1\t3\t4\tC.\tD.\n")
+    assert read_glue_dir(tmp_path)["test"]["idx"] == [0, 1]
 
 
 def test_wrong_header_is_named(tmp_path):
@@ -181,6 +197,9 @@ def test_label_names_are_accepted(tmp_path):
         ("t.parquet", "not parquet at all", "t.parquet: not a readable parquet file"),
         ("t.xlsx", "x", "unsupported file type '.xlsx'; expected one of .csv, .tsv, .json, .jsonl, .parquet"),
         ("t.csv", "", "t.csv: file is empty"),
+        ("t.json", "[]", "t.json: no rows; expected at least one example"),
+        ("t.json", "[\n]\n", "t.json: no rows; expected at least one example"),
+        ("t.jsonl", "{}\n", "t.jsonl: missing column(s) 'sentence1', 'sentence2', 'label'; found no columns"),
     ],
 )
 def test_bad_files_are_named(tmp_path, name, text, message):
@@ -201,6 +220,116 @@ def test_configurable_column_name_is_used_in_messages(tmp_path):
     path.write_text("a,b,label\nx,y,1\n")
     with pytest.raises(UserError, match="missing column\\(s\\) 'question1', 'question2'"):
         load_raw_splits(file_config(tmp_path, path, path, sentence1_column="question1", sentence2_column="question2"))
+
+
+COLUMNS = {"sentence1": "sentence1", "sentence2": "sentence2", "label": "label", "idx": "idx"}
+
+
+def read_rows(path: Path, text: str, labelled: bool = True) -> dict:
+    """Write ``text`` to ``path`` and read it as the table reader and normaliser do (no dataset built)."""
+    path.write_text(text, encoding="utf-8")
+    columns, locations = read_table(path)
+    return normalise(columns, locations, path, COLUMNS, labelled=labelled)
+
+
+def jsonl(*rows: dict) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)  # json.dumps writes non-ASCII as \uXXXX escapes
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    ["\u200b", "\u00ad", "\x00", "\ufeff", "\u0301", "\u2060\u200d", " \u200b\t\u00ad ", "\u202e", "\ue000"],
+    ids=["zero-width-space", "soft-hyphen", "nul", "bom", "combining-acute", "joiners", "with-whitespace", "bidi", "private-use"],
+)
+def test_sentences_without_visible_characters_are_refused(tmp_path, sentence):
+    """They tokenize to no word at all, like whitespace: the pair would train as [CLS] [SEP] [SEP]."""
+    text = jsonl({"sentence1": "a.", "sentence2": "b.", "label": 1}, {"sentence1": "c.", "sentence2": sentence, "label": 0})
+    with pytest.raises(UserError) as err:
+        read_rows(tmp_path / "t.jsonl", text)
+    assert "t.jsonl: line 2: column 'sentence2' must be a non-empty string, got no visible characters" in str(err.value)
+    str(err.value).encode("utf-8")  # printable as the one error line
+
+
+def test_sentences_in_any_script_are_kept(tmp_path):
+    sentences = ["Café crème, s'il vous plaît.", "Cafe\u0301 with a combining accent.", "我们明天去北京。", "東京は晴れです",
+                 "مرحبا بالعالم", "Привет, мир!", "नमस्ते दुनिया", "🙂", "?", "42", "€", "\u200bleading zero-width space"]  # fmt: skip
+    text = jsonl(*({"sentence1": s, "sentence2": s, "label": i % 2} for i, s in enumerate(sentences)))
+    out = read_rows(tmp_path / "t.jsonl", text)
+    assert out["sentence1"] == out["sentence2"] == sentences
+    tsv = "sentence1\tsentence2\tlabel\n" + "".join(f"{s}\t{s}\t1\n" for s in sentences)
+    assert read_rows(tmp_path / "t.tsv", tsv)["sentence1"] == sentences
+
+
+@pytest.mark.parametrize("name, where", [("t.jsonl", "line 2"), ("t.json", "record 1")])
+@pytest.mark.parametrize("column, value", [("sentence1", r"\ud800"), ("sentence2", r"a \udc00 b")])
+def test_a_lone_surrogate_in_json_is_refused(tmp_path, name, where, column, value):
+    """JSON may escape a lone surrogate (\\ud800) that no UTF-8 text can hold: pyarrow failed on it later with
+    UnicodeEncodeError."""
+    rows = ['{"sentence1": "a.", "sentence2": "b.", "label": 1}', '{"sentence1": "c.", "sentence2": "d.", "label": 0}']
+    rows[1] = rows[1].replace('"c."' if column == "sentence1" else '"d."', f'"{value}"')
+    text = "".join(r + "\n" for r in rows) if name.endswith("l") else "[" + ",\n".join(rows) + "]"
+    with pytest.raises(UserError) as err:
+        read_rows(tmp_path / name, text)
+    message = str(err.value)
+    assert f"{name}: {where}: column '{column}' is not valid Unicode (a lone surrogate '\\u" in message
+    message.encode("utf-8")  # printable as the one error line
+
+
+@pytest.mark.parametrize("field", ["label", "idx"])
+def test_a_lone_surrogate_in_a_label_or_row_id_is_shown_escaped(tmp_path, field):
+    text = '{"sentence1": "a.", "sentence2": "b.", "label": 1, "idx": 0}\n'
+    text += '{"sentence1": "c.", "sentence2": "d.", "label": 0, "idx": 1}\n'.replace(f'"{field}": ', f'"{field}": "\\ud800", "x": ')
+    with pytest.raises(UserError) as err:
+        read_rows(tmp_path / "t.jsonl", text)
+    assert "t.jsonl: line 2: " in str(err.value) and "'\\ud800'" in str(err.value)
+    str(err.value).encode("utf-8")
+
+
+@pytest.mark.parametrize("label", ["0_1", "1_0", "1_0.0", "\u0663", "\u0661", "\uff11", "1\u0660", "0x1", "nan", "1.5", "true"])
+def test_labels_that_python_int_would_stretch_are_refused(tmp_path, label):
+    """int() reads 0_1 as 1 and Arabic-Indic or full-width digits as numbers: a label file is plain ASCII."""
+    with pytest.raises(UserError) as err:
+        read_rows(tmp_path / "t.csv", f"sentence1,sentence2,label\na.,b.,1\nc.,d.,{label}\n")
+    assert f"t.csv: line 3: label '{label}' in column 'label' is invalid; expected 0 or 1" in str(err.value)
+
+
+def test_plain_integer_labels_with_surrounding_spaces_are_kept(tmp_path):
+    labels = ["1", "0", " 1", "0 ", "+1", "-0", "1.0", "0.0", " 1.0 ", "equivalent", " not_equivalent "]
+    text = "sentence1,sentence2,label\n" + "".join(f"a.,b.,{label}\n" for label in labels)
+    assert read_rows(tmp_path / "t.csv", text)["label"] == [1, 0, 1, 0, 1, 0, 1, 0, 1, 1, 0]
+
+
+def test_row_ids_are_plain_ascii_integers(tmp_path):
+    text = "sentence1,sentence2,label,idx\na.,b.,1, 7\nc.,d.,0,-3\ne.,f.,1,+4\ng.,h.,0,5.0\n"
+    assert read_rows(tmp_path / "t.csv", text)["idx"] == [7, -3, 4, 5]
+    for bad in ("1_000", "\u0663", "\uff17"):
+        with pytest.raises(UserError, match=f"t.csv: line 3: row id '{bad}' in column 'idx' is invalid"):
+            read_rows(tmp_path / "t.csv", f"sentence1,sentence2,label,idx\na.,b.,1,7\nc.,d.,0,{bad}\n")
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("t.jsonl", jsonl(*({"sentence1": "a.", "sentence2": "b.", "idx": i} for i in (4, 5, 4))),
+         "t.jsonl: line 3: row id 4 in column 'idx' repeats the one on line 1"),
+        ("t.json", json.dumps([{"sentence1": "a.", "sentence2": "b.", "idx": i} for i in (4, 5, 6, 5)]),
+         "t.json: record 3: row id 5 in column 'idx' repeats the one on record 1"),
+        ("t.csv", "sentence1,sentence2,idx\na.,b.,1\nc.,d.,2\ne.,f.,1.0\n",
+         "t.csv: line 4: row id '1.0' in column 'idx' repeats the one on line 2"),
+    ],
+)
+def test_repeated_row_ids_are_named(tmp_path, name, text, message):
+    """The test split's row ids index MRPC.tsv: a repeated one would repeat a line of the submission file."""
+    with pytest.raises(UserError) as err:
+        read_rows(tmp_path / name, text, labelled=False)
+    assert message in str(err.value)
+    assert "expected each row id once" in str(err.value)
+
+
+def test_distinct_row_ids_in_any_order_are_kept(tmp_path):
+    text = jsonl(*({"sentence1": "a.", "sentence2": "b.", "idx": i} for i in (9, -1, 0, 3)))
+    out = read_rows(tmp_path / "t.jsonl", text, labelled=False)
+    assert out["idx"] == [9, -1, 0, 3] and out["label"] == [-1] * 4
 
 
 # --- generated pairs --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+import unicodedata
 from pathlib import Path
 
 from train_mrpc.config import SYNTHETIC, TrainConfig, shown_value
@@ -165,6 +166,9 @@ def _as_integer(value) -> int | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, str):  # CSV/TSV cells: "1", or "1.0" as pandas writes a float column
+        # int() and float() also read "0_1" as 1 and other scripts' digits ("\u0663" is 3): a cell is ASCII.
+        if not value.strip().isascii() or "_" in value:
+            return None
         try:
             return int(value)
         except ValueError:
@@ -193,23 +197,53 @@ def _parse_label(value, path: Path, where: str, column: str) -> int:
     return label
 
 
+VISIBLE_CATEGORIES = ("L", "N", "P", "S")  # letters, numbers, punctuation, symbols: what a tokenizer keeps
+
+
+def _sentence_problem(value) -> str | None:
+    """What is wrong with a sentence cell, as the end of "must be a non-empty string, got ...", or None."""
+    if not isinstance(value, str) or not value:
+        return _shown(value)
+    if not value.strip():
+        return "only whitespace"
+    # Whitespace alone tokenizes to no word at all: the pair would train as [CLS] [SEP] [SEP]. So do zero-width
+    # spaces, soft hyphens, NUL, U+FEFF and lone combining marks. (A lone surrogate is named before this.)
+    if not any(unicodedata.category(c)[0] in VISIBLE_CATEGORIES for c in value):
+        return f"no visible characters ({_shown(value)})"
+    return None
+
+
+def _lone_surrogate(value: str) -> str | None:
+    """The first lone surrogate in a string, written as an escape, or None. JSON's \\ud800 escape makes one;
+    no UTF-8 text can hold it (pyarrow fails on it later with UnicodeEncodeError)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"'\\u{ord(value[err.start]):04x}' at character {err.start + 1}"
+    return None
+
+
 def normalise(columns: Columns, locations: list[str], path: Path, names: dict[str, str], labelled: bool) -> Columns:
     """Map source columns (``names``: our column -> theirs) to sentence1/sentence2/label/idx, checking each row."""
+    if not columns and not locations:  # an empty JSON list, a parquet file without columns
+        raise UserError(f"{path}: no rows; expected at least one example")
     missing = [names[c] for c in ("sentence1", "sentence2") if names[c] not in columns]
     if labelled and names["label"] not in columns:
         missing.append(names["label"])
     if missing:
-        raise UserError(
-            f"{path}: missing column(s) {', '.join(repr(m) for m in missing)}; found {', '.join(repr(c) for c in columns)}"
-        )
+        found = ", ".join(repr(c) for c in columns) or "no columns"
+        raise UserError(f"{path}: missing column(s) {', '.join(repr(m) for m in missing)}; found {found}")
     if not locations:
         raise UserError(f"{path}: no rows after the header; expected at least one example")
     out: Columns = {"sentence1": [], "sentence2": [], "label": [], "idx": []}
     for key in ("sentence1", "sentence2"):
         for value, where in zip(columns[names[key]], locations):
-            if not isinstance(value, str) or not value.strip():
-                # Whitespace alone tokenizes to no word at all: the pair would train as [CLS] [SEP] [SEP].
-                got = "only whitespace" if isinstance(value, str) and value else _shown(value)
+            surrogate = _lone_surrogate(value) if isinstance(value, str) else None
+            if surrogate:
+                raise UserError(f"{path}: {where}: column '{names[key]}' is not valid Unicode (a lone surrogate "
+                                f"{surrogate}); expected text that UTF-8 can hold")  # fmt: skip
+            got = _sentence_problem(value)
+            if got is not None:
                 raise UserError(f"{path}: {where}: column '{names[key]}' must be a non-empty string, got {got}")
         out[key] = list(columns[names[key]])
     if names["label"] in columns:
@@ -218,6 +252,7 @@ def normalise(columns: Columns, locations: list[str], path: Path, names: dict[st
         out["label"] = [-1] * len(locations)
     if names.get("idx") in columns:
         low, high = INT32_RANGE
+        seen: dict[int, str] = {}  # row id -> where it was first
         for value, where in zip(columns[names["idx"]], locations):
             row_id = _as_integer(value)
             if row_id is None or not low <= row_id <= high:
@@ -225,6 +260,12 @@ def normalise(columns: Columns, locations: list[str], path: Path, names: dict[st
                     f"{path}: {where}: row id {_shown(value)} in column '{names['idx']}' is invalid; expected an "
                     f"integer from {low} to {high}"
                 )
+            if not labelled and row_id in seen:  # the test split's predictions (MRPC.tsv): one line per row id
+                raise UserError(
+                    f"{path}: {where}: row id {_shown(value)} in column '{names['idx']}' repeats the one on "
+                    f"{seen[row_id]}; expected each row id once"
+                )
+            seen[row_id] = where
             out["idx"].append(row_id)
     else:
         out["idx"] = list(range(len(locations)))
