@@ -368,6 +368,81 @@ def test_model_path_that_is_a_file_is_named(tmp_path):
               fragments=(f"--model_name_or_path {path}: is a file", "expected a model folder"))  # fmt: skip
 
 
+def test_a_tokenizer_larger_than_the_models_embedding_is_refused(tmp_path, tiny_model_dir):
+    """A tokenizer of another model (more ids than embedding rows) failed with an IndexError at the first step."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    rows = len(tokenizer)
+    tokenizer.add_tokens(["zyxwv", "qwertz"])
+    tokenizer.save_pretrained(model)
+    proc = run_cli(["--model_name_or_path", model, "--dataset", "synthetic", "--output_dir", tmp_path / "run",
+                    "--max_train_samples", "8"], cwd=tmp_path)  # fmt: skip
+    assert_error_after_loading(proc.returncode, proc.stderr, f"has {rows + 2} tokens, but the model's embedding has {rows} rows")
+
+
+def tiny_gpt2(path: Path, tiny_model_dir: Path, pad_token: bool) -> Path:
+    """A 1-layer GPT-2 classifier whose config leaves pad_token_id unset (as GPT-2's does), with the tiny
+    tokenizer, with or without its padding token."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    if not pad_token:
+        tokenizer.pad_token = None
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=16, n_layer=1, n_head=2, num_labels=2,
+                        pad_token_id=None)  # fmt: skip
+    GPT2ForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_a_decoder_whose_config_has_no_pad_token_id_trains_with_the_tokenizers(tmp_path, tiny_model_dir):
+    """GPT-2's classifier finds each pair's last token by pad_token_id; left unset it refused batches > 1."""
+    model = tiny_gpt2(tmp_path / "gpt2", tiny_model_dir, pad_token=True)
+    proc = run_cli(["--model_name_or_path", model, "--dataset", "synthetic", "--output_dir", tmp_path / "run",
+                    "--max_train_samples", "16", "--max_eval_samples", "8", "--per_device_train_batch_size", "4",
+                    "--max_train_steps", "2"], cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["pad_token_id"] == 0  # the tokenizer's [PAD]
+
+
+def test_a_tokenizer_without_a_padding_token_is_refused(tmp_path, tiny_model_dir):
+    model = tiny_gpt2(tmp_path / "gpt2", tiny_model_dir, pad_token=False)
+    proc = run_cli(["--model_name_or_path", model, "--dataset", "synthetic", "--output_dir", tmp_path / "run",
+                    "--max_train_samples", "8"], cwd=tmp_path)  # fmt: skip
+    assert_error_after_loading(proc.returncode, proc.stderr, "has no padding token", "tokenizer.pad_token = tokenizer.eos_token")
+
+
+@pytest.mark.parametrize("multiple", ["96", "129"])
+def test_padding_to_a_multiple_beyond_the_models_positions_is_refused(tmp_path, tiny_model_dir, multiple):
+    """The tiny model has 128 positions: --max_length 128 padded up to a multiple of 96 would be 192 tokens."""
+    proc = run_cli(["--model_name_or_path", tiny_model_dir, "--dataset", "synthetic", "--output_dir", tmp_path / "run",
+                    "--max_train_samples", "8", "--max_length", "128", "--pad_to_multiple_of", multiple], cwd=tmp_path)  # fmt: skip
+    padded = -(-128 // int(multiple)) * int(multiple)
+    assert_error_after_loading(proc.returncode, proc.stderr, f"--pad_to_multiple_of {multiple} pads batches of up to "
+                               f"--max_length 128 tokens to {padded}, beyond the 128 positions")  # fmt: skip
+
+
+def test_do_predict_without_a_test_split_is_refused_before_training(tmp_path):
+    train = pair_file(tmp_path / "pairs.jsonl", [{"sentence1": "A b.", "sentence2": "B a.", "label": i % 2} for i in range(8)])
+    cli_error(tmp_path, "--model_name_or_path", "tiny-random-bert", "--train_file", train, "--validation_file", train,
+              "--output_dir", tmp_path / "run", "--do_predict", "true",
+              fragments=("--do_predict true, but the data has no test split", "--test_file"))  # fmt: skip
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_profile_window_beyond_the_end_of_the_run_is_refused(tmp_path):
+    """Default window: steps 8-12 (5 skipped, 2 warm-up, 5 recorded); a 4-step run left an empty profile folder."""
+    proc = run_cli([*TINY, "--output_dir", tmp_path / "run", "--max_train_samples", "64", "--max_train_steps", "4",
+                    "--profile", "true"], cwd=tmp_path)  # fmt: skip
+    assert_error_after_loading(proc.returncode, proc.stderr, "--profile records optimizer steps 8 to 12 of this run",
+                               "but it has 4 to run")  # fmt: skip
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
 # --- item 13: the fp16-on-CPU refusal names real options ---------------------------------------------
 
 

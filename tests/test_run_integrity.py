@@ -16,6 +16,8 @@ from conftest import (ROOT, TEST_ENV, accelerate_launch, run_cli, small_tmpfs, t
                       assert_error_after_loading as assert_one_line_error)
 from test_checkpointing import assert_identical_runs, run_args
 
+from train_mrpc.checkpointing import sealed
+
 
 def finished_run(tmp_path_factory, tiny_model_dir, name: str, *extra) -> Path:
     out = tmp_path_factory.mktemp(name) / "run"
@@ -65,6 +67,34 @@ def test_changed_batch_size_is_named_and_can_be_allowed(tmp_path, tiny_model_dir
     proc = run_cli([*args, "--resume_with_changed_settings", "true"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming" in proc.stderr and "with changed settings: per_device_train_batch_size 16 -> 8" in proc.stderr
+
+
+def test_a_resume_with_fewer_batches_an_epoch_than_the_checkpoint_had_done_is_refused(tmp_path, tiny_model_dir, reference):
+    """Step 30 was saved 10 batches into epoch 2; with batches of 64 an epoch has 5, so skipping 10 would skip
+    the whole epoch and more (the run ended silently short)."""
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    checkpoint = out / "checkpoints" / "step_000030"
+    proc = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", checkpoint, "--per_device_train_batch_size",
+                            "64", "--resume_with_changed_settings", "true"))  # fmt: skip
+    assert_one_line_error(proc.returncode, proc.stderr, f"checkpoint {checkpoint} was saved 10 batches into an epoch, "
+                          "but this run's epochs have 5")  # fmt: skip
+
+
+@pytest.mark.parametrize("edit", [{"batches_in_epoch": 1000}, {"meters": {}}, {"meters": {"loss_sum": "abc"}}])
+def test_an_edited_trainer_state_fails_its_own_checksum(tmp_path, tiny_model_dir, reference, edit):
+    """Fields of the right type but the wrong value (a counter, the meters) would resume silently wrong: the
+    state carries a checksum of itself, beside those of the other files."""
+    out = tmp_path / "copy"
+    shutil.copytree(reference, out)
+    latest = out / "checkpoints" / "step_000060"
+    state = json.loads((latest / "trainer_state.json").read_text())
+    (latest / "trainer_state.json").write_text(json.dumps({**state, **edit}, indent=2))
+    proc = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", latest))
+    assert_one_line_error(proc.returncode, proc.stderr,
+                          f"checkpoint {latest} is damaged: trainer_state.json differs from what was saved (checksum)")
+    proc = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", "latest"))
+    assert proc.returncode == 0 and "step_000050" in proc.stdout, proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("damage", ["zero 64 bytes of random_states_0.pkl", "0xff over the weights"])
@@ -178,7 +208,7 @@ def test_kill_during_the_save_after_an_evaluation_logs_each_evaluation_once(tmp_
     first = evals[0]["eval_accuracy"]
     state.update(epoch=1, batches_in_epoch=20, last_eval_step=20, eval_metrics={}, best_metric=first, best_step=20,
                  evals_without_improvement=0)  # fmt: skip
-    state_file.write_text(json.dumps(state))
+    state_file.write_text(json.dumps(sealed(state)))  # resealed: the state checks its own checksum
     (out / "eval_results.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals[:2]))  # epoch 2's logged
     proc = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", "latest"))
     assert proc.returncode == 0, proc.stderr[-3000:]

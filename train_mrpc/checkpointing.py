@@ -122,6 +122,24 @@ def is_checkpoint_file_name(name: str) -> bool:
         and not parts[0].startswith(".")  # fmt: skip
 
 
+STATE_CHECKSUM = "state_xxh3_64"
+
+
+def state_checksum(record: dict) -> str:
+    """xxh3-64 of the state's canonical JSON, itself left out. Python floats survive a JSON round trip exactly,
+    so the figure read back equals the one written."""
+    import xxhash
+
+    fields = {k: v for k, v in record.items() if k != STATE_CHECKSUM}
+    return xxhash.xxh3_64(json.dumps(fields, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def sealed(record: dict) -> dict:
+    """The trainer state with its own checksum: it holds the other files' checksums, and a damaged or edited
+    field (a counter, the meters) would otherwise resume silently wrong."""
+    return {**record, STATE_CHECKSUM: state_checksum(record)}
+
+
 def validate_checkpoint(path: Path) -> dict:
     """The checkpoint's trainer state, or a UserError saying why it cannot be resumed from.
 
@@ -140,6 +158,8 @@ def validate_checkpoint(path: Path) -> dict:
     problem = _state_problem(record)
     if problem is None and re.fullmatch(r"step_\d+", path.name) and record.get("step") != int(path.name[5:]):
         problem = f"says step {record.get('step')!r}, but the folder is {path.name}"
+    if problem is None and STATE_CHECKSUM in record and record[STATE_CHECKSUM] != state_checksum(record):
+        problem = "differs from what was saved (checksum)"  # checkpoints from before the checksum have none
     if problem:
         raise UserError(f"checkpoint {path} is damaged: {STATE_FILE} {problem}")
     for name, expected in record["files"].items():
@@ -235,7 +255,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, state: TrainState, mete
             record = {**asdict(state), "meters": meters, "eval_metrics": eval_metrics or {}, "run": run or {},
                       "files": files}  # fmt: skip
             with open(tmp / STATE_FILE, "w") as f:
-                json.dump(record, f, indent=2, allow_nan=False)
+                json.dump(sealed(record), f, indent=2, allow_nan=False)
                 f.flush()
                 os.fsync(f.fileno())
             if final.exists():  # the same step saved again (e.g. preempted right after a checkpoint)

@@ -54,8 +54,50 @@ def load_tokenizer_and_model(config: TrainConfig):
         except Exception as err:
             raise load_error(where, name, err) from None
     check_max_length(config.max_length, tokenizer, model, name)
+    check_vocabulary(tokenizer, model, name)
+    check_padding_token(tokenizer, model, name)
     check_fsdp_layer_classes(model, name)
     return tokenizer, model
+
+
+def check_vocabulary(tokenizer, model, name: str) -> None:
+    """Every token id the tokenizer can give must have a row in the model's embedding (else an IndexError at
+    the first step: a tokenizer copied from another model)."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise UserError(f"the tokenizer of model {name} has {len(tokenizer)} tokens, but the model's embedding has "
+                        f"{rows} rows: ids from {rows} on have none (a tokenizer of another model?); use the "
+                        "tokenizer saved with the model")  # fmt: skip
+
+
+def check_padding_token(tokenizer, model, name: str) -> None:
+    """Batches of pairs are padded, so the tokenizer needs a padding token; a classifier that reads the last real
+    token (GPT-2 and other decoders) finds it by the config's pad_token_id, which their configs often leave unset."""
+    if tokenizer.pad_token_id is None:
+        raise UserError(f"the tokenizer of model {name} has no padding token, which batches of sentence pairs need: "
+                        "give it one (for a decoder such as GPT-2, tokenizer.pad_token = tokenizer.eos_token) and "
+                        "save it with the model")  # fmt: skip
+    if getattr(model.config, "pad_token_id", 0) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # the id the batches are padded with: the same token
+
+
+def check_padded_length(max_length: int, multiple: int | None, model, tokenizer, name: str, why: str) -> None:
+    """A batch padded up to a multiple must still fit the model's positions (--max_length alone is checked above)."""
+    if not multiple:
+        return
+    padded = -(-max_length // multiple) * multiple
+    limit = position_limit(tokenizer, model)
+    if padded > limit:
+        raise UserError(f"{why} pads batches of up to --max_length {max_length} tokens to {padded}, beyond the {limit} "
+                        f"positions model {name} has: use a multiple that divides {limit}, or a smaller --max_length")  # fmt: skip
+
+
+def position_limit(tokenizer, model) -> int:
+    """The longest input the model (and its tokenizer, where it says) supports."""
+    limit = model.config.max_position_embeddings
+    if tokenizer.model_max_length < 100_000:  # unset tokenizers report a huge sentinel
+        limit = min(limit, tokenizer.model_max_length)
+    return limit
 
 
 def check_fsdp_layer_classes(model, name: str) -> None:
@@ -88,9 +130,7 @@ def check_max_length(max_length: int, tokenizer, model, name: str) -> None:
             f"--max_length {max_length} is too short for a sentence pair with model {name}: its tokenizer adds "
             f"{specials} special tokens, so at least {specials + 2} are needed to keep a token of each sentence"
         )
-    limit = model.config.max_position_embeddings
-    if tokenizer.model_max_length < 100_000:  # unset tokenizers report a huge sentinel
-        limit = min(limit, tokenizer.model_max_length)
+    limit = position_limit(tokenizer, model)
     if max_length > limit:
         raise UserError(f"--max_length {max_length} is beyond what model {name} supports ({limit} tokens)")
 

@@ -18,7 +18,7 @@ from train_mrpc.errors import UserError
 from train_mrpc.faults import elastic_restarts, failures_of_other_processes_named
 from train_mrpc.flops import batch_flops
 from train_mrpc.meters import Meters, peak_memory
-from train_mrpc.profiling import NoProfiler, step_profiler
+from train_mrpc.profiling import NoProfiler, check_profile_window, step_profiler
 from train_mrpc.schema import ALL_RESULTS, BEST_MODEL_DIR, CHECKPOINTS_DIR, EVAL_LOG, PREEMPTED, TRAIN_CONFIG, TRAIN_LOG
 from train_mrpc.step import training_step
 
@@ -30,6 +30,7 @@ def train(config: TrainConfig) -> dict:
         run = setup(config)
         try:
             state, meters, eval_metrics = resume(run)
+            check_profile_window(run.config, run.schedule.max_steps - state.step)
             if preemption.received:
                 raise preempted(run, state, preemption.received, find_latest(run.output_dir), "before training began")
             with run.progress, step_profiler(run.config, run.accelerator, run.output_dir) as profiler:
@@ -38,6 +39,8 @@ def train(config: TrainConfig) -> dict:
                 # Plain print: the table is wider than a terminal, and rich would wrap every row.
                 print(f"Top operators by self time, {run.config.profile_steps} profiled steps (trace in "
                       f"{run.output_dir / 'profile'}):\n{table}", flush=True)  # fmt: skip
+            elif run.config.profile:  # early stopping or a preemption stop came before the window ended
+                run.accelerator.print("--profile: the run stopped before its profiled steps were recorded; no trace")
             if not eval_metrics:  # resumed from the final step's checkpoint: nothing was left to train
                 eval_metrics = evaluate_now(run)
             return finish(run, state, meters, eval_metrics)
@@ -138,7 +141,7 @@ def setup(config: TrainConfig) -> Run:
     from train_mrpc.evaluation import load_metric
     from train_mrpc.flops import compute_precision, count_parameters, device_peak
     from train_mrpc.launch import create_accelerator
-    from train_mrpc.model import build_optimizer, load_tokenizer_and_model
+    from train_mrpc.model import build_optimizer, check_padded_length, load_tokenizer_and_model
     from train_mrpc.reporting import training_progress
     from train_mrpc.step import compile_model, padding_multiple
 
@@ -171,6 +174,9 @@ def setup(config: TrainConfig) -> Run:
 
     with accelerator.main_process_first():  # the main process tokenizes and caches; the others load
         raw = load_raw_splits(config)
+        if config.do_predict and "test" not in raw:
+            raise UserError("--do_predict true, but the data has no test split: give --test_file, or a --data_dir "
+                            "that holds test.tsv")  # fmt: skip
         tokenizer, model = load_tokenizer_and_model(config)
         tokenized = tokenize_dataset(raw, tokenizer, config.max_length)
     device = accelerator.device.type
@@ -181,6 +187,10 @@ def setup(config: TrainConfig) -> Run:
         config = with_batch_size_that_fits(accelerator, model, config)
     pad_to = padding_multiple(config.pad_to_multiple_of, torch_compile=config.torch_compile, device_type=device,
                               mixed_precision=accelerator.mixed_precision)  # fmt: skip
+    check_padded_length(config.max_length, pad_to, model, tokenizer, config.model_name_or_path,
+                        why=f"--pad_to_multiple_of {pad_to}" if config.pad_to_multiple_of else
+                        f"--torch_compile's bucketing to multiples of {pad_to}" if config.torch_compile else
+                        f"padding to multiples of {pad_to} (for tensor cores)")  # fmt: skip
     train_loader, eval_loader, test_loader = build_dataloaders(
         tokenized, tokenizer, config, pad_to, accelerator.num_processes, pin_memory=device == "cuda"
     )
@@ -261,6 +271,10 @@ def resume(run: Run) -> tuple[TrainState, Meters, dict]:
     if run.resume_path is not None:
         state, meter_record, eval_metrics = load_checkpoint(run.accelerator, run.resume_path, run_identity(run),
                                                             run.config.resume_with_changed_settings)  # fmt: skip
+        if state.batches_in_epoch > len(run.train_loader):  # possible only with --resume_with_changed_settings
+            raise UserError(f"checkpoint {run.resume_path} was saved {state.batches_in_epoch} batches into an epoch, "
+                            f"but this run's epochs have {len(run.train_loader)}: its data or batch size differ; "
+                            "resume with the settings it was saved with")  # fmt: skip
         if run.accelerator.is_main_process:  # drop what the stopped run logged after its checkpoint
             trim_jsonl(run.output_dir / TRAIN_LOG, max_step=state.step)
             # An evaluation logged after a checkpoint of the same step (the save after it was killed) runs again.
