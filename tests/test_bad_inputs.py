@@ -443,6 +443,26 @@ def test_a_profile_window_beyond_the_end_of_the_run_is_refused(tmp_path):
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+def test_a_path_with_a_newline_still_gives_one_line(tmp_path):
+    missing = tmp_path / "no\nsuch.csv"
+    cli_error(tmp_path, *TINY[:2], "--train_file", missing, "--validation_file", missing, "--output_dir", tmp_path / "run",
+              fragments=("no\\nsuch.csv",))  # fmt: skip
+
+
+def test_a_pipe_where_the_run_keeps_its_lock_file_is_named(tmp_path):
+    (tmp_path / "run").mkdir()
+    os.mkfifo(tmp_path / "run" / ".lock")
+    cli_error(tmp_path, *TINY, "--output_dir", tmp_path / "run", "--max_train_samples", "8",
+              fragments=(f"{tmp_path / 'run' / '.lock'} is not a regular file", "remove it"))  # fmt: skip
+
+
+def test_resuming_from_a_file_says_a_checkpoint_folder_is_expected(tmp_path):
+    file = tmp_path / "step_000010"
+    file.write_text("x")
+    cli_error(tmp_path, *TINY, "--output_dir", tmp_path / "run", "--resume_from_checkpoint", file,
+              fragments=(f"checkpoint {file} is a file; expected a checkpoint folder",))  # fmt: skip
+
+
 # --- item 13: the fp16-on-CPU refusal names real options ---------------------------------------------
 
 

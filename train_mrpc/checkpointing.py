@@ -147,6 +147,8 @@ def validate_checkpoint(path: Path) -> dict:
     must have the fields and types a resume reads.
     """
     state_file = path / STATE_FILE
+    if path.exists() and not path.is_dir():
+        raise UserError(f"checkpoint {path} is a file; expected a checkpoint folder (output_dir/checkpoints/step_N) or 'latest'")
     if not path.is_dir():
         raise UserError(f"checkpoint {path} does not exist")
     if not state_file.is_file():
@@ -303,10 +305,16 @@ class OutputDirLock:
         self.path = Path(path) if path is not None else Path(output_dir) / ".lock"
         self.file = None
 
+    def _open(self):
+        if self.path.exists() and not self.path.is_file():  # a pipe would fail seek(); a folder, open()
+            raise UserError(f"{self.path} is not a regular file, but the run locks its folder with a file of that "
+                            "name: remove it")  # fmt: skip
+        return open(self.path, "a+")
+
     def __enter__(self) -> OutputDirLock:
         import fcntl
 
-        self.file = open(self.path, "a+")
+        self.file = self._open()
         fcntl.flock(self.file, fcntl.LOCK_EX)  # waits while another process holds it
         return self
 
@@ -316,7 +324,7 @@ class OutputDirLock:
     def acquire(self) -> OutputDirLock:
         import fcntl
 
-        self.file = open(self.path, "a+")
+        self.file = self._open()
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

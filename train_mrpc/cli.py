@@ -34,7 +34,8 @@ def _print_error(message: str, kind: str = OWN) -> None:
         first = os.environ.get("RANK", "0") == "0"
     else:
         first = _first_report(message if kind == OWN else None)
-    if first:
+    if first:  # one line, whatever the message holds (a path from the user may contain a newline)
+        message = message.replace("\r", "\\r").replace("\n", "\\n")
         print(f"train-mrpc: error: {message}", file=sys.stderr, flush=True)
 
 
