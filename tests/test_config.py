@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -129,3 +130,74 @@ def test_checkpoint_every_is_the_step_count_or_none(steps, every):
 @pytest.mark.parametrize("metric, greater", [("accuracy", True), ("f1", True), ("loss", False)])
 def test_greater_is_better_only_for_scores(metric, greater):
     assert TrainConfig(metric_for_best_model=metric).greater_is_better is greater
+
+
+# --- values that used to crash instead of being refused -----------------------------------------------------
+
+
+@pytest.mark.parametrize("text, key", [("1: 2\n", "1"), ("null: 3\n", "None"), ("True: 3\n", "True"),
+                                       ("learning_rate: 1.0e-4\n2020-01-01: x\n", "datetime.date(2020, 1, 1)")])  # fmt: skip
+def test_config_file_keys_that_are_not_text_are_named(tmp_path, capsys, text, key):
+    """YAML reads unquoted 1, null, true and dates as such, not as text: no flag has that name."""
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=rf"^config file {path}: key {re.escape(key)} \(.+\) is not a flag name"):
+        parse_config(["--config", str(path)])
+    code, err = run_main(["--config", str(path)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("train-mrpc: error: config file ")
+
+
+@pytest.mark.parametrize("steps", ["²", "٣", "+5", " 5", "99999999999", "1" * 5000])
+def test_checkpointing_steps_are_ascii_digits_in_range(steps):
+    """str.isdigit() takes '²' (which int() refuses) and '٣' (which int() reads as 3); a step count is ASCII digits."""
+    with pytest.raises(UserError, match=r"^--checkpointing_steps .+ is invalid: expected a number of steps from 1 to "
+                                        r"2147483647 \(2\*\*31 - 1\), 'epoch' or 'no'$"):  # fmt: skip
+        parse_config(["--checkpointing_steps", steps])
+    assert parse_config(["--checkpointing_steps", "2147483647"]).checkpoint_every == 2**31 - 1
+
+
+def test_ddp_timeout_is_bounded_below_what_timedelta_takes():
+    from datetime import timedelta
+
+    with pytest.raises(UserError, match=r"^--ddp_timeout 100000000000000 is invalid: expected an integer number of "
+                                        r"seconds from 1 to 2147483647 \(2\*\*31 - 1\)$"):  # fmt: skip
+        parse_config(["--ddp_timeout", "100000000000000"])
+    largest = parse_config(["--ddp_timeout", "2147483647"]).ddp_timeout
+    assert timedelta(seconds=largest)  # what launch.create_accelerator makes of it
+    with pytest.raises(UserError, match=r"^--ddp_timeout 0 is invalid: expected an integer number of seconds >= 1$"):
+        parse_config(["--ddp_timeout", "0"])
+
+
+HUGE = "1000000000000000000000"  # > sys.maxsize: itertools.islice raised ValueError on such a batch size
+
+
+@pytest.mark.parametrize("flag, minimum", [
+    ("per_device_train_batch_size", 1), ("per_device_eval_batch_size", 1), ("gradient_accumulation_steps", 1),
+    ("max_length", 1), ("logging_steps", 1), ("max_train_steps", 1), ("max_train_samples", 1), ("max_eval_samples", 1),
+    ("num_warmup_steps", 0), ("pad_to_multiple_of", 1), ("save_total_limit", 1), ("early_stopping_patience", 1),
+    ("profile_skip_steps", 0), ("profile_warmup_steps", 0), ("profile_steps", 1), ("dataloader_num_workers", 0),
+])  # fmt: skip
+def test_huge_integers_are_refused_with_the_accepted_range(tmp_path, flag, minimum):
+    message = rf"^--{flag} {HUGE} is invalid: expected an integer from {minimum} to 2147483647 \(2\*\*31 - 1\)$"
+    with pytest.raises(UserError, match=message):
+        parse_config([f"--{flag}", HUGE])
+    path = tmp_path / "run.yaml"  # the same from a config file
+    path.write_text(f"{flag}: {HUGE}\n")
+    with pytest.raises(UserError, match=message):
+        parse_config(["--config", str(path)])
+    assert getattr(parse_config([f"--{flag}", "2147483647"]), flag) == 2**31 - 1  # the largest is taken
+    with pytest.raises(UserError, match=rf"^--{flag} {minimum - 1} is invalid: expected an integer >= {minimum}$"):
+        parse_config([f"--{flag}={minimum - 1}"])
+
+
+def test_seeds_keep_their_own_ranges():
+    assert parse_config(["--seed", "4294967295"]).seed == 2**32 - 1  # numpy's range, above 2**31 - 1
+    assert parse_config(["--synthetic_seed", HUGE]).synthetic_seed == int(HUGE)  # any integer seeds random.Random
+
+
+def test_huge_epoch_counts_are_refused():
+    """1e308 epochs x a few steps per epoch is inf steps: math.ceil raised OverflowError in the middle of setup."""
+    with pytest.raises(UserError, match=r"^--num_train_epochs 1e\+308 is invalid: expected a number > 0 and at most "
+                                        r"2147483647 \(2\*\*31 - 1\)$"):  # fmt: skip
+        parse_config(["--num_train_epochs", "1e308"])
+    assert parse_config(["--num_train_epochs", "2147483647"]).num_train_epochs == 2**31 - 1

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import pytest
 from conftest import accelerate_launch, run_cli, tiny_args, write_glue_dir
@@ -181,6 +182,46 @@ def test_early_stopping_keeps_the_best_models_weights(tmp_path, tiny_model_dir):
 def test_bad_reproduce_flag_is_named(tmp_path, tiny_model_dir, flag):
     proc = run_cli(reproduce_args(tiny_model_dir, tmp_path) + [flag])
     assert proc.returncode == 2 and "--num_seeds 0 is invalid: expected an integer >= 1" in proc.stderr
+
+
+# --- the options, without training ---------------------------------------------------------------------------
+
+
+def parse_reproduce(*argv):
+    from train_mrpc.config import parse_config
+    from train_mrpc.reproduce import ReproduceConfig
+
+    return parse_config(list(argv), prog="train-mrpc reproduce", extra_types=(ReproduceConfig,))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("num_seeds: 1.5\n", "--num_seeds 1.5 is invalid: expected an integer"),  # was a TypeError in range()
+    ("num_seeds: true\n", "--num_seeds True is invalid: expected an integer"),
+    ("num_seeds: [2]\n", "--num_seeds [2] is invalid: expected an integer"),
+    ("num_seeds: 0\n", "--num_seeds 0 is invalid: expected an integer >= 1"),
+    ("num_seeds: 1000000000000000000000\n", "--num_seeds 1000000000000000000000 is invalid: expected an integer from 1 to 2147483647"),
+])  # fmt: skip
+def test_reproduce_options_from_config_files_are_checked(tmp_path, text, message):
+    from train_mrpc.errors import UserError
+
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match="^" + re.escape(message)):
+        parse_reproduce("--config", str(path))
+
+
+def test_every_seed_is_checked_before_the_first_trains(tmp_path, monkeypatch):
+    """--seed 4294967295 --num_seeds 2 trained seed 4294967295, then failed on seed 4294967296."""
+    import train_mrpc.reproduce as reproduce_module
+    from train_mrpc.errors import UserError
+
+    def no_training(config, seed):
+        raise AssertionError(f"seed {seed} trained before the seeds were checked")
+
+    monkeypatch.setattr(reproduce_module, "run_seed", no_training)
+    config, options = parse_reproduce("--seed", "4294967295", "--num_seeds", "2", "--output_dir", str(tmp_path))
+    with pytest.raises(UserError, match=r"^--num_seeds 2 is invalid: expected at most 1 from --seed 4294967295$"):
+        reproduce_module.reproduce(config, options.num_seeds)
 
 
 # --- the report without training: model names, failed runs, the plot ----------------------------------------

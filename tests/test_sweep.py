@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -433,11 +434,41 @@ def test_default_grid_is_the_papers_learning_rates_times_seeds():
         (["--batch_sizes", "0"], "--batch_sizes [0] is invalid"),
         (["--heartbeat_interval", "10", "--grace_period", "10"], "--grace_period 10 is invalid"),
         (["--num_seeds", "0"], "--num_seeds 0 is invalid"),
+        # A 400-digit batch size was an OverflowError in math.isfinite; any above 2**31 - 1 only fails in training.
+        (["--batch_sizes", "16", "9" * 400], "--batch_sizes [16, 999999999999999999...9999999999999999999] is "
+                                             "invalid: expected a list of integers from 1 to 2147483647 (2**31 - 1)"),
+        (["--batch_sizes", "2147483648"], "--batch_sizes [2147483648] is invalid"),
+        (["--epochs", "1e308"], "--epochs [1e+308] is invalid: expected a list of numbers > 0 and at most 2147483647"),
+        (["--num_seeds", "1000000000000000000000"], "--num_seeds 1000000000000000000000 is invalid"),
     ],
 )
 def test_bad_sweep_flags_are_named(argv, message):
-    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(UserError, match=re.escape(message)):
         parse_sweep(*argv)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("study_name: 5\n", "--study_name 5 is invalid: expected a string"),  # was AttributeError: no .strip()
+    ("storage: 5\n", "--storage 5 is invalid: expected a string"),
+    ("wait_for_others: 5\n", "--wait_for_others 5 is invalid: expected true or false"),
+    ("heartbeat_interval: 2.5\n", "--heartbeat_interval 2.5 is invalid: expected an integer"),
+    ("learning_rates: [" + "9" * 400 + "]\n", "--learning_rates [999999999999999999...9999999999999999999] is invalid"),
+    ("batch_sizes: [" + "9" * 400 + "]\n", "--batch_sizes [999999999999999999...9999999999999999999] is invalid"),
+    ("epochs: [" + "9" * 400 + "]\n", "--epochs [999999999999999999...9999999999999999999] is invalid"),
+])  # fmt: skip
+def test_sweep_options_from_config_files_are_checked(tmp_path, text, message):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match="^" + re.escape(message)):
+        parse_sweep("--config", str(path))
+
+
+def test_every_seed_of_the_grid_is_checked():
+    config, options = parse_sweep("--seed", "4294967295", "--num_seeds", "2")
+    with pytest.raises(UserError, match=r"^--num_seeds 2 is invalid: expected at most 1 from --seed 4294967295$"):
+        build_grid(config, options)
+    config, options = parse_sweep("--seed", "4294967294", "--num_seeds", "2")
+    assert build_grid(config, options)["seed"] == [4294967294, 4294967295]
 
 
 def test_sweep_refusals(tmp_path):

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,12 @@ TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", 
             "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}  # fmt: skip
 # numpy's legacy seeding, which accelerate.utils.set_seed calls, takes exactly this range.
 MAX_SEED = 2**32 - 1
-CHECKPOINTING_EXPECTED = "a number of steps >= 1, 'epoch' or 'no'"
+# The largest value of an integer setting that has no rule of its own (see check_types): a larger batch, step
+# count, sample count or timeout is never meant and only fails deep inside a run (itertools.islice takes at most
+# sys.maxsize, datetime.timedelta about 8.6e13 seconds).
+MAX_INT = 2**31 - 1
+MAX_INT_TEXT = f"{MAX_INT} (2**31 - 1)"
+CHECKPOINTING_EXPECTED = f"a number of steps from 1 to {MAX_INT_TEXT}, 'epoch' or 'no'"
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 
@@ -44,6 +50,11 @@ class TrainConfig:
     )
     trust_remote_code: bool = _help(
         "Allow a Hub model to run its own Python code. Off unless you trust that repository.", default=False
+    )
+    ignore_mismatched_sizes: bool = _help(
+        "Start from a model whose classification head has another number of labels (an MNLI model's 3): its "
+        "head is replaced by a new 2-label one, trained from scratch. Off: such a model is refused.",
+        default=False,
     )
     attn_implementation: Literal["sdpa", "eager"] = _help(
         "Attention kernel: 'sdpa' (PyTorch scaled_dot_product_attention; falls back to eager where the "
@@ -215,18 +226,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._normalise_checkpointing_steps()
-        _check_types(self)  # also refuses inf and nan for every float field
-        positive_ints = (
-            "max_length", "per_device_train_batch_size", "per_device_eval_batch_size",
-            "gradient_accumulation_steps", "logging_steps",
-        )  # fmt: skip
-        for name in positive_ints:
-            check_value(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
-        for name in ("max_train_steps", "max_train_samples", "max_eval_samples", "num_warmup_steps", "pad_to_multiple_of"):
-            value = getattr(self, name)
-            if value is not None:
-                minimum = 0 if name == "num_warmup_steps" else 1
-                check_value(value >= minimum, name, value, f"an integer >= {minimum}")
+        check_types(self, INT_RANGES)  # also refuses inf and nan for every float field, and bounds every integer
         check_value(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer from 0 to {MAX_SEED} (2**32 - 1)")
         try:
             self.output_dir.encode("utf-8")
@@ -235,6 +235,8 @@ class TrainConfig:
         check_value(self.output_dir.strip() != "", "output_dir", self.output_dir, "a folder path, not an empty string")
         check_value(self.learning_rate > 0, "learning_rate", self.learning_rate, "a number > 0")
         check_value(self.num_train_epochs > 0, "num_train_epochs", self.num_train_epochs, "a number > 0")
+        # 1e308 epochs of a few steps each is inf steps, which math.ceil refuses while the run sets up.
+        check_value(self.num_train_epochs <= MAX_INT, "num_train_epochs", self.num_train_epochs, EPOCHS_EXPECTED)
         check_value(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
         check_value(self.max_grad_norm >= 0, "max_grad_norm", self.max_grad_norm, "a number >= 0 (0 = no clipping)")
         check_value(0 <= self.warmup_ratio < 1, "warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
@@ -244,21 +246,12 @@ class TrainConfig:
         if self.cpu_speedups == "on" and self.torch_compile:
             raise UserError("--cpu_speedups on is for eager CPU training, and --torch_compile generates its own "
                             "dropout kernels: use one of them (--cpu_speedups auto chooses)")  # fmt: skip
-        for name in ("profile_skip_steps", "profile_warmup_steps"):
-            check_value(getattr(self, name) >= 0, name, getattr(self, name), "an integer >= 0")
-        check_value(self.profile_steps >= 1, "profile_steps", self.profile_steps, "an integer >= 1")
         if self.peak_tflops is not None:
             check_value(self.peak_tflops > 0, "peak_tflops", self.peak_tflops, "a number > 0 (TFLOP/s)")
-        check_value(self.ddp_timeout >= 1, "ddp_timeout", self.ddp_timeout, "an integer >= 1 (seconds)")
-        check_value(self.dataloader_num_workers >= 0, "dataloader_num_workers", self.dataloader_num_workers, "an integer >= 0")
         check_value(
-            self.checkpointing_steps in ("epoch", "no") or (self.checkpointing_steps.isdigit() and int(self.checkpointing_steps) > 0),
+            self.checkpointing_steps in ("epoch", "no") or _step_count(self.checkpointing_steps) is not None,
             "checkpointing_steps", self.checkpointing_steps, CHECKPOINTING_EXPECTED,
         )  # fmt: skip
-        if self.save_total_limit is not None:
-            check_value(self.save_total_limit >= 1, "save_total_limit", self.save_total_limit, "an integer >= 1")
-        if self.early_stopping_patience is not None:
-            check_value(self.early_stopping_patience >= 1, "early_stopping_patience", self.early_stopping_patience, "an integer >= 1")
         unknown = set(self.trackers) - set(TRACKERS)
         check_value(not unknown, "report_to", self.report_to, f"a comma-separated list of {', '.join(TRACKERS)}, all or none")
         files = [f for f in ("train_file", "validation_file", "test_file") if getattr(self, f)]
@@ -285,7 +278,7 @@ class TrainConfig:
     @property
     def checkpoint_every(self) -> int | None:
         """N of ``--checkpointing_steps N``; None for 'epoch' and 'no'."""
-        return int(self.checkpointing_steps) if str(self.checkpointing_steps).isdigit() else None
+        return _step_count(str(self.checkpointing_steps))
 
     @property
     def greater_is_better(self) -> bool:
@@ -311,6 +304,44 @@ class TrainConfig:
         return path
 
 
+class IntRange(typing.NamedTuple):
+    """The values of an integer setting: ``minimum`` (None: no minimum) to MAX_INT, called ``kind`` in messages."""
+
+    minimum: int | None
+    kind: str = "an integer"
+
+
+# The range of each of TrainConfig's integer fields, checked by check_types: a field missing here takes any integer
+# up to MAX_INT; one named with None has a rule of its own.
+INT_RANGES = {
+    **dict.fromkeys(("max_length", "per_device_train_batch_size", "per_device_eval_batch_size",
+                     "gradient_accumulation_steps", "logging_steps", "max_train_steps", "max_train_samples",
+                     "max_eval_samples", "pad_to_multiple_of", "profile_steps", "save_total_limit",
+                     "early_stopping_patience"), IntRange(1)),
+    **dict.fromkeys(("num_warmup_steps", "profile_skip_steps", "profile_warmup_steps", "dataloader_num_workers"),
+                    IntRange(0)),
+    "ddp_timeout": IntRange(1, "an integer number of seconds"),  # launch.py: timedelta(seconds=...)
+    "seed": None,  # 0 to MAX_SEED, checked in __post_init__
+    "synthetic_seed": None,  # any integer: random.Random takes it as text
+}  # fmt: skip
+EPOCHS_EXPECTED = f"a number > 0 and at most {MAX_INT_TEXT}"
+
+
+def _step_count(text: str) -> int | None:
+    """N of a step count written as ASCII digits, from 1 to MAX_INT; None for anything else. (str.isdigit alone
+    takes '²', which int() refuses, and '٣', which int() reads as 3.)"""
+    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > len(str(MAX_INT)):
+        return None  # the length first: int() refuses more than 4300 digits
+    steps = int(text)
+    return steps if 1 <= steps <= MAX_INT else None
+
+
+def check_seeds(seed: int, num_seeds: int) -> list[int]:
+    """The seeds --seed, --seed + 1, ... of a run over ``num_seeds`` seeds, every one checked before the first runs."""
+    check_value(seed + num_seeds - 1 <= MAX_SEED, "num_seeds", num_seeds, f"at most {MAX_SEED - seed + 1} from --seed {seed}")
+    return list(range(seed, seed + num_seeds))
+
+
 def shown_value(value, limit: int = 120) -> str:
     """A value for an error line, cut to about ``limit`` characters: a config file's YAML aliases can nest a
     312-byte file into a list whose repr is 254 MB (measured), which must not become the one-line message."""
@@ -328,19 +359,20 @@ def check_value(ok: bool, name: str, value, expected: str) -> None:
         raise UserError(f"--{name} {shown_value(value)} is invalid: expected {expected}")
 
 
-def _is_finite(value: float) -> bool:
+def is_finite(value: float) -> bool:
     try:
         return math.isfinite(value)
     except OverflowError:  # an int too large for a float (a config file can hold one)
         return False
 
 
-def _check_types(config: TrainConfig) -> None:
-    """Config files bypass argparse's conversions, so check every value against its annotation."""
-    hints = typing.get_type_hints(TrainConfig)
+def check_types(config, int_ranges: dict[str, IntRange | None]) -> None:
+    """Config files bypass argparse's conversions, so check every value of a dataclass of settings (TrainConfig,
+    or a subcommand's own) against its annotation; integers also against ``int_ranges`` (see INT_RANGES)."""
+    hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value, hint = getattr(config, f.name), hints[f.name]
-        if typing.get_origin(hint) is typing.Union:  # Optional[X]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # Optional[X]
             if value is None:
                 continue
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
@@ -351,11 +383,21 @@ def _check_types(config: TrainConfig) -> None:
             check_value(isinstance(value, bool), f.name, value, "true or false")
         elif hint is float:
             check_value(isinstance(value, (int, float)) and not isinstance(value, bool), f.name, value, "a number")
-            check_value(_is_finite(value), f.name, value, "a finite number")
+            check_value(is_finite(value), f.name, value, "a finite number")
         elif hint is int:
             check_value(isinstance(value, int) and not isinstance(value, bool), f.name, value, "an integer")
+            rule = int_ranges.get(f.name, IntRange(None))
+            if rule is not None:
+                _check_int_range(f.name, value, rule)
         elif hint is str:
             check_value(isinstance(value, str), f.name, value, "a string")
+
+
+def _check_int_range(name: str, value: int, rule: IntRange) -> None:
+    if rule.minimum is not None:
+        check_value(value >= rule.minimum, name, value, f"{rule.kind} >= {rule.minimum}")
+    check_value(value <= MAX_INT, name, value,
+                f"{rule.kind} {'<=' if rule.minimum is None else f'from {rule.minimum} to'} {MAX_INT_TEXT}")  # fmt: skip
 
 
 def build_parser(prog: str = "train-mrpc", extra_types: tuple = ()):
@@ -402,6 +444,12 @@ def load_config_file(path: str, types: tuple = (TrainConfig,)) -> dict:
         values = {}
     if not isinstance(values, dict):
         raise UserError(f"config file {path} must hold a mapping of flag names to values, got {type(values).__name__}")
+    for key in values:
+        if not isinstance(key, str):  # YAML reads unquoted 1, null, true and dates as such
+            kind = ("null" if key is None else "true/false" if isinstance(key, bool)
+                    else "a number" if isinstance(key, (int, float)) else f"a {type(key).__name__}")  # fmt: skip
+            raise UserError(f"config file {path}: key {shown_value(key)} ({kind}, not text) is not a flag name; "
+                            "run train-mrpc --help for the valid names")  # fmt: skip
     known = {f.name for t in types for f in dataclasses.fields(t)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -466,6 +514,10 @@ def parse_config(argv: list[str] | None = None, prog: str = "train-mrpc", extra_
         # File values become the parser's defaults, so flags on the command line override them.
         parser.set_defaults(**file_values)
     recipe = parser.parse_known_args(argv)[0].recipe  # from a flag or from the file
+    if recipe is not None and not (isinstance(recipe, str) and recipe in RECIPE_NAMES):
+        # argparse checks the flag's choices, never a default's: this one came from the file.
+        raise UserError(f"config file {config_path}: --recipe {shown_value(recipe)} is invalid: "
+                        f"expected one of {', '.join(RECIPE_NAMES)}")  # fmt: skip
     if recipe:
         from train_mrpc.recipes import recipe_values
 

@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from train_mrpc.config import TrainConfig
+from train_mrpc.config import TrainConfig, check_seeds
 from train_mrpc.schema import ALL_RESULTS, EVAL_LOG
 
 # MRPC validation results as published (not run here); accuracy and F1 as fractions.
@@ -93,9 +93,9 @@ class ReproduceConfig:
     num_seeds: int = field(default=5, metadata={"help": "Seeds to run: --seed, --seed + 1, ... (reproduce only)."})
 
     def __post_init__(self) -> None:
-        from train_mrpc.config import check_value
+        from train_mrpc.config import IntRange, check_types
 
-        check_value(self.num_seeds >= 1, "num_seeds", self.num_seeds, "an integer >= 1")
+        check_types(self, {"num_seeds": IntRange(1)})  # a config file's values too
 
 
 def run_seed(config: TrainConfig, seed: int) -> dict:
@@ -129,8 +129,9 @@ def reproduce(config: TrainConfig, num_seeds: int) -> dict:
     from train_mrpc.environment import environment
     from train_mrpc.reporting import write_json
 
+    seeds = check_seeds(config.seed, num_seeds)  # all of them before the first trains
     root = Path(config.output_dir)
-    runs = [run_seed(config, config.seed + i) for i in range(num_seeds)]
+    runs = [run_seed(config, seed) for seed in seeds]
     majorities = [r["eval_majority_accuracy"] for r in runs if r["eval_majority_accuracy"] is not None]
     report = {
         "model": config.model_name_or_path,

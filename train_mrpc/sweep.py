@@ -45,7 +45,16 @@ from pathlib import Path
 from typing import Optional
 
 from train_mrpc.checkpointing import OutputDirLock
-from train_mrpc.config import MAX_SEED, TrainConfig, check_value
+from train_mrpc.config import (
+    MAX_INT,
+    MAX_INT_TEXT,
+    IntRange,
+    TrainConfig,
+    check_seeds,
+    check_types,
+    check_value,
+    is_finite,
+)  # fmt: skip
 from train_mrpc.errors import UserError
 from train_mrpc.reproduce import (
     PUBLISHED_BASELINES,
@@ -112,22 +121,23 @@ class SweepConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
-        lists = {"learning_rates": (self.learning_rates, float), "batch_sizes": (self.batch_sizes, int),
-                 "epochs": (self.epochs, float)}  # fmt: skip
-        for name, (values, kind) in lists.items():
+        seconds = "an integer number of seconds"
+        check_types(self, {"num_seeds": IntRange(1), "heartbeat_interval": IntRange(1, seconds),
+                           "grace_period": IntRange(None, seconds)})  # a config file's values too; lists below
+        # Each value becomes a trial's TrainConfig value, so the same bounds (checked here, before any trial runs).
+        lists = {"learning_rates": (self.learning_rates, float, math.inf, "numbers > 0"),
+                 "batch_sizes": (self.batch_sizes, int, MAX_INT, f"integers from 1 to {MAX_INT_TEXT}"),
+                 "epochs": (self.epochs, float, MAX_INT, f"numbers > 0 and at most {MAX_INT_TEXT}")}  # fmt: skip
+        for name, (values, kind, maximum, what) in lists.items():
             if values is None and name != "learning_rates":
                 continue
-            expected = f"a list of {'integers >= 1' if kind is int else 'numbers > 0'} without repeats"
             ok = isinstance(values, list) and len(values) > 0 and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or isinstance(v, int))
-                and math.isfinite(v) and v > 0 for v in values
+                and is_finite(v) and 0 < v <= maximum for v in values
             ) and len(set(values)) == len(values)  # fmt: skip
-            check_value(ok, name, values, expected)
-        check_value(isinstance(self.num_seeds, int) and self.num_seeds >= 1, "num_seeds", self.num_seeds, "an integer >= 1")
-        check_value(isinstance(self.heartbeat_interval, int) and self.heartbeat_interval >= 1, "heartbeat_interval",
-                    self.heartbeat_interval, "an integer number of seconds >= 1")  # fmt: skip
-        check_value(isinstance(self.grace_period, int) and self.grace_period > self.heartbeat_interval, "grace_period",
-                    self.grace_period, f"an integer number of seconds > --heartbeat_interval ({self.heartbeat_interval})")  # fmt: skip
+            check_value(ok, name, values, f"a list of {what} without repeats")
+        check_value(self.grace_period > self.heartbeat_interval, "grace_period", self.grace_period,
+                    f"an integer number of seconds > --heartbeat_interval ({self.heartbeat_interval})")  # fmt: skip
         if self.study_name is not None:
             check_value(self.study_name.strip() != "", "study_name", self.study_name, "a non-empty name")
 
@@ -139,13 +149,12 @@ def build_grid(config: TrainConfig, options: SweepConfig) -> dict[str, list]:
     """The grid's axes, in GRID_FIELDS order (lists, as the storage keeps them)."""
     if options.epochs and config.max_train_steps:
         raise UserError("--epochs has no effect with --max_train_steps (which overrides every epoch count); pass one")
-    last_seed = config.seed + options.num_seeds - 1
-    check_value(last_seed <= MAX_SEED, "num_seeds", options.num_seeds, f"at most {MAX_SEED - config.seed + 1} from --seed {config.seed}")
+    seeds = check_seeds(config.seed, options.num_seeds)
     return {
         "learning_rate": [float(v) for v in options.learning_rates],
         "per_device_train_batch_size": [int(v) for v in options.batch_sizes or [config.per_device_train_batch_size]],
         "num_train_epochs": [float(v) for v in options.epochs or [config.num_train_epochs]],
-        "seed": list(range(config.seed, last_seed + 1)),
+        "seed": seeds,
     }
 
 
