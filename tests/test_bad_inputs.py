@@ -384,6 +384,32 @@ def test_a_tokenizer_larger_than_the_models_embedding_is_refused(tmp_path, tiny_
     assert_error_after_loading(proc.returncode, proc.stderr, f"has {rows + 2} tokens, but the model's embedding has {rows} rows")
 
 
+def test_a_head_for_another_label_count_is_refused_unless_replacing_it_is_asked(tmp_path, tiny_model_dir):
+    """An MNLI-style 3-label checkpoint: refused in one line naming the flag; with it, the head is a new 2-label one
+    and the encoder the checkpoint's."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from train_mrpc.synthetic import build_tiny_model
+
+    model_dir = tmp_path / "three-labels"
+    tokenizer, model = build_tiny_model(seed=1, num_labels=3)
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    args = ["--model_name_or_path", model_dir, "--dataset", "synthetic", "--output_dir", tmp_path / "run",
+            "--max_train_samples", "16", "--max_eval_samples", "8", "--max_train_steps", "1", "--learning_rate", "1e-9"]  # fmt: skip
+    proc = run_cli(args, cwd=tmp_path)
+    assert_error_after_loading(proc.returncode, proc.stderr, "has a classification head for 3 labels, MRPC has 2",
+                               "--ignore_mismatched_sizes true")  # fmt: skip
+    proc = run_cli([*args, "--ignore_mismatched_sizes", "true"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained, start = load_file(tmp_path / "run" / "model.safetensors"), load_file(model_dir / "model.safetensors")
+    assert trained["classifier.weight"].shape == (2, 16)
+    assert torch.allclose(trained["bert.embeddings.word_embeddings.weight"], start["bert.embeddings.word_embeddings.weight"], atol=1e-6)
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "run").config.num_labels == 2
+
+
 def tiny_gpt2(path: Path, tiny_model_dir: Path, pad_token: bool) -> Path:
     """A 1-layer GPT-2 classifier whose config leaves pad_token_id unset (as GPT-2's does), with the tiny
     tokenizer, with or without its padding token."""

@@ -37,6 +37,7 @@ def load_tokenizer_and_model(config: TrainConfig):
             )
         kwargs = dict(
             trust_remote_code=config.trust_remote_code,
+            ignore_mismatched_sizes=config.ignore_mismatched_sizes,
             num_labels=len(LABEL_NAMES),
             id2label=dict(enumerate(LABEL_NAMES)),
             label2id={label: i for i, label in enumerate(LABEL_NAMES)},
@@ -52,12 +53,26 @@ def load_tokenizer_and_model(config: TrainConfig):
                 # Architectures without an SDPA path: fall back to the eager attention they do have.
                 model = AutoModelForSequenceClassification.from_pretrained(source, attn_implementation="eager", **kwargs)
         except Exception as err:
+            if "ignore_mismatched_sizes" in str(err):  # a classification head for another label count
+                raise UserError(f"{where} '{name}' has a classification head for {head_labels(source, config)} labels, "
+                                f"MRPC has {len(LABEL_NAMES)}: pass --ignore_mismatched_sizes true to replace it by a "
+                                "new one (trained from scratch), or start from a model without that head") from None  # fmt: skip
             raise load_error(where, name, err) from None
     check_max_length(config.max_length, tokenizer, model, name)
     check_vocabulary(tokenizer, model, name)
     check_padding_token(tokenizer, model, name)
     check_fsdp_layer_classes(model, name)
     return tokenizer, model
+
+
+def head_labels(source: str, config: TrainConfig) -> int | str:
+    """How many labels a checkpoint's own classification head has, by its config."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=config.trust_remote_code).num_labels
+    except Exception:
+        return "another number of"
 
 
 def check_vocabulary(tokenizer, model, name: str) -> None:
