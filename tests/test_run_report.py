@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
-from conftest import run_cli, table_text, tiny_args
+from conftest import assert_one_line_error, run_cli, table_text, tiny_args
 
 from train_mrpc.flops import batch_flops, count_parameters, gpu_peak, training_flops
 
@@ -152,3 +154,108 @@ def test_the_summary_names_how_the_processes_share_the_work():
     assert parallelism_text("FSDP", fsdp) == "FSDP2 (parameters, gradients and optimizer state sharded, resharded after forward)"
     zero2 = {"kind": "DeepSpeed ZeRO", "zero_stage": 2}
     assert parallelism_text("DEEPSPEED", zero2) == "DeepSpeed ZeRO-2 (optimizer state and gradients sharded)"
+
+
+# --- train-mrpc plot on damaged logs -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory, tiny_model_dir):
+    """A short run's output folder (3 train_log.jsonl lines, an evaluation, all_results.json, train_config.json)."""
+    out = tmp_path_factory.mktemp("plot") / "run"
+    proc = run_cli(tiny_args(tiny_model_dir, out, "--max_train_steps", "6", "--logging_steps", "2", "--checkpointing_steps", "no"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def damaged_copy(run: Path, tmp_path: Path, damage) -> Path:
+    """A copy of the run's folder (without its weights) with ``damage(folder)`` done to it, and no PNG yet."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "best_model", "*.safetensors"))
+    (copy / "training_curves.png").unlink()
+    damage(copy)
+    return copy
+
+
+def replace_line(name: str, number: int, data: bytes):
+    def damage(folder):
+        lines = (folder / name).read_bytes().splitlines(keepends=True)
+        lines[number - 1] = data + b"\n"
+        (folder / name).write_bytes(b"".join(lines))
+
+    return damage
+
+
+def edit_json(name: str, **changes):
+    def damage(folder):
+        (folder / name).write_text(json.dumps({**json.loads((folder / name).read_text()), **changes}))
+
+    return damage
+
+
+def write(name: str, data: bytes, remove: str | None = None):
+    def damage(folder):
+        (folder / name).write_bytes(data)
+        if remove:
+            (folder / remove).unlink()
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    "damage, fragments",
+    [
+        (replace_line("train_log.jsonl", 3, b'{"step": 3}'),
+         ["train_log.jsonl line 3: expected a JSON object with 'step' and 'loss'; 'loss' is missing"]),
+        (replace_line("train_log.jsonl", 3, b"[1,2]"),
+         ["train_log.jsonl line 3: expected a JSON object with 'step' and 'loss', got a list"]),
+        (replace_line("train_log.jsonl", 3, b'{"step": 3, "loss": "\xff"}'),
+         ["train_log.jsonl: line 3 is not valid UTF-8 (byte 0xff"]),
+        (replace_line("train_log.jsonl", 2, b'{"step": 2, "loss": 0.6'),
+         ["train_log.jsonl line 2: not valid JSON", "expected a JSON object with 'step' and 'loss'"]),
+        (replace_line("train_log.jsonl", 2, b'{"step": 2, "loss": 0.6, "learning_rate": "1e-3"}'),
+         ["train_log.jsonl line 2: 'learning_rate' is '1e-3'; expected a number or null"]),
+        (write("all_results.json", b"{"), ["all_results.json line 1: not valid JSON", "expected a JSON object"]),
+        (write("all_results.json", b"[1]"), ["all_results.json: expected a JSON object, got a list"]),
+        (edit_json("all_results.json", time_breakdown_s={"a": "x"}),
+         ["all_results.json: 'time_breakdown_s' is {'a': 'x'}; expected an object of finite numbers"]),
+        (write("train_config.json", b"max_grad_norm: 1"), ["train_config.json line 1: not valid JSON"]),
+        (edit_json("train_config.json", max_grad_norm="1"), ["train_config.json: 'max_grad_norm' is '1'"]),
+        (write("eval_results.jsonl", b'{"step":1}\n', remove="train_log.jsonl"),
+         ["eval_results.jsonl line 1: expected a JSON object with 'step' and 'eval_loss'; 'eval_loss' is missing"]),
+    ],
+    ids=["no-loss", "list", "not-utf8", "cut-line", "lr-string", "results-cut", "results-list", "breakdown-string",
+         "config-yaml", "threshold-string", "eval-no-loss"],
+)  # fmt: skip
+def test_plot_of_damaged_logs_names_the_file_line_and_what_was_expected(logged_run, tmp_path, capsys, damage, fragments):
+    from train_mrpc.cli import main
+
+    folder = damaged_copy(logged_run, tmp_path, damage)
+    with pytest.raises(SystemExit) as info:
+        main(["plot", str(folder)])
+    line = assert_one_line_error(info.value.code, capsys.readouterr().err, *fragments)
+    assert str(folder) in line
+    assert not (folder / "training_curves.png").exists()  # refused before drawing
+
+
+def test_plot_draws_logs_without_the_optional_fields(logged_run, tmp_path, capsys):
+    """Older logs lack grad_norm, grad_norm_max, mfu; a log may hold only step and loss, with nulls or nothing
+    else, and no all_results.json or train_config.json: all of it still draws."""
+    from train_mrpc.cli import main
+
+    def damage(folder):
+        rows = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+        kept = [{"step": r["step"], "loss": r["loss"]} for r in rows[:1]]
+        kept += [{"step": r["step"], "loss": r["loss"], "learning_rate": r["learning_rate"], "grad_norm": None,
+                  "samples_per_second": r["samples_per_second"]} for r in rows[1:]]  # fmt: skip
+        (folder / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+        evals = [json.loads(line) for line in (folder / "eval_results.jsonl").read_text().splitlines()]
+        (folder / "eval_results.jsonl").write_text("".join(json.dumps({"step": r["step"], "eval_loss": r["eval_loss"],
+                                                                       "eval_f1": None}) + "\n" for r in evals))
+        (folder / "all_results.json").unlink()
+        (folder / "train_config.json").unlink()
+
+    folder = damaged_copy(logged_run, tmp_path, damage)
+    main(["plot", str(folder)])
+    assert capsys.readouterr().err == ""
+    assert (folder / "training_curves.png").read_bytes()[:8] == PNG_MAGIC

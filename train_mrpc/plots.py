@@ -7,23 +7,98 @@ Drawn from the run's own JSON-lines logs, so it can be drawn again at any time: 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
-from train_mrpc.errors import UserError
+from train_mrpc.errors import UserError, read_text_file
 from train_mrpc.schema import ALL_RESULTS, EVAL_LOG, TRAIN_CONFIG, TRAIN_LOG, TRAINING_CURVES
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _seconds_by_name(value) -> bool:
+    """all_results.json's time_breakdown_s: finite numbers by name (a non-finite one cannot set the axis)."""
+
+    def finite(v):
+        try:
+            return _number(v) and math.isfinite(v)
+        except OverflowError:  # an int too large for a float
+            return False
+
+    return isinstance(value, dict) and all(finite(v) for v in value.values())
+
+
+def _text(value) -> bool:
+    return isinstance(value, str)
+
+
+EXPECTED = {_number: "a number", _seconds_by_name: "an object of finite numbers (seconds by name)", _text: "a string"}
+
+# What the plot reads of each file: (required fields, optional fields), each field with its check. An optional
+# field may be absent or null (older logs lack some: grad_norm, grad_norm_max, mfu); what is missing is not drawn.
+TRAIN_LOG_FIELDS = ({"step": _number, "loss": _number},
+                    {"learning_rate": _number, "samples_per_second": _number, "grad_norm": _number,
+                     "grad_norm_max": _number, "mfu": _number})  # fmt: skip
+EVAL_LOG_FIELDS = ({"step": _number, "eval_loss": _number}, {"eval_accuracy": _number, "eval_f1": _number})
+ALL_RESULTS_FIELDS = ({}, {"model": _text, "eval_majority_accuracy": _number, "time_breakdown_s": _seconds_by_name})
+TRAIN_CONFIG_FIELDS = ({}, {"max_grad_norm": _number})
+
+
+def _json_kind(value) -> str:
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "true or false", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def _checked(value, where: str, fields: tuple[dict, dict]):
+    """``value`` when it is a JSON object whose fields pass their checks; else one UserError naming ``where``."""
+    from train_mrpc.config import shown_value
+
+    required, optional = fields
+    expected = "a JSON object" + (f" with {' and '.join(map(repr, required))}" if required else "")
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected {expected}, got {_json_kind(value)}")
+    missing = [key for key in required if key not in value]
+    if missing:
+        raise UserError(f"{where}: expected {expected}; {' and '.join(map(repr, missing))} "
+                        f"{'is' if len(missing) == 1 else 'are'} missing")  # fmt: skip
+    for key, check in (*required.items(), *optional.items()):
+        if key in value and not check(value[key]) and not (key in optional and value[key] is None):
+            raise UserError(f"{where}: {key!r} is {shown_value(value[key])}; expected {EXPECTED[check]}"
+                            + (" or null" if key in optional else ""))  # fmt: skip
+    return value
+
+
+def read_run_file(path: Path, fields: tuple[dict, dict], lines: bool = False):
+    """A run's JSON file (``lines``: JSON-lines log, one object per line), checked against ``fields`` (required,
+    optional); every flaw ends as one UserError naming the file, the line and what was expected. An absent file
+    reads as no lines, or as an empty object."""
+    if not path.exists():
+        return [] if lines else {}
+    text = read_text_file(path, str(path), "a JSON-lines log" if lines else "a JSON file")
+    if not lines:
+        try:
+            value = json.loads(text)
+        except ValueError as err:
+            raise UserError(f"{path} line {err.lineno}: not valid JSON ({err.msg}); expected a JSON object") from None
+        return _checked(value, str(path), fields)
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
-            except ValueError:
-                raise UserError(f"{path}: line {number} is not valid JSON") from None
+                value = json.loads(line)
+            except ValueError as err:
+                raise UserError(f"{path} line {number}: not valid JSON ({err.msg}); expected a JSON object with "
+                                f"{' and '.join(map(repr, fields[0]))}") from None  # fmt: skip
+            rows.append(_checked(value, f"{path} line {number}", fields))
     return rows
+
+
+def _series(rows: list[dict], key: str) -> tuple[list, list]:
+    """(steps, values) of the rows that logged ``key``."""
+    logged = [r for r in rows if r.get(key) is not None]
+    return [r["step"] for r in logged], [r[key] for r in logged]
 
 
 def plot_training_curves(output_dir: str | Path) -> Path:
@@ -34,10 +109,12 @@ def plot_training_curves(output_dir: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     output_dir = Path(output_dir)
-    train_log, eval_log = read_jsonl(output_dir / TRAIN_LOG), read_jsonl(output_dir / EVAL_LOG)
+    train_log = read_run_file(output_dir / TRAIN_LOG, TRAIN_LOG_FIELDS, lines=True)
+    eval_log = read_run_file(output_dir / EVAL_LOG, EVAL_LOG_FIELDS, lines=True)
     if not train_log and not eval_log:
         raise UserError(f"{output_dir} holds no {TRAIN_LOG} or {EVAL_LOG}: not a train-mrpc output folder (or nothing logged yet)")
-    results = json.loads((output_dir / ALL_RESULTS).read_text()) if (output_dir / ALL_RESULTS).is_file() else {}
+    results = read_run_file(output_dir / ALL_RESULTS, ALL_RESULTS_FIELDS)
+    threshold = read_run_file(output_dir / TRAIN_CONFIG, TRAIN_CONFIG_FIELDS).get("max_grad_norm")
     steps = [r["step"] for r in train_log]
     fig, axes = plt.subplots(2, 3, figsize=(15, 7))
     (loss_ax, lr_ax, norm_ax), (eval_ax, speed_ax, time_ax) = axes
@@ -47,25 +124,26 @@ def plot_training_curves(output_dir: str | Path) -> Path:
                      label="validation")  # fmt: skip
     loss_ax.set(title="Loss", ylabel="cross-entropy")
     loss_ax.legend(fontsize="small")
-    lr_ax.plot(steps, [r["learning_rate"] for r in train_log], color="#55a868")
+    lr_ax.plot(*_series(train_log, "learning_rate"), color="#55a868")
     lr_ax.set(title="Learning rate", ylabel="lr")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-    plot_grad_norm(norm_ax, train_log, output_dir)
+    plot_grad_norm(norm_ax, train_log, threshold)
     for key, marker in (("eval_accuracy", "o-"), ("eval_f1", "s-")):
-        eval_ax.plot([r["step"] for r in eval_log], [100 * r[key] for r in eval_log], marker, label=key.removeprefix("eval_"))
+        eval_steps, values = _series(eval_log, key)
+        eval_ax.plot(eval_steps, [100 * v for v in values], marker, label=key.removeprefix("eval_"))
     if results.get("eval_majority_accuracy"):
         eval_ax.axhline(100 * results["eval_majority_accuracy"], color="grey", linestyle="--", linewidth=1,
                         label="majority class")  # fmt: skip
     eval_ax.set(title="Validation", xlabel="optimizer step", ylabel="%")
     eval_ax.legend(fontsize="small")
-    speed_ax.plot(steps, [r["samples_per_second"] for r in train_log], color="#8172b3", label="samples/s")
+    speed_ax.plot(*_series(train_log, "samples_per_second"), color="#8172b3", label="samples/s")
     speed_ax.set(title="Throughput", xlabel="optimizer step", ylabel="samples/s")
     if any("mfu" in r for r in train_log):
         mfu_ax = speed_ax.twinx()
         mfu_ax.plot(steps, [100 * (r.get("mfu") or 0) for r in train_log], color="#c44e52", linewidth=1, alpha=0.7)
         mfu_ax.set_ylabel("MFU % (red)")
     plot_time_breakdown(time_ax, results.get("time_breakdown_s"))
-    fig.suptitle(f"MRPC fine-tune: {results.get('model', output_dir.name)}")
+    fig.suptitle(f"MRPC fine-tune: {results.get('model') or output_dir.name}")
     fig.tight_layout()
     path = output_dir / TRAINING_CURVES
     fig.savefig(path, dpi=100)
@@ -73,8 +151,8 @@ def plot_training_curves(output_dir: str | Path) -> Path:
     return path
 
 
-def plot_grad_norm(ax, train_log: list[dict], output_dir: Path) -> None:
-    """The pre-clip global gradient norm (window mean and max) against the clipping threshold."""
+def plot_grad_norm(ax, train_log: list[dict], threshold: float | None) -> None:
+    """The pre-clip global gradient norm (window mean and max) against the clipping threshold (--max_grad_norm)."""
     logged = [r for r in train_log if r.get("grad_norm") is not None]
     ax.set(title="Gradient norm (before clipping)", ylabel="L2 norm")
     if not logged:
@@ -83,9 +161,7 @@ def plot_grad_norm(ax, train_log: list[dict], output_dir: Path) -> None:
         return
     steps = [r["step"] for r in logged]
     ax.plot(steps, [r["grad_norm"] for r in logged], color="#937860", label="mean since last log")
-    ax.plot(steps, [r["grad_norm_max"] for r in logged], color="#937860", linewidth=0.8, alpha=0.5, label="max")
-    config = output_dir / TRAIN_CONFIG
-    threshold = json.loads(config.read_text()).get("max_grad_norm") if config.is_file() else None
+    ax.plot(*_series(logged, "grad_norm_max"), color="#937860", linewidth=0.8, alpha=0.5, label="max")
     if threshold:
         ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"--max_grad_norm {threshold:g}")
     ax.legend(fontsize="small")
