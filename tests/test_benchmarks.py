@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error
 
 from train_mrpc.cpu_speed import ATTENTION_NAME
+from train_mrpc.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -231,7 +233,7 @@ def test_shared_assets_and_default_out(tmp_path, monkeypatch):
     assert splits["train"]["sentence1"] == ["A cat sat."] and str(shared) in source
     assert common.load_tokenizer("auto")[2].startswith("tiny")
     monkeypatch.setenv(common.SHARED_ENV, str(tmp_path / "missing"))
-    with pytest.raises(SystemExit, match="not a folder"):
+    with pytest.raises(UserError, match="not a folder"):
         common.shared_candidates()
     monkeypatch.delenv(common.SHARED_ENV)
     monkeypatch.chdir(tmp_path)
@@ -268,3 +270,121 @@ def test_step_batches_repeat_when_an_epoch_has_fewer_than_the_steps_timed():
     shapes = {length for _, _, length in timed}
     assert sorted(b[2] for b in shape_warmups(timed, torch.device("cuda"))) == sorted(shapes)
     assert shape_warmups(timed, torch.device("cpu")) == []
+
+
+# --- bad input: one line `train-mrpc: error: ...`, exit status 2, before any work ----------------------------
+
+# Flags that keep a step benchmark to one small cell, should a bad flag ever slip through and the benchmark run.
+ONE_CELL = ["--quick", "--data_dir", "synthetic", "--tokenizer", "tiny", "--precision", "fp32", "--padding", "dynamic",
+            "--attn", "sdpa", "--compile", "off"]  # fmt: skip
+QUICK_TOKENIZATION = ["--quick", "--data_dir", "synthetic", "--tokenizer", "tiny"]
+
+
+def write_file(name: str, text: str, argument: str = "file"):
+    """Makes ``name`` holding ``text`` in the test's folder; the argument that names it (the file, or its folder)."""
+
+    def make(tmp_path: Path) -> str:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return str(path if argument == "file" else path.parent)
+
+    return make
+
+
+def empty_folder(tmp_path: Path) -> str:
+    (tmp_path / "empty").mkdir()
+    return str(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["steps", "--batch_size", "0", *ONE_CELL], ["argument --batch_size: '0' is invalid: expected an integer >= 1"]),
+        (["steps", "--threads", "-1", *ONE_CELL], ["argument --threads: '-1' is invalid: expected an integer >= 1"]),
+        (["steps", "--matmul_size", "-4", *ONE_CELL], ["argument --matmul_size: '-4' is invalid"]),
+        (["steps", "--steps", "0", *ONE_CELL], ["argument --steps: '0' is invalid: expected an integer >= 1"]),
+        (["steps", "--steps", "two", *ONE_CELL], ["argument --steps: 'two' is invalid"]),
+        (["steps", "--warmup", "-1", *ONE_CELL], ["argument --warmup: '-1' is invalid: expected an integer >= 0"]),
+        (["steps", "--max_wait", "nan", *ONE_CELL], ["argument --max_wait: 'nan' is invalid: expected a number >= 0"]),
+        (["steps", "--precision", "fp64", *ONE_CELL], ["argument --precision: invalid choice: 'fp64'"]),
+        (["steps", "--bogus", *ONE_CELL], ["unrecognized arguments: --bogus"]),
+        (["steps", "--model_config", write_file("config.json", "{not json"), *ONE_CELL],
+         ["--model_config ", "config.json: line 1 is not valid JSON", "expected a model's config.json"]),
+        (["steps", "--model_config", write_file("config.json", "[1]"), *ONE_CELL],
+         ["config.json: holds a list, not a JSON object"]),
+        (["steps", "--model_config", write_file("config.json", '{"model_type": "no-such-model"}'), *ONE_CELL],
+         ["config.json: transformers cannot build a model config from it (ValueError: Unrecognized model"]),
+        (["steps", "--model_config", empty_folder, *ONE_CELL], ["empty: a folder without config.json"]),
+        (["tokenization", "--pairs", "-1", *QUICK_TOKENIZATION], ["argument --pairs: '-1' is invalid"]),
+        (["tokenization", "--repeats", "-3", *QUICK_TOKENIZATION], ["argument --repeats: '-3' is invalid"]),
+        (["tokenization", "--quick", "--tokenizer", empty_folder],
+         ["argument --tokenizer: ", "empty: holds no tokenizer.json; expected a tokenizer folder"]),
+        (["tokenization", "--quick", "--tokenizer", write_file("tok/tokenizer.json", "{}", "folder")],
+         ["--tokenizer ", "tok: cannot load a tokenizer from it"]),
+        (["tables", write_file("results/train_step.json", "{not json", "folder")],
+         ["train_step.json: line 1 is not valid JSON", "expected the JSON record train-mrpc bench steps writes"]),
+        (["tables", write_file("results/train_step.json", "[1]", "folder")], ["train_step.json: holds a list, not a JSON object"]),
+        (["tables", write_file("results/train_step.json", "{}", "folder")], ["train_step.json: no 'settings' field"]),
+        (["tables", empty_folder], ["empty: holds neither tokenization.json nor train_step.json"]),
+        (["end-to-end", "--quick", "--previous", write_file("end_to_end.json", "{not json")],
+         ["--previous ", "end_to_end.json: line 1 is not valid JSON"]),
+        (["end-to-end", "--quick", "--previous", write_file("end_to_end.json", '{"runs": [{"variant": "defaults"}]}')],
+         ["end_to_end.json: runs[0] is not a run record"]),
+        (["end-to-end", "--quick", "--seeds", "0"], ["argument --seeds: '0' is invalid"]),
+        (["end-to-end", "--quick", "--rerun", "defaults-42"], ["argument --rerun: 'defaults-42' is invalid"]),
+    ],
+    ids=["steps-batch-0", "steps-threads-negative", "steps-matmul-negative", "steps-steps-0", "steps-steps-word",
+         "steps-warmup-negative", "steps-max-wait-nan", "steps-bad-choice", "steps-unknown-flag", "model-config-not-json",
+         "model-config-list", "model-config-unknown-type", "model-config-empty-folder", "tokenization-pairs-negative",
+         "tokenization-repeats-negative", "tokenizer-empty-folder", "tokenizer-broken", "tables-not-json",
+         "tables-list", "tables-incomplete", "tables-empty-folder", "previous-not-json", "previous-bad-run",
+         "end-to-end-seeds-0", "end-to-end-rerun-malformed"],
+)  # fmt: skip
+def test_bad_bench_input_is_one_line_before_any_work(tmp_path, capsys, argv, fragments):
+    """Flags argparse refuses, numbers out of range, files that are not what they should be: one line each,
+    exit status 2, nothing printed or written before it."""
+    from train_mrpc.cli import main
+
+    argv = [a(tmp_path) if callable(a) else a for a in argv]
+    argv += ["--out", str(tmp_path / "out")] if argv[0] != "tables" else []
+    with pytest.raises(SystemExit) as info:
+        main(["bench", *argv])
+    captured = capsys.readouterr()
+    assert_one_line_error(info.value.code, captured.err, *fragments)
+    assert captured.out == "" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "command, env",
+    [
+        ([sys.executable, "-m", "train_mrpc", "bench", "tokenization", "--quick"], {"TRAIN_MRPC_SHARED": __file__}),
+        ([sys.executable, str(ROOT / "benchmarks" / "bench_train_step.py"), "--steps", "0"], {}),
+    ],
+    ids=["shared-is-a-file", "old-script-path"],
+)
+def test_bench_input_errors_from_the_command_line(tmp_path, command, env):
+    """As a user meets them: `TRAIN_MRPC_SHARED=FILE train-mrpc bench ...` (exit 1 and no prefix before), and a
+    bad flag through an old script path (benchmarks/*.py run `train-mrpc bench` itself)."""
+    result = subprocess.run([*command, "--out", str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, **OFFLINE, **env}, timeout=120)  # fmt: skip
+    line = assert_one_line_error(result.returncode, result.stderr)
+    assert ("$TRAIN_MRPC_SHARED=" in line and "not a folder" in line) if env else "argument --steps: '0'" in line
+    assert result.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_sigterm_stops_a_benchmark(tmp_path):
+    """Only training commands turn SIGTERM into a checkpoint-and-stop flag; a benchmark (which never checks that
+    flag) ran on to its end, so `kill` could not stop it."""
+    import signal
+    import time
+
+    from conftest import TEST_ENV
+
+    proc = subprocess.Popen([sys.executable, "-m", "train_mrpc", "bench", "steps", "--quick", "--out", str(tmp_path / "out")],
+                            cwd=tmp_path, env={**os.environ, **TEST_ENV}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(4)  # past start-up, into the benchmark
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == -signal.SIGTERM

@@ -30,6 +30,14 @@ def check_end_to_end(proc: subprocess.CompletedProcess, out: Path) -> dict:
 
 
 def test_quick_end_to_end_comparison_is_complete(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "train_mrpc", "bench", "end-to-end", "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env={**os.environ, **TEST_ENV}, cwd=ROOT, timeout=600)  # fmt: skip
-    check_end_to_end(proc, tmp_path)
+    command = [sys.executable, "-m", "train_mrpc", "bench", "end-to-end", "--quick", "--out", str(tmp_path)]
+    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **TEST_ENV}, cwd=ROOT, timeout=600)
+    first = check_end_to_end(proc, tmp_path)
+
+    # --previous keeps the earlier runs, except those --rerun names (variant:seed), which are measured again.
+    previous = tmp_path / "previous.json"
+    (tmp_path / "end_to_end.json").rename(previous)
+    proc = subprocess.run([*command, "--previous", str(previous), "--rerun", "defaults:42"], capture_output=True,
+                          text=True, env={**os.environ, **TEST_ENV}, cwd=ROOT, timeout=600)  # fmt: skip
+    kept, measured = check_end_to_end(proc, tmp_path)["runs"]
+    assert kept == {**first["runs"][0], "kept_from": str(previous)} and "kept_from" not in measured

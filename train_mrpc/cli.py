@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("train-mrpc: %(levelname)s: %(message)s"))
         logger.addHandler(handler)
-    PreemptionHandler.install_early()  # a SIGTERM during imports and set-up ends with status 75 too
+    if argv[:1] not in (["prefetch"], ["plot"], ["bench"]):  # commands that train: they check for the signal
+        PreemptionHandler.install_early()  # a SIGTERM during imports and set-up ends with status 75 too
     try:
         if argv[:1] == ["prefetch"]:
             run_prefetch(argv[1:])

@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from train_mrpc.errors import UserError, read_text_file
+
 MAX_LENGTH = 128  # run_glue's default --max_seq_length, and the project's --max_length
 SHARED_ENV = "TRAIN_MRPC_SHARED"  # a folder laid out as ../shared: data/mrpc/*.tsv, models/bert-base-uncased/
 SHARED_MRPC = Path("data") / "mrpc"  # inside a shared folder
@@ -48,7 +50,8 @@ def shared_candidates() -> list[Path]:
     if os.environ.get(SHARED_ENV):
         folder = Path(os.environ[SHARED_ENV]).expanduser()
         if not folder.is_dir():
-            raise SystemExit(f"${SHARED_ENV}={folder}: not a folder")
+            raise UserError(f"${SHARED_ENV}={folder}: not a folder; expected a folder laid out as ../shared "
+                            f"({SHARED_MRPC}/, {SHARED_BERT}/), or unset it")  # fmt: skip
         return [folder]
     checkout = source_checkout()
     found = [checkout.parent / "shared"] if checkout else []
@@ -86,10 +89,86 @@ def display_default_out() -> str:
 # --- command line --------------------------------------------------------------------------------
 
 
-def base_parser(description: str, prog: str | None = None) -> argparse.ArgumentParser:
+class Parser(argparse.ArgumentParser):
+    """Every bench command's parser. A bad flag raises UserError, as the training parser's does
+    (train_mrpc.config.build_parser), so the CLI prints it as its one line ``train-mrpc: error: ...`` with exit
+    status 2, not argparse's usage and own error line."""
+
+    def __init__(self, prog: str, description: str | None = None):
+        super().__init__(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def bounded(kind: type, low: float, above: bool = False):
+    """An argparse ``type=`` for flags that take an int or a finite float of at least ``low`` (more than ``low``
+    with ``above``); anything else is refused with what was expected."""
+    expected = f"{'an integer' if kind is int else 'a number'} {'>' if above else '>='} {low:g}"
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or (kind is float and not math.isfinite(value)) or value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected {expected}")
+        return value
+
+    return convert
+
+
+positive_int, non_negative_int = bounded(int, 1), bounded(int, 0)
+positive_float, non_negative_float = bounded(float, 0, above=True), bounded(float, 0)
+
+
+def tokenizer_arg(text: str) -> str:
+    """--tokenizer: 'auto', 'tiny' or a folder holding tokenizer.json (checked before any work starts)."""
+    if text not in ("auto", "tiny"):
+        expected = "a tokenizer folder (with tokenizer.json), 'auto' or 'tiny'"
+        if not Path(text).is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: not a folder; expected {expected}")
+        if not (Path(text) / "tokenizer.json").is_file():
+            raise argparse.ArgumentTypeError(f"{text}: holds no tokenizer.json; expected {expected}")
+    return text
+
+
+def run_as_command(command: str) -> None:
+    """A benchmark run as a script (benchmarks/*.py, ``python -m train_mrpc.bench.X``) with this process's flags,
+    as ``train-mrpc bench COMMAND``: bad input ends as the CLI's one line ``train-mrpc: error: ...`` and exit
+    status 2 there too."""
+    from train_mrpc.bench import main
+    from train_mrpc.cli import _print_error
+
+    try:
+        main([command, *sys.argv[1:]])
+    except UserError as err:
+        _print_error(str(err))
+        sys.exit(2)
+
+
+def read_json_object(path: Path, name: str, expected: str) -> dict:
+    """The JSON object in a file the user named, or one UserError naming it (``name``) and ``expected``."""
+    text = read_text_file(path, name, expected)
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise UserError(f"{name}: line {err.lineno} is not valid JSON ({err.msg}); expected {expected}") from None
+    if not isinstance(value, dict):
+        kinds = {list: "a list", str: "a string", bool: "true or false", type(None): "null"}
+        raise UserError(f"{name}: holds {kinds.get(type(value), 'a number')}, not a JSON object; expected {expected}")
+    return value
+
+
+def reason(err: BaseException, limit: int = 200) -> str:
+    """An exception as a short phrase for the middle of an error line (one line, cut at about ``limit``)."""
+    text = f"{type(err).__name__}: {' '.join(str(err).split())}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def base_parser(description: str, prog: str) -> argparse.ArgumentParser:
     """The flags the tokenization and step benchmarks share: --quick, --out, --data_dir, --tokenizer, --seed."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog, description)
     parser.add_argument(
         "--quick", action="store_true",
         help="Smoke test: small data, few repeats, tiny model; the whole suite runs in well under a minute "
@@ -107,7 +186,7 @@ def base_parser(description: str, prog: str | None = None) -> argparse.ArgumentP
         "generated pairs with MRPC's length distribution; 'synthetic' = always generated.",
     )  # fmt: skip
     parser.add_argument(
-        "--tokenizer", default="auto",
+        "--tokenizer", default="auto", type=tokenizer_arg,
         help="Tokenizer folder (with tokenizer.json, and vocab.txt for the legacy Python tokenizer); 'auto' "
         "(default) = models/bert-base-uncased of the shared assets when present (as --data_dir), else the "
         "project's tiny tokenizer; 'tiny' = always the tiny one.",
@@ -149,7 +228,12 @@ def load_tokenizer(name: str):
         return build_tiny_model(0)[0], None, "tiny (train_mrpc.synthetic, WordPiece over the generator's words)"
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(name), Path(name), f"{name}"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except Exception as err:  # a folder the user named (tokenizer_arg checked that it is one): its files are at fault
+        raise UserError(f"--tokenizer {name}: cannot load a tokenizer from it ({reason(err)}); expected a "
+                        "tokenizer folder (with tokenizer.json)") from None  # fmt: skip
+    return tokenizer, Path(name), f"{name}"
 
 
 def legacy_tokenizer(folder: Path | None):
@@ -294,11 +378,11 @@ def run_guarded(measure, *, max_other: float, retries: int, max_wait: float):
 
 def add_guard_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("shared-machine guard (CPU time used by other processes)")
-    group.add_argument("--max_other_cpu", type=float, default=0.2,
+    group.add_argument("--max_other_cpu", type=non_negative_float, default=0.2,
                        help="A measurement during which other processes used more than this many cores (averaged) "
                             "is repeated (default 0.2).")  # fmt: skip
-    group.add_argument("--retries", type=int, default=None, help="Repeats of a contended measurement (default 2; --quick 0).")
-    group.add_argument("--max_wait", type=float, default=None,
+    group.add_argument("--retries", type=non_negative_int, default=None, help="Repeats of a contended measurement (default 2; --quick 0).")
+    group.add_argument("--max_wait", type=non_negative_float, default=None,
                        help="Seconds to wait for a quiet CPU before each measurement (default 120; --quick 0).")
 
 

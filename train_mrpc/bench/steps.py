@@ -23,6 +23,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from train_mrpc.bench import common
+from train_mrpc.errors import UserError
 from train_mrpc.flops import count_parameters, training_flops  # one implementation: the loop's
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -54,7 +55,7 @@ def parse_args(argv=None):
         "'tiny' (the project's 2-layer test model), or a folder/config.json. Default: CPU bert-base at batch 8 "
         "and minilm-l6 at batch 32; GPU both at batch 32 and 128; --quick: tiny at batch 8.",
     )  # fmt: skip
-    parser.add_argument("--batch_size", type=int, nargs="+", default=None,
+    parser.add_argument("--batch_size", type=common.positive_int, nargs="+", default=None,
                         help="Per-device batch size(s); every model runs every size (default: per model, above).")
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=None,
                         help="Precisions: fp32, bf16 (mixed, autocast), fp16 (mixed + loss scaling; CUDA only). "
@@ -79,14 +80,15 @@ def parse_args(argv=None):
         "with sdpa attention and no compile: the overhead does not depend on the attention kernel); none. "
         "Default: all on GPU and with --quick, sdpa on a full CPU run.",
     )  # fmt: skip
-    parser.add_argument("--steps", type=int, default=None, help="Timed steps per run (default: CPU 5, GPU 20, --quick 3).")
-    parser.add_argument("--warmup", type=int, default=None,
+    parser.add_argument("--steps", type=common.positive_int, default=None,
+                        help="Timed steps per run (default: CPU 5, GPU 20, --quick 3).")
+    parser.add_argument("--warmup", type=common.non_negative_int, default=None,
                         help="Untimed warm-up steps per run (default 2, --quick 1; +1 for compiled cells with "
                              "varying batch shapes). The first step of a compiled cell compiles.")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=common.positive_int, default=None,
                         help="torch intra-op threads (default: torch's choice, one per core; --quick: 1, since "
                              "a tiny model's small ops stall in OpenMP barriers when other work shares the cores).")
-    parser.add_argument("--matmul_size", type=int, default=None,
+    parser.add_argument("--matmul_size", type=common.positive_int, default=None,
                         help="Side of the square matmul whose speed is the MFU peak (default: CPU 2048, GPU "
                              "8192, --quick 512).")  # fmt: skip
     return parser.parse_args(argv)
@@ -100,14 +102,18 @@ def default_batch(model: str, cuda: bool, quick: bool) -> list[int]:
     return {"bert-base": [8], "minilm-l6": [32]}.get(model, [8])
 
 
+def plan_models(args) -> list[str]:
+    """The --model_config names of this run (the defaults when none is given)."""
+    if args.model_config is not None:
+        return args.model_config
+    return ["tiny"] if args.quick else ["bert-base", "minilm-l6"]
+
+
 def build_plan(args, cuda: bool) -> dict:
-    if args.quick:
-        models = args.model_config or ["tiny"]
-    else:
-        models = args.model_config or ["bert-base", "minilm-l6"]
+    models = plan_models(args)
     precisions = args.precision or (["fp32", "bf16", "fp16"] if cuda else ["fp32", "bf16"])
     if "fp16" in precisions and not cuda:
-        raise SystemExit("--precision fp16 needs a CUDA GPU: on CPU, Accelerate would silently run fp32")
+        raise UserError("--precision fp16 needs a CUDA GPU: on CPU, Accelerate would silently run fp32")
     runs = [(m, b) for m in models for b in (args.batch_size or default_batch(m, cuda, args.quick))]
     return {
         "quick": args.quick,
@@ -118,9 +124,9 @@ def build_plan(args, cuda: bool) -> dict:
         "compile": args.compile,
         "compile_backend": args.compile_backend or ("eager" if args.quick else "inductor"),
         "bare_baseline": args.bare_baseline or ("all" if cuda or args.quick else "sdpa"),
-        "steps": args.steps or (3 if args.quick else 20 if cuda else 5),
+        "steps": args.steps if args.steps is not None else (3 if args.quick else 20 if cuda else 5),
         "warmup": args.warmup if args.warmup is not None else (1 if args.quick else 2),
-        "matmul_size": args.matmul_size or (512 if args.quick else 8192 if cuda else 2048),
+        "matmul_size": args.matmul_size if args.matmul_size is not None else 512 if args.quick else 8192 if cuda else 2048,
         "matmul_repeats": 3 if args.quick else 10,
     }
 
@@ -129,7 +135,8 @@ def build_plan(args, cuda: bool) -> dict:
 
 
 def load_model_config(name: str):
-    """(transformers config with 2 labels, description)."""
+    """(transformers config with 2 labels, description); a --model_config that is none of the kinds, or that
+    transformers cannot build, is one UserError."""
     from transformers import AutoConfig
 
     if name == "tiny":
@@ -143,15 +150,25 @@ def load_model_config(name: str):
         return AutoConfig.for_model(**BERT_BASE, num_labels=2), "bert-base-uncased architecture (built-in numbers)"
     if name == "minilm-l6":
         return AutoConfig.for_model(**MINILM_L6, num_labels=2), "MiniLM-L6 shape (6 layers, 384 hidden, 12 heads, 1536 FFN)"
-    path = Path(name)
+    path, flag = Path(name), f"--model_config {name}"
+    expected = "a model's config.json (a JSON object with its model_type)"
     if path.is_file():
-        import json
-
-        values = json.loads(path.read_text())
-        return AutoConfig.for_model(**{**values, "num_labels": 2}), str(path)
+        values = common.read_json_object(path, flag, expected)
+        if not isinstance(values.get("model_type"), str):
+            raise UserError(f"{flag}: has no 'model_type'; expected {expected}")
+        try:
+            return AutoConfig.for_model(**{**values, "num_labels": 2}), str(path)
+        except Exception as err:  # the user's file is at fault: an unknown model_type, a value of the wrong kind
+            raise UserError(f"{flag}: transformers cannot build a model config from it ({common.reason(err)})") from None
     if path.is_dir():
-        return AutoConfig.from_pretrained(path, num_labels=2), str(path)
-    raise SystemExit(f"--model_config {name}: not a preset (bert-base, minilm-l6, tiny), a folder or a config.json")
+        if not (path / "config.json").is_file():
+            raise UserError(f"{flag}: a folder without config.json; expected a preset (bert-base, minilm-l6, tiny), "
+                            "a model folder or a config.json")  # fmt: skip
+        try:
+            return AutoConfig.from_pretrained(path, num_labels=2), str(path)
+        except Exception as err:  # as above
+            raise UserError(f"{flag}: transformers cannot read its config.json ({common.reason(err)})") from None
+    raise UserError(f"{flag}: not a preset (bert-base, minilm-l6, tiny), a folder or a config.json")
 
 
 def build_model(config, attn: str, seed: int):
@@ -480,9 +497,13 @@ def plan_cells(plan: dict, model_sizes: dict) -> list[dict]:
     return cells
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | None:
+    if argv is None:  # run as a script
+        return common.run_as_command("steps")
     args = parse_args(argv)
     args.out = common.resolve_out(args.out)
+    # Every architecture first: a --model_config that cannot be built is refused before any work starts.
+    loaded = {model: load_model_config(model) for model in plan_models(args)}
     # A fresh inductor cache per run: compile times are what a first run pays, not a previous run's cache hit.
     inductor_cache = tempfile.TemporaryDirectory(prefix="bench-inductor-")
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", inductor_cache.name)
@@ -492,7 +513,7 @@ def main(argv=None) -> dict:
     from train_mrpc.step import padding_multiple
 
     transformers.utils.logging.set_verbosity_error()
-    threads = args.threads or (1 if args.quick else None)
+    threads = args.threads if args.threads is not None else (1 if args.quick else None)
     if threads:
         torch.set_num_threads(threads)
     cuda = torch.cuda.is_available()
@@ -508,17 +529,15 @@ def main(argv=None) -> dict:
     examples = encode_examples(tokenizer, splits["train"])
     lengths = sorted(len(e["input_ids"]) for e in examples)
     configs, model_info = {}, {}
-    for model, _ in plan["runs"]:
-        if model not in configs:
-            config, description = load_model_config(model)
-            configs[model] = config
-            params = count_parameters(build_model(config, "sdpa", args.seed))  # train_mrpc.flops, as the loop
-            model_info[model] = {
-                "description": description, "parameters": params,
-                "layers": config.num_hidden_layers, "hidden": config.hidden_size,
-                "heads": config.num_attention_heads, "intermediate": config.intermediate_size,
-                "vocab": config.vocab_size,
-            }  # fmt: skip
+    for model, (config, description) in loaded.items():
+        configs[model] = config
+        params = count_parameters(build_model(config, "sdpa", args.seed))  # train_mrpc.flops, as the loop
+        model_info[model] = {
+            "description": description, "parameters": params,
+            "layers": config.num_hidden_layers, "hidden": config.hidden_size,
+            "heads": config.num_attention_heads, "intermediate": config.intermediate_size,
+            "vocab": config.vocab_size,
+        }  # fmt: skip
     cells = plan_cells(plan, {m: info["parameters"]["total"] for m, info in model_info.items()})
     peaks = {p: matmul_peak(device, p, plan["matmul_size"], plan["matmul_repeats"], guard) for p in plan["precisions"]}
 

@@ -6,8 +6,6 @@ from this output, never typed by hand.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 
@@ -95,19 +93,43 @@ def train_step_table(record: dict) -> str:
     return "\n".join(lines)
 
 
+RENDERERS = {"tokenization.json": ("tokenization", tokenization_table), "train_step.json": ("steps", train_step_table)}
+
+
+def render_file(path: Path, command: str, render) -> str:
+    """The Markdown of one result file, or one UserError naming it: not JSON, not an object, or not the record
+    ``train-mrpc bench COMMAND`` writes (a field missing or of another kind)."""
+    from train_mrpc.bench import common
+    from train_mrpc.errors import UserError
+
+    expected = f"the JSON record train-mrpc bench {command} writes"
+    record = common.read_json_object(path, str(path), expected)
+    try:
+        return render(record)
+    except KeyError as err:
+        raise UserError(f"{path}: no {err.args[0]!r} field where one was expected; expected {expected}") from None
+    except (TypeError, ValueError, IndexError, AttributeError) as err:
+        raise UserError(f"{path}: a field of the wrong kind ({common.reason(err)}); expected {expected}") from None
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="train-mrpc bench tables", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from train_mrpc.bench import common
+    from train_mrpc.errors import UserError
+
+    if argv is None:  # run as a script
+        return common.run_as_command("tables")
+    parser = common.Parser("train-mrpc bench tables", __doc__)
     parser.add_argument("folder", type=Path, help="A --out folder holding tokenization.json and/or train_step.json.")
     args = parser.parse_args(argv)
-    found = False
-    for name, render in (("tokenization.json", tokenization_table), ("train_step.json", train_step_table)):
-        path = args.folder / name
-        if path.is_file():
-            found = True
-            print(f"### {name}\n\n{render(json.loads(path.read_text()))}\n")
+    if not args.folder.is_dir():
+        raise UserError(f"{args.folder}: not a folder; expected a --out folder of train-mrpc bench (tokenization.json, "
+                        "train_step.json)")  # fmt: skip
+    found = [(name, args.folder / name) for name in RENDERERS if (args.folder / name).is_file()]
     if not found:
-        raise SystemExit(f"{args.folder}: holds neither tokenization.json nor train_step.json")
+        raise UserError(f"{args.folder}: holds neither tokenization.json nor train_step.json")
+    tables = [(name, render_file(path, *RENDERERS[name])) for name, path in found]  # every file checked first
+    for name, table in tables:
+        print(f"### {name}\n\n{table}\n")
 
 
 if __name__ == "__main__":

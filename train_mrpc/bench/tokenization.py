@@ -33,10 +33,10 @@ METHODS = {  # name -> what it measures (kept in the JSON next to the figures)
 
 def parse_args(argv=None):
     parser = common.base_parser(__doc__, prog="train-mrpc bench tokenization")
-    parser.add_argument("--pairs", type=int, default=None,
+    parser.add_argument("--pairs", type=common.positive_int, default=None,
                         help="Use the first N pairs (default: every split, 5801 pairs; --quick: 400).")
-    parser.add_argument("--repeats", type=int, default=None, help="Timed repeats per method (default 5; --quick 2).")
-    parser.add_argument("--warmup", type=int, default=1, help="Untimed warm-up calls per method (default 1).")
+    parser.add_argument("--repeats", type=common.positive_int, default=None, help="Timed repeats per method (default 5; --quick 2).")
+    parser.add_argument("--warmup", type=common.non_negative_int, default=1, help="Untimed warm-up calls per method (default 1).")
     return parser.parse_args(argv)
 
 
@@ -63,7 +63,9 @@ def warm_breakdown(raw, tokenizer, max_length: int, warmup: int, repeats: int, w
     }
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | None:
+    if argv is None:  # run as a script
+        return common.run_as_command("tokenization")
     args = parse_args(argv)
     args.out = common.resolve_out(args.out)
     import datasets
@@ -80,9 +82,9 @@ def main(argv=None) -> dict:
     datasets.disable_progress_bars()
     datasets.utils.logging.set_verbosity_error()
     env = common.environment()
-    repeats = args.repeats or (2 if args.quick else 5)
+    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 5)
     guard = common.guard_settings(args)
-    n_limit = args.pairs or (400 if args.quick else None)
+    n_limit = args.pairs if args.pairs is not None else (400 if args.quick else None)
 
     # --- inputs (outside every clock) ---------------------------------------------------------------
     splits, source = common.load_pairs(args.data_dir, args.seed)
