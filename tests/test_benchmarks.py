@@ -309,6 +309,7 @@ def empty_folder(tmp_path: Path) -> str:
         (["steps", "--max_wait", "nan", *ONE_CELL], ["argument --max_wait: 'nan' is invalid: expected a number >= 0"]),
         (["steps", "--precision", "fp64", *ONE_CELL], ["argument --precision: invalid choice: 'fp64'"]),
         (["steps", "--bogus", *ONE_CELL], ["unrecognized arguments: --bogus"]),
+        (["steps", "--step", "5", *ONE_CELL], ["unrecognized arguments: --step"]),  # no abbreviations
         (["steps", "--model_config", write_file("config.json", "{not json"), *ONE_CELL],
          ["--model_config ", "config.json: line 1 is not valid JSON", "expected a model's config.json"]),
         (["steps", "--model_config", write_file("config.json", "[1]"), *ONE_CELL],
@@ -335,7 +336,7 @@ def empty_folder(tmp_path: Path) -> str:
         (["end-to-end", "--quick", "--rerun", "defaults-42"], ["argument --rerun: 'defaults-42' is invalid"]),
     ],
     ids=["steps-batch-0", "steps-threads-negative", "steps-matmul-negative", "steps-steps-0", "steps-steps-word",
-         "steps-warmup-negative", "steps-max-wait-nan", "steps-bad-choice", "steps-unknown-flag", "model-config-not-json",
+         "steps-warmup-negative", "steps-max-wait-nan", "steps-bad-choice", "steps-unknown-flag", "steps-abbreviated", "model-config-not-json",
          "model-config-list", "model-config-unknown-type", "model-config-empty-folder", "tokenization-pairs-negative",
          "tokenization-repeats-negative", "tokenizer-empty-folder", "tokenizer-broken", "tables-not-json",
          "tables-list", "tables-incomplete", "tables-empty-folder", "previous-not-json", "previous-bad-run",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from train_mrpc.errors import UserError, read_text_file
+from train_mrpc.errors import OneLineArgumentErrors, UserError, read_text_file
 from train_mrpc.recipes import RECIPE_NAMES
 from train_mrpc.schema import TRAIN_CONFIG
 
@@ -403,10 +403,8 @@ def _check_int_range(name: str, value: int, rule: IntRange) -> None:
 def build_parser(prog: str = "train-mrpc", extra_types: tuple = ()):
     from transformers import HfArgumentParser
 
-    class Parser(HfArgumentParser):
-        def error(self, message: str):
-            # argparse prints its whole usage (~40 lines) before the error; here a bad flag is one line.
-            raise UserError(f"{message} (see {self.prog} --help)")
+    class Parser(OneLineArgumentErrors, HfArgumentParser):
+        pass
 
     parser = Parser(
         [TrainConfig, *extra_types],

@@ -21,6 +21,14 @@ class JobFailure(Exception):
     """
 
 
+class OneLineArgumentErrors:
+    """Mixed into an argparse parser (the training one, each benchmark's): argparse prints its whole usage
+    (~40 lines) before an error and exits; here a bad flag is one UserError, which the CLI prints as its line."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
 def os_reason(err: OSError) -> str:
     """An OSError's cause in lower case, for the middle of a message: "permission denied"."""
     return (err.strerror or str(err)).lower()

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from train_mrpc.errors import UserError, read_text_file
+from train_mrpc.errors import OneLineArgumentErrors, UserError, read_text_file
 
 MAX_LENGTH = 128  # run_glue's default --max_seq_length, and the project's --max_length
 SHARED_ENV = "TRAIN_MRPC_SHARED"  # a folder laid out as ../shared: data/mrpc/*.tsv, models/bert-base-uncased/
@@ -89,16 +89,13 @@ def display_default_out() -> str:
 # --- command line --------------------------------------------------------------------------------
 
 
-class Parser(argparse.ArgumentParser):
-    """Every bench command's parser. A bad flag raises UserError, as the training parser's does
-    (train_mrpc.config.build_parser), so the CLI prints it as its one line ``train-mrpc: error: ...`` with exit
-    status 2, not argparse's usage and own error line."""
+class Parser(OneLineArgumentErrors, argparse.ArgumentParser):
+    """Every bench command's parser: a bad flag is the CLI's one line ``train-mrpc: error: ...`` with exit status
+    2, as for training; no abbreviations (a typo such as --step must fail, not silently match --steps)."""
 
     def __init__(self, prog: str, description: str | None = None):
-        super().__init__(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see {self.prog} --help)")
+        super().__init__(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         allow_abbrev=False)  # fmt: skip
 
 
 def bounded(kind: type, low: float, above: bool = False):
