@@ -194,7 +194,7 @@ def setup(config: TrainConfig) -> Run:
     train_loader, eval_loader, test_loader = build_dataloaders(
         tokenized, tokenizer, config, pad_to, accelerator.num_processes, pin_memory=device == "cuda"
     )
-    # Fused AdamW: one kernel over all parameters; on CPU ~7 ms vs ~46 ms a step for MiniLM's 22.7M here.
+    # Fused AdamW: one kernel over all parameters; for MiniLM's 22.7M on a 2-core Xeon 13.3 ms a step, foreach 66.5.
     optimizer = build_optimizer(model, config, fused=device in ("cuda", "cpu"))
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     if test_loader is not None:
