@@ -146,6 +146,18 @@ def small_tmpfs(path: Path, size: str):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+def assert_config_file_refused(tmp_path: Path, parse, text: str, message: str) -> None:
+    """``parse("--config", file)`` of a config file holding ``text`` raises a UserError starting with ``message``."""
+    import re
+
+    from train_mrpc.errors import UserError
+
+    path = tmp_path / "options.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match="^" + re.escape(message)):
+        parse("--config", str(path))
+
+
 def assert_one_line_error(returncode: int, stderr: str, *fragments: str) -> str:
     """The project's contract for bad input: exit 2 and exactly one stderr line ``train-mrpc: error: ...``."""
     lines = stderr.strip().splitlines()

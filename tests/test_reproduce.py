@@ -2,10 +2,9 @@
 
 import csv
 import json
-import re
 
 import pytest
-from conftest import accelerate_launch, run_cli, tiny_args, write_glue_dir
+from conftest import accelerate_launch, assert_config_file_refused, run_cli, tiny_args, write_glue_dir
 
 
 def reproduce_args(model_dir, out, *extra):
@@ -202,12 +201,7 @@ def parse_reproduce(*argv):
     ("num_seeds: 1000000000000000000000\n", "--num_seeds 1000000000000000000000 is invalid: expected an integer from 1 to 2147483647"),
 ])  # fmt: skip
 def test_reproduce_options_from_config_files_are_checked(tmp_path, text, message):
-    from train_mrpc.errors import UserError
-
-    path = tmp_path / "run.yaml"
-    path.write_text(text)
-    with pytest.raises(UserError, match="^" + re.escape(message)):
-        parse_reproduce("--config", str(path))
+    assert_config_file_refused(tmp_path, parse_reproduce, text, message)
 
 
 def test_every_seed_is_checked_before_the_first_trains(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SHARED_MRPC, TEST_ENV, assert_one_line_error, requires_shared, run_cli
+from conftest import ROOT, SHARED_MRPC, TEST_ENV, assert_config_file_refused, assert_one_line_error, requires_shared, run_cli
 
 optuna = pytest.importorskip("optuna", reason="optuna is not installed: pip install -e '.[sweep]' (or '.[dev]')")
 
@@ -457,10 +457,7 @@ def test_bad_sweep_flags_are_named(argv, message):
     ("epochs: [" + "9" * 400 + "]\n", "--epochs [999999999999999999...9999999999999999999] is invalid"),
 ])  # fmt: skip
 def test_sweep_options_from_config_files_are_checked(tmp_path, text, message):
-    path = tmp_path / "sweep.yaml"
-    path.write_text(text)
-    with pytest.raises(UserError, match="^" + re.escape(message)):
-        parse_sweep("--config", str(path))
+    assert_config_file_refused(tmp_path, parse_sweep, text, message)
 
 
 def test_every_seed_of_the_grid_is_checked():

@@ -7,7 +7,6 @@ Drawn from the run's own JSON-lines logs, so it can be drawn again at any time: 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from train_mrpc.errors import UserError, read_text_file
@@ -21,13 +20,9 @@ def _number(value) -> bool:
 def _seconds_by_name(value) -> bool:
     """all_results.json's time_breakdown_s: finite numbers by name (a non-finite one cannot set the axis)."""
 
-    def finite(v):
-        try:
-            return _number(v) and math.isfinite(v)
-        except OverflowError:  # an int too large for a float
-            return False
+    from train_mrpc.config import is_finite  # overflow-safe: an int too large for a float is not finite
 
-    return isinstance(value, dict) and all(finite(v) for v in value.values())
+    return isinstance(value, dict) and all(_number(v) and is_finite(v) for v in value.values())
 
 
 def _text(value) -> bool:
