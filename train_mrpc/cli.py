@@ -163,7 +163,21 @@ def run_training(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is not None:  # called in-process (tests, a caller's script): that process goes on
+        return run_command(argv)
+    try:
+        run_command(sys.argv[1:])
+    finally:
+        # The process ends here. Its last garbage collection walks the millions of objects torch and
+        # transformers created at import, ~0.5-1 s of a run's wall time (8.2-8.7 s against 7.2-7.8 s for a
+        # one-step MiniLM run, 2-core Xeon); nothing left is ours to finalize (files, trackers and process
+        # groups are closed above, atexit handlers still run), so it is skipped.
+        import gc
+
+        gc.freeze()
+
+
+def run_command(argv: list[str]) -> None:
     logger = logging.getLogger("train_mrpc")
     if os.environ.get("RANK", "0") == "0" and not logger.handlers:  # our warnings (a skipped checkpoint), once
         handler = logging.StreamHandler()
