@@ -330,6 +330,8 @@ def empty_folder(tmp_path: Path) -> str:
         (["tables", empty_folder], ["empty: holds neither tokenization.json nor train_step.json"]),
         (["end-to-end", "--quick", "--previous", write_file("end_to_end.json", "{not json")],
          ["--previous ", "end_to_end.json: line 1 is not valid JSON"]),
+        (["end-to-end", "--quick", "--previous", write_file("end_to_end.json", "[" * 100_000)],
+         ["--previous ", "end_to_end.json: line 1 is nested too deeply"]),
         (["end-to-end", "--quick", "--previous", write_file("end_to_end.json", '{"runs": [{"variant": "defaults"}]}')],
          ["end_to_end.json: runs[0] is not a run record"]),
         (["end-to-end", "--quick", "--seeds", "0"], ["argument --seeds: '0' is invalid"]),
@@ -339,7 +341,7 @@ def empty_folder(tmp_path: Path) -> str:
          "steps-warmup-negative", "steps-max-wait-nan", "steps-bad-choice", "steps-unknown-flag", "steps-abbreviated", "model-config-not-json",
          "model-config-list", "model-config-unknown-type", "model-config-empty-folder", "tokenization-pairs-negative",
          "tokenization-repeats-negative", "tokenizer-empty-folder", "tokenizer-broken", "tables-not-json",
-         "tables-list", "tables-incomplete", "tables-empty-folder", "previous-not-json", "previous-bad-run",
+         "tables-list", "tables-incomplete", "tables-empty-folder", "previous-not-json", "previous-nested", "previous-bad-run",
          "end-to-end-seeds-0", "end-to-end-rerun-malformed"],
 )  # fmt: skip
 def test_bad_bench_input_is_one_line_before_any_work(tmp_path, capsys, argv, fragments):

@@ -18,7 +18,7 @@ import unicodedata
 from pathlib import Path
 
 from train_mrpc.config import SYNTHETIC, TrainConfig, shown_value
-from train_mrpc.errors import UserError, check_readable_file, os_reason, read_text_file
+from train_mrpc.errors import UserError, check_readable_file, os_reason, parse_json, read_text_file
 from train_mrpc.hub import offline_error
 from train_mrpc.schema import LABEL_NAMES
 
@@ -82,7 +82,7 @@ def read_delimited(path: Path, delimiter: str) -> tuple[Columns, list[str]]:
 def _is_one_json_object(text: str) -> bool:
     try:
         return isinstance(json.loads(text), dict)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return False
 
 
@@ -90,26 +90,19 @@ def read_json(path: Path) -> tuple[Columns, list[str]]:
     """JSON lines (one object per line), or a JSON list of objects."""
     text = _read_text(path)
     records, locations = [], []
-    expected = "expected a JSON list of objects ([{...}, {...}]) or JSON lines (one object per line)"
+    expected = "a JSON list of objects ([{...}, {...}]) or JSON lines (one object per line)"
     if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
-                    records.append(json.loads(line))
-                except RecursionError:
-                    raise UserError(f"{path}: line {number} is nested too deeply; {expected}") from None
-                except json.JSONDecodeError as err:
+                    records.append(parse_json(line, str(path), expected, first_line=number))
+                except UserError:
                     if number == 1 and _is_one_json_object(text):  # pretty-printed: valid JSON, not a table
-                        raise UserError(f"{path}: holds one JSON object; {expected}") from None
-                    raise UserError(f"{path}: line {number} is not valid JSON ({err.msg}); {expected}") from None
+                        raise UserError(f"{path}: holds one JSON object; expected {expected}") from None
+                    raise
                 locations.append(f"line {number}")
     else:
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-        except RecursionError:  # arrays nested thousands deep
-            raise UserError(f"{path}: nested too deeply to be a table; {expected}") from None
+        records = parse_json(text, str(path), expected)
         locations = [f"record {i}" for i in range(len(records))]
     columns: Columns = {}
     for record, where in zip(records, locations):

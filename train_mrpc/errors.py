@@ -75,6 +75,34 @@ def read_text_file(path, name: str, expected: str) -> str:
                         "expected a UTF-8 text file") from None  # fmt: skip
 
 
+def json_kind(value) -> str:
+    """What a parsed JSON value is, for an error line: "a list", "null", ..."""
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "true or false", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def parse_json(text: str, name: str, expected: str, first_line: int = 1):
+    """``text`` parsed as JSON, or one UserError: ``name``, the line (counted from ``first_line``), what is wrong
+    and ``expected``. Arrays or objects nested thousands deep (RecursionError in the parser) are refused too."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError as err:  # json.JSONDecodeError
+        line = first_line + getattr(err, "lineno", 1) - 1
+        raise UserError(f"{name}: line {line} is not valid JSON ({getattr(err, 'msg', err)}); expected {expected}") from None
+    except RecursionError:
+        raise UserError(f"{name}: line {first_line} is nested too deeply; expected {expected}") from None
+
+
+def read_json_object(path, name: str, expected: str) -> dict:
+    """The JSON object in a file the user named, or one UserError naming it (``name``) and ``expected``."""
+    value = parse_json(read_text_file(path, name, expected), name, expected)
+    if not isinstance(value, dict):
+        raise UserError(f"{name}: holds {json_kind(value)}, not a JSON object; expected {expected}")
+    return value
+
+
 # What gloo (and NCCL) say when the other end of a collective is gone: the process was killed or crashed, its
 # host went down, or it closed the process group early. Matched, lower-cased, on RuntimeErrors that come from
 # the communication library (the message names gloo or NCCL, or torch.distributed raised a DistError).

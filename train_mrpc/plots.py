@@ -6,10 +6,9 @@ Drawn from the run's own JSON-lines logs, so it can be drawn again at any time: 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from train_mrpc.errors import UserError, read_text_file
+from train_mrpc.errors import UserError, json_kind, parse_json, read_text_file
 from train_mrpc.schema import ALL_RESULTS, EVAL_LOG, TRAIN_CONFIG, TRAIN_LOG, TRAINING_CURVES
 
 
@@ -41,11 +40,6 @@ ALL_RESULTS_FIELDS = ({}, {"model": _text, "eval_majority_accuracy": _number, "t
 TRAIN_CONFIG_FIELDS = ({}, {"max_grad_norm": _number})
 
 
-def _json_kind(value) -> str:
-    kinds = {dict: "an object", list: "a list", str: "a string", bool: "true or false", type(None): "null"}
-    return kinds.get(type(value), "a number")
-
-
 def _checked(value, where: str, fields: tuple[dict, dict]):
     """``value`` when it is a JSON object whose fields pass their checks; else one UserError naming ``where``."""
     from train_mrpc.config import shown_value
@@ -53,7 +47,7 @@ def _checked(value, where: str, fields: tuple[dict, dict]):
     required, optional = fields
     expected = "a JSON object" + (f" with {' and '.join(map(repr, required))}" if required else "")
     if not isinstance(value, dict):
-        raise UserError(f"{where}: expected {expected}, got {_json_kind(value)}")
+        raise UserError(f"{where}: expected {expected}, got {json_kind(value)}")
     missing = [key for key in required if key not in value]
     if missing:
         raise UserError(f"{where}: expected {expected}; {' and '.join(map(repr, missing))} "
@@ -73,21 +67,10 @@ def read_run_file(path: Path, fields: tuple[dict, dict], lines: bool = False):
         return [] if lines else {}
     text = read_text_file(path, str(path), "a JSON-lines log" if lines else "a JSON file")
     if not lines:
-        try:
-            value = json.loads(text)
-        except ValueError as err:
-            raise UserError(f"{path} line {err.lineno}: not valid JSON ({err.msg}); expected a JSON object") from None
-        return _checked(value, str(path), fields)
-    rows = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            try:
-                value = json.loads(line)
-            except ValueError as err:
-                raise UserError(f"{path} line {number}: not valid JSON ({err.msg}); expected a JSON object with "
-                                f"{' and '.join(map(repr, fields[0]))}") from None  # fmt: skip
-            rows.append(_checked(value, f"{path} line {number}", fields))
-    return rows
+        return _checked(parse_json(text, str(path), "a JSON object"), str(path), fields)
+    expected = f"a JSON object with {' and '.join(map(repr, fields[0]))}"
+    return [_checked(parse_json(line, str(path), expected, first_line=number), f"{path} line {number}", fields)
+            for number, line in enumerate(text.split("\n"), start=1) if line.strip()]  # fmt: skip
 
 
 def _series(rows: list[dict], key: str) -> tuple[list, list]:

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from train_mrpc.errors import OneLineArgumentErrors, UserError, read_text_file
+from train_mrpc.errors import OneLineArgumentErrors, UserError
 
 MAX_LENGTH = 128  # run_glue's default --max_seq_length, and the project's --max_length
 SHARED_ENV = "TRAIN_MRPC_SHARED"  # a folder laid out as ../shared: data/mrpc/*.tsv, models/bert-base-uncased/
@@ -142,19 +142,6 @@ def run_as_command(command: str) -> None:
     except UserError as err:
         _print_error(str(err))
         sys.exit(2)
-
-
-def read_json_object(path: Path, name: str, expected: str) -> dict:
-    """The JSON object in a file the user named, or one UserError naming it (``name``) and ``expected``."""
-    text = read_text_file(path, name, expected)
-    try:
-        value = json.loads(text)
-    except ValueError as err:
-        raise UserError(f"{name}: line {err.lineno} is not valid JSON ({err.msg}); expected {expected}") from None
-    if not isinstance(value, dict):
-        kinds = {list: "a list", str: "a string", bool: "true or false", type(None): "null"}
-        raise UserError(f"{name}: holds {kinds.get(type(value), 'a number')}, not a JSON object; expected {expected}")
-    return value
 
 
 def reason(err: BaseException, limit: int = 200) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from train_mrpc.bench import common
 from train_mrpc.bench.common import SHARED_MRPC, print_summary_line, print_table, write_json
-from train_mrpc.errors import UserError
+from train_mrpc.errors import UserError, read_json_object
 from train_mrpc.schema import ALL_RESULTS
 
 VARIANTS = {
@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def read_previous(path: Path) -> dict[tuple[str, int], dict]:
     """The runs of an earlier end_to_end.json by (variant, seed), or one UserError naming what is wrong with it."""
     name, expected = f"--previous {path}", "an end_to_end.json that train-mrpc bench end-to-end wrote"
-    runs = common.read_json_object(path, name, expected).get("runs")
+    runs = read_json_object(path, name, expected).get("runs")
     if not isinstance(runs, list):
         raise UserError(f"{name}: has no list of 'runs'; expected {expected}")
     for number, run in enumerate(runs):

@@ -23,7 +23,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from train_mrpc.bench import common
-from train_mrpc.errors import UserError
+from train_mrpc.errors import UserError, read_json_object
 from train_mrpc.flops import count_parameters, training_flops  # one implementation: the loop's
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -153,7 +153,7 @@ def load_model_config(name: str):
     path, flag = Path(name), f"--model_config {name}"
     expected = "a model's config.json (a JSON object with its model_type)"
     if path.is_file():
-        values = common.read_json_object(path, flag, expected)
+        values = read_json_object(path, flag, expected)
         if not isinstance(values.get("model_type"), str):
             raise UserError(f"{flag}: has no 'model_type'; expected {expected}")
         try:

@@ -100,10 +100,10 @@ def render_file(path: Path, command: str, render) -> str:
     """The Markdown of one result file, or one UserError naming it: not JSON, not an object, or not the record
     ``train-mrpc bench COMMAND`` writes (a field missing or of another kind)."""
     from train_mrpc.bench import common
-    from train_mrpc.errors import UserError
+    from train_mrpc.errors import UserError, read_json_object
 
     expected = f"the JSON record train-mrpc bench {command} writes"
-    record = common.read_json_object(path, str(path), expected)
+    record = read_json_object(path, str(path), expected)
     try:
         return render(record)
     except KeyError as err:
