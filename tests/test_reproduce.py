@@ -4,7 +4,7 @@ import csv
 import json
 
 import pytest
-from conftest import accelerate_launch, assert_config_file_refused, run_cli, tiny_args, write_glue_dir
+from conftest import accelerate_launch, assert_config_file_refused, assert_one_line_error, run_cli, tiny_args, write_glue_dir
 
 
 def reproduce_args(model_dir, out, *extra):
@@ -85,6 +85,29 @@ def test_interrupted_reproduce_resumes_the_unfinished_seeds(tmp_path, tiny_model
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "seed_42" / "all_results.json").stat().st_mtime_ns == finished  # not retrained
     assert "resumed from" in proc.stdout and "seed_43/checkpoints/step_000004" in proc.stdout
+    second = json.loads((out / "results.json").read_text())
+    assert [r["eval_loss"] for r in second["runs"]] == [r["eval_loss"] for r in first["runs"]]
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [(lambda seed: (seed / "all_results.json").write_text('{"eval_accuracy": 0.5,'), "line 1 is not valid JSON"),
+     (lambda seed: (seed / "all_results.json").write_text('{"eval_accuracy": 0.5}'), "'eval_f1' and"),
+     (lambda seed: (seed / "eval_results.jsonl").unlink(), "eval_results.jsonl: missing beside all_results.json")],
+    ids=["cut", "fields-missing", "no-eval-log"],
+)  # fmt: skip
+def test_a_damaged_finished_seed_is_named_and_deleting_it_runs_it_again(tmp_path, tiny_model_dir, damage, fragment):
+    out = tmp_path / "rep"
+    args = reproduce_args(tiny_model_dir, out, "--num_seeds", "1")
+    assert run_cli(args).returncode == 0
+    first = json.loads((out / "results.json").read_text())
+    damage(out / "seed_42")
+    proc = run_cli(args)
+    assert_one_line_error(proc.returncode, proc.stderr, fragment, f"delete {out / 'seed_42'} to run seed 42 again")
+    import shutil
+
+    shutil.rmtree(out / "seed_42")
+    assert run_cli(args).returncode == 0
     second = json.loads((out / "results.json").read_text())
     assert [r["eval_loss"] for r in second["runs"]] == [r["eval_loss"] for r in first["runs"]]
 

@@ -468,6 +468,21 @@ def test_every_seed_of_the_grid_is_checked():
     assert build_grid(config, options)["seed"] == [4294967294, 4294967295]
 
 
+def test_a_damaged_trial_that_a_dead_worker_finished_is_named(tmp_path):
+    """A trial folder holding all_results.json is taken as finished (its worker died before telling the
+    storage): a damaged one is one error that says how to run the trial again, not a traceback or a wrong row."""
+    from train_mrpc.sweep import run_trial
+
+    config, _ = parse_sweep("--output_dir", str(tmp_path))
+    folder = tmp_path / "lr_1e-04" / "seed_42"
+    folder.mkdir(parents=True)
+    (folder / "all_results.json").write_text("[1]")
+    with pytest.raises(UserError, match=r"all_results.json: expected a JSON object with 'eval_accuracy'.*got a list; "
+                       r"it holds trial lr_1e-04/seed_42, finished by an earlier run of this command: delete "
+                       r".*lr_1e-04/seed_42 to run trial lr_1e-04/seed_42 again"):  # fmt: skip
+        run_trial(config, (1e-4, 32, 3, 42), folder)
+
+
 def test_sweep_refusals(tmp_path):
     config, options = parse_sweep("--max_train_steps", "5", "--epochs", "2", "3")
     with pytest.raises(UserError, match="--epochs has no effect with --max_train_steps"):

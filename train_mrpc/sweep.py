@@ -326,7 +326,9 @@ def run_trial(config: TrainConfig, point: tuple, folder: Path) -> dict:
     if not results_file.exists():
         wait_for_folder(folder)
     if results_file.exists():  # finished by a worker that died before telling the storage
-        return json.loads(results_file.read_text())
+        from train_mrpc.run_files import read_finished_run
+
+        return read_finished_run(folder, f"trial {folder.parent.name}/{folder.name}")[0]
     from train_mrpc.train import train
 
     trial_config = dataclasses.replace(config, **dict(zip(GRID_FIELDS, point)), output_dir=str(folder),

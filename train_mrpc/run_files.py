@@ -1,0 +1,97 @@
+"""Reading the JSON files a run leaves in ``--output_dir``, checked field by field.
+
+The plot, ``reproduce`` (a seed an earlier, interrupted reproduce finished) and ``sweep`` (a trial a worker
+finished before it died) read files a user may have edited or a crash may have cut; every flaw ends as one
+UserError naming the file, the line and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from train_mrpc.errors import UserError, json_kind, parse_json, read_text_file
+from train_mrpc.schema import ALL_RESULTS, EVAL_LOG
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _seconds_by_name(value) -> bool:
+    """all_results.json's time_breakdown_s: finite numbers by name (a non-finite one cannot set the axis)."""
+
+    from train_mrpc.config import is_finite  # overflow-safe: an int too large for a float is not finite
+
+    return isinstance(value, dict) and all(_number(v) and is_finite(v) for v in value.values())
+
+
+def _text(value) -> bool:
+    return isinstance(value, str)
+
+
+def _object(value) -> bool:
+    return isinstance(value, dict)
+
+
+EXPECTED = {_number: "a number", _seconds_by_name: "an object of finite numbers (seconds by name)", _text: "a string",
+            _object: "a JSON object"}  # fmt: skip
+
+# What the plot reads of each file: (required fields, optional fields), each field with its check. An optional
+# field may be absent or null (older logs lack some: grad_norm, grad_norm_max, mfu); what is missing is not drawn.
+TRAIN_LOG_FIELDS = ({"step": _number, "loss": _number},
+                    {"learning_rate": _number, "samples_per_second": _number, "grad_norm": _number,
+                     "grad_norm_max": _number, "mfu": _number})  # fmt: skip
+EVAL_LOG_FIELDS = ({"step": _number, "eval_loss": _number}, {"eval_accuracy": _number, "eval_f1": _number})
+ALL_RESULTS_FIELDS = ({}, {"model": _text, "eval_majority_accuracy": _number, "time_breakdown_s": _seconds_by_name})
+TRAIN_CONFIG_FIELDS = ({}, {"max_grad_norm": _number})
+# What reproduce's report and sweep's table take from a finished run's all_results.json.
+FINISHED_RUN_FIELDS = ({"eval_accuracy": _number, "eval_f1": _number, "eval_loss": _number, "train_runtime": _number,
+                        "launch": _object, "speed": _object},
+                       {"eval_majority_accuracy": _number, "train_loss": _number})  # fmt: skip
+
+
+def _checked(value, where: str, fields: tuple[dict, dict]):
+    """``value`` when it is a JSON object whose fields pass their checks; else one UserError naming ``where``."""
+    from train_mrpc.config import shown_value
+
+    required, optional = fields
+    expected = "a JSON object" + (f" with {' and '.join(map(repr, required))}" if required else "")
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected {expected}, got {json_kind(value)}")
+    missing = [key for key in required if key not in value]
+    if missing:
+        raise UserError(f"{where}: expected {expected}; {' and '.join(map(repr, missing))} "
+                        f"{'is' if len(missing) == 1 else 'are'} missing")  # fmt: skip
+    for key, check in (*required.items(), *optional.items()):
+        if key in value and not check(value[key]) and not (key in optional and value[key] is None):
+            raise UserError(f"{where}: {key!r} is {shown_value(value[key])}; expected {EXPECTED[check]}"
+                            + (" or null" if key in optional else ""))  # fmt: skip
+    return value
+
+
+def read_run_file(path: Path, fields: tuple[dict, dict], lines: bool = False):
+    """A run's JSON file (``lines``: JSON-lines log, one object per line), checked against ``fields`` (required,
+    optional); every flaw ends as one UserError naming the file, the line and what was expected. An absent file
+    reads as no lines, or as an empty object."""
+    if not path.exists():
+        return [] if lines else {}
+    text = read_text_file(path, str(path), "a JSON-lines log" if lines else "a JSON file")
+    if not lines:
+        return _checked(parse_json(text, str(path), "a JSON object"), str(path), fields)
+    expected = f"a JSON object with {' and '.join(map(repr, fields[0]))}"
+    return [_checked(parse_json(line, str(path), expected, first_line=number), f"{path} line {number}", fields)
+            for number, line in enumerate(text.split("\n"), start=1) if line.strip()]  # fmt: skip
+
+
+def read_finished_run(folder: Path, what: str) -> tuple[dict, list[dict]]:
+    """(all_results.json, eval_results.jsonl's records) of a run in ``folder`` that an earlier, interrupted
+    command finished (``what``: "seed 42"); a damaged or incomplete folder is one UserError that says how to
+    run it again."""
+    again = f"it holds {what}, finished by an earlier run of this command: delete {folder} to run {what} again"
+    try:
+        results = read_run_file(folder / ALL_RESULTS, FINISHED_RUN_FIELDS)
+        if not (folder / EVAL_LOG).is_file():
+            raise UserError(f"{folder / EVAL_LOG}: missing beside {ALL_RESULTS}")
+        return results, read_run_file(folder / EVAL_LOG, EVAL_LOG_FIELDS, lines=True)
+    except UserError as err:
+        raise UserError(f"{err}; {again}") from None
