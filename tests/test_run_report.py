@@ -87,6 +87,26 @@ def test_a_cpu_peak_measured_while_other_processes_run_is_not_cached(tmp_path):
     assert not (tmp_path / "train_mrpc" / "cpu_peak.json").exists()
 
 
+@pytest.mark.parametrize("text", ["[1]", "{", "[" * 100_000, '{"KEY": "fast"}', '{"KEY": -1.0}', '{"KEY": NaN}'],
+                         ids=["list", "cut", "nested", "text", "negative", "nan"])  # fmt: skip
+def test_a_damaged_cpu_peak_cache_is_measured_again_and_rewritten(tmp_path, monkeypatch, text):
+    """The cache is ours, but a crash or an edit can leave anything in it: a value that is not a positive
+    number is measured again (MFU must not come from "fast" or -1), and the cache is written anew."""
+    import json
+
+    from train_mrpc import flops
+
+    cache = tmp_path / "train_mrpc" / "cpu_peak.json"
+    cache.parent.mkdir()
+    monkeypatch.setattr(flops, "QUIET_OTHER_CORES", float("inf"))  # this test is about the file, not the machine
+    peak, _ = flops.cpu_peak("fp32", cache_dir=tmp_path)  # the key this machine files its figure under
+    (key,) = json.loads(cache.read_text())
+    cache.write_text(text.replace("KEY", key))
+    again, other_cores = flops.cpu_peak("fp32", cache_dir=tmp_path)
+    assert other_cores is not None and 0 < again < float("inf")  # measured (a cached figure has no reading)
+    assert json.loads(cache.read_text()) == {key: again}
+
+
 def test_gradient_norms_of_a_window_leave_out_and_count_non_finite_steps():
     """fp16 overflow steps (skipped by the scaler) have an infinite norm: counted, not averaged in."""
     import torch

@@ -6,6 +6,7 @@ One implementation, used by the training loop (train_log.jsonl, all_results.json
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -94,10 +95,13 @@ def cpu_peak(precision: str, cache_dir: str | Path | None = None) -> tuple[float
     cache = Path(cache_dir or os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "train_mrpc" / "cpu_peak.json"
     try:
         known = json.loads(cache.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         known = {}
-    if key in known:
-        return known[key], None
+    if not isinstance(known, dict):  # a damaged or edited cache is measured again, and rewritten
+        known = {}
+    cached = known.get(key)
+    if isinstance(cached, float) and 0 < cached < math.inf:  # as written below; NaN, Infinity or text are not
+        return cached, None
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
