@@ -195,6 +195,7 @@ def test_label_names_are_accepted(tmp_path):
         ("t.jsonl", '{"sentence1": "a", "sentence2": "b", "label": -1}\n', "t.jsonl: line 1: label -1 in column 'label' is invalid"),
         ("t.json", '[{"sentence1": "a", "sentence2": "b", "label": 1},\n', "t.json: line 2 is not valid JSON"),
         ("t.json", "[" * 100_000, "t.json: line 1 is nested too deeply; expected a JSON list of objects"),
+        ("t.json", "[" + "1" * 5000 + "]", "t.json: line 1 is not valid JSON (Exceeds the limit (4300 digits)"),
         ("t.jsonl", '{"sentence1": "a", "sentence2": "b", "label": 1}\n' + "[" * 100_000, "t.jsonl: line 2 is nested too deeply"),
         ("t.json", '[{"sentence1": "a", "sentence2": 5, "label": 1}]', "t.json: record 0: column 'sentence2' must be a non-empty string, got 5"),
         ("t.parquet", "not parquet at all", "t.parquet: not a readable parquet file"),

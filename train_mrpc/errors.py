@@ -88,7 +88,7 @@ def parse_json(text: str, name: str, expected: str, first_line: int = 1):
 
     try:
         return json.loads(text)
-    except ValueError as err:  # json.JSONDecodeError
+    except ValueError as err:  # json.JSONDecodeError; or, without a line, an integer of over 4,300 digits
         line = first_line + getattr(err, "lineno", 1) - 1
         raise UserError(f"{name}: line {line} is not valid JSON ({getattr(err, 'msg', err)}); expected {expected}") from None
     except RecursionError:

@@ -99,7 +99,7 @@ class ReproduceConfig:
 
 
 def run_seed(config: TrainConfig, seed: int) -> dict:
-    from train_mrpc.run_files import read_finished_run
+    from train_mrpc.run_files import EVAL_LOG_FIELDS, read_finished_run, read_run_file
     from train_mrpc.train import train
 
     out = Path(config.output_dir) / f"seed_{seed}"
@@ -108,7 +108,7 @@ def run_seed(config: TrainConfig, seed: int) -> dict:
         results, curve = read_finished_run(out, f"seed {seed}")
     else:
         results = train(dataclasses.replace(config, seed=seed, output_dir=str(out), resume_from_checkpoint="latest"))
-        curve = [json.loads(line) for line in (out / EVAL_LOG).read_text().splitlines()]
+        curve = read_run_file(out / EVAL_LOG, EVAL_LOG_FIELDS, lines=True)
     majority = results.get("eval_majority_accuracy")
     return {"seed": seed, **{k: results[k] for k in METRICS}, "eval_majority_accuracy": majority,
             "failed": is_failed_run(results["eval_accuracy"], majority), "curve": curve, "launch": results["launch"],
