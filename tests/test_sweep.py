@@ -3,12 +3,14 @@ PostgreSQL server), each trial run once, a killed worker's trial resumed by anot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -140,7 +142,10 @@ def workers(tmp_path):
 
 
 def load_trials(url: str, study_name: str):
-    storage = optuna.storages.RDBStorage(url)
+    # Wait for a worker's SQLite lock as the workers do (120 s), not sqlite3's default 5 s: a commit on a busy
+    # CI machine can take longer than that.
+    engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     return optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
 
 
@@ -271,7 +276,7 @@ def test_a_worker_with_a_late_heartbeat_is_not_trained_twice(tmp_path, tiny_mode
     a = workers.start("a", args, mode="pause")
     paused = workers.wait_for(lambda: list(workers.flags.glob("pause-*")))
     folder = Path(paused[0].read_text()).parent.parent
-    a.send_signal(signal.SIGSTOP)
+    stop_holding_no_lock(a, out / "sweep.db")
     b = workers.start("b", args)
     url = f"sqlite:///{out / 'sweep.db'}"
 
@@ -299,6 +304,25 @@ def test_a_worker_with_a_late_heartbeat_is_not_trained_twice(tmp_path, tiny_mode
     assert results["global_step"] == 8 and results["eval_accuracy"] == row["eval_accuracy"]
     assert f"sweep: trial {retry.number}" not in workers.log("a", tail=None)
     assert sum(1 for t in complete if t.user_attrs["worker"].endswith(f":{b.pid}")) >= 3
+
+
+def stop_holding_no_lock(proc: subprocess.Popen, database: Path) -> None:
+    """SIGSTOP ``proc`` at a moment it holds no lock on the SQLite file. Its heartbeat thread writes there every
+    second; stopped in the middle of that write it would keep every other process out of the file until it is
+    continued. That is SQLite's locking, not what this test is about, so stop it again until it is stopped
+    between writes. (CI failed here once with "database is locked" in the test's own read: this, or a commit
+    slower than sqlite3's default 5 s wait, which load_trials now outlasts.)"""
+    for _ in range(20):
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            with contextlib.closing(sqlite3.connect(database, timeout=3, isolation_level=None)) as probe:
+                probe.execute("BEGIN EXCLUSIVE")  # fails while any other connection holds any lock on the file
+                probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.3)
+    pytest.fail(f"{database} stayed locked each time the worker was stopped")
 
 
 def free_port() -> int:
