@@ -8,6 +8,7 @@ the virtual environment's editable install of this checkout. Never asserts a spe
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -65,10 +66,6 @@ def installed(tmp_path_factory) -> dict:
     return {"site": site, "work": work, "env": env}
 
 
-def checkout_head() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-
 def test_installed_tokenization_defaults(installed):
     """No --out, no ../shared: ./bench-results/, generated pairs and the built-in tiny tokenizer."""
     work = installed["work"]
@@ -76,7 +73,7 @@ def test_installed_tokenization_defaults(installed):
     record = check_tokenization(result, summary, work / "bench-results", cwd=work)
     assert record["settings"]["data_source"].startswith("generated"), record["settings"]["data_source"]
     assert record["settings"]["tokenizer"].startswith("tiny"), record["settings"]["tokenizer"]
-    assert record["environment"]["git"]["commit"] != checkout_head()  # not this checkout's commit
+    assert record["environment"]["git"] == {"commit": None, "dirty": None}  # an installed package has no commit
 
 
 def test_installed_steps(installed):
@@ -96,3 +93,50 @@ def test_installed_end_to_end(installed):
     record = check_end_to_end(proc, work / "e2e")
     assert record["data"].startswith("synthetic")
     assert sorted(p.name for p in (work / "e2e" / "runs").iterdir()) == ["defaults-seed42", "reference-seed42"]
+
+
+def git_repo(folder: Path) -> str:
+    """``folder`` made a git repository with one commit; returns its commit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"]
+    run([*git, "init", "-q", folder])
+    run([*git, "-C", folder, "commit", "-q", "--allow-empty", "-m", "someone else's project"])
+    return run(["git", "-C", folder, "rev-parse", "HEAD"]).stdout.strip()
+
+
+def recorded_git(package_parent: Path) -> dict:
+    """The git record train_mrpc.environment makes when the package is imported from ``package_parent``."""
+    shutil.copytree(ROOT / "train_mrpc", package_parent / "train_mrpc", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    code = "import json, train_mrpc.environment as e; print(e.__file__); print(json.dumps(e.git_commit()))"
+    lines = run([sys.executable, "-c", code], cwd=package_parent, env={**env, "PYTHONPATH": str(package_parent)}).stdout
+    module, record = lines.splitlines()
+    assert Path(module).resolve().is_relative_to(package_parent.resolve()), module  # the copy, not this checkout
+    return json.loads(record)
+
+
+@pytest.mark.parametrize("layout", ["site-packages", "other-project", "below-the-top"])
+def test_environment_records_no_commit_of_another_repository(tmp_path, layout):
+    """A package installed inside someone else's repository (a virtual environment or --target folder in their
+    project) recorded that repository's commit as the benchmark's: git answered from the package's folder."""
+    repo = tmp_path / "their-project"
+    git_repo(repo)
+    if layout == "site-packages":
+        parent = repo / ".venv" / "lib" / "python3" / "site-packages"
+    elif layout == "other-project":  # the package at the top of a repository whose pyproject.toml is another's
+        parent = repo
+        (repo / "pyproject.toml").write_text('[project]\nname = "their-project"\n')
+    else:  # this project's files, but in a sub-folder of the repository, not at the top of a checkout
+        parent = repo / "vendored"
+        parent.mkdir()
+        shutil.copy2(ROOT / "pyproject.toml", parent / "pyproject.toml")
+    assert recorded_git(parent) == {"commit": None, "dirty": None}
+
+
+def test_environment_records_the_commit_of_its_own_checkout(tmp_path):
+    """At the top of a git checkout of this project (pyproject.toml names train-mrpc), its commit is recorded."""
+    checkout = tmp_path / "checkout"
+    commit = git_repo(checkout)
+    shutil.copy2(ROOT / "pyproject.toml", checkout / "pyproject.toml")
+    record = recorded_git(checkout)
+    assert record["commit"] == commit and record["dirty"] is True  # the copied files are not committed

@@ -78,16 +78,56 @@ class OtherCpu:
             self.cores = round(max(0.0, (busy - self._busy - (_own_seconds() - self._own)) / wall), 4)
 
 
-def git_commit() -> dict:
-    def git(*args):
-        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else None
+def own_checkout() -> Path | None:
+    """The git checkout of this project that the package is imported from, or None.
 
+    Only the folder above ``train_mrpc`` counts, and only when it is the top of a git work tree and its
+    pyproject.toml names this project: an installed wheel lives in site-packages, which may sit inside some
+    other repository (a user's project with its virtual environment, a --target folder under a checkout), and
+    git, asked from there, answers with that repository's commit, which says nothing about this code.
+    """
+    root = REPO_ROOT
     try:
-        commit = git("rev-parse", "HEAD")
-        status = git("status", "--porcelain")
+        text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    try:
+        import tomllib
+
+        name = tomllib.loads(text).get("project", {}).get("name")
+    except ImportError:  # Python 3.10: the name line of the [project] table is enough here
+        import re
+
+        match = re.search(r'^\[project\][^\[]*?^name\s*=\s*"([^"]*)"', text, re.MULTILINE | re.DOTALL)
+        name = match.group(1) if match else None
+    except ValueError:  # tomllib.TOMLDecodeError: not this project's file
+        return None
+    if name != "train-mrpc" or not (root / "train_mrpc").is_dir():
+        return None
+    top = _git(root, "rev-parse", "--show-toplevel")
+    try:
+        return root if top is not None and Path(top).resolve() == root.resolve() else None
+    except OSError:
+        return None
+
+
+def _git(cwd: Path, *args) -> str | None:
+    """``git ARGS`` run in ``cwd``: its output, or None when git is missing, fails or hangs."""
+    # GIT_DIR, GIT_WORK_TREE and the like (set by a hook or a caller's shell) point git at another repository.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, env=env)
     except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit() -> dict:
+    """The commit (and dirty flag) of this project's own checkout; both None for an installed package."""
+    root = own_checkout()
+    if root is None:
         return {"commit": None, "dirty": None}
+    commit, status = _git(root, "rev-parse", "HEAD"), _git(root, "status", "--porcelain")
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
