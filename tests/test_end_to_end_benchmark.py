@@ -41,3 +41,29 @@ def test_quick_end_to_end_comparison_is_complete(tmp_path):
                           text=True, env={**os.environ, **TEST_ENV}, cwd=ROOT, timeout=600)  # fmt: skip
     kept, measured = check_end_to_end(proc, tmp_path)["runs"]
     assert kept == {**first["runs"][0], "kept_from": str(previous)} and "kept_from" not in measured
+
+
+def test_quick_honours_model(tmp_path, monkeypatch, tiny_model_dir, capsys):
+    """--quick picks the tiny model only when --model is left out: it trained tiny-random-bert whatever --model
+    named. The runs themselves are replaced (the flags they get are what is checked), so this takes a second."""
+    from train_mrpc.bench import end_to_end
+    from train_mrpc.cli import main
+
+    commands = []
+
+    def fake_run(variant, seed, flags, out):
+        commands.append(flags)
+        return {"variant": variant, "seed": seed, "wall_s": 2.0, "train_runtime_s": 1.0, "eval_accuracy": 0.5,
+                "eval_f1": 0.5, "train_tokens_per_second": 10.0}  # fmt: skip
+
+    monkeypatch.setattr(end_to_end, "run_once", fake_run)
+    main(["bench", "end-to-end", "--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path / "named")])
+    record = json.loads((tmp_path / "named" / "end_to_end.json").read_text())
+    assert [c[c.index("--model_name_or_path") + 1] for c in commands] == [str(tiny_model_dir.resolve())] * 2
+    assert record["model_label"] == tiny_model_dir.name and record["quick"] is True
+
+    commands.clear()  # left out: the tiny model, as before
+    main(["bench", "end-to-end", "--quick", "--out", str(tmp_path / "default")])
+    assert [c[c.index("--model_name_or_path") + 1] for c in commands] == ["tiny-random-bert"] * 2
+    assert json.loads((tmp_path / "default" / "end_to_end.json").read_text())["model_label"] == "tiny-random-bert"
+    capsys.readouterr()

