@@ -1,13 +1,16 @@
 """Every launch mode does what it says: configs load, 2 processes = 1 process with twice the batch, traps refused."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, accelerate_launch, launch, run_cli, table_text, tiny_args
+from conftest import ROOT, TEST_ENV, accelerate_launch, launch, run_cli, table_text, tiny_args
 
 CONFIGS = sorted((ROOT / "accelerate_configs").glob("*.yaml"))
 EXPECTED = {  # file -> (distributed_type, mixed_precision, use_cpu)
@@ -161,6 +164,47 @@ def test_a_gpu_config_on_a_machine_without_gpus_is_refused(tmp_path, tiny_model_
     proc = run_cli(tiny_args(tiny_model_dir, tmp_path), launcher=accelerate_launch("single_gpu.yaml"))
     assert proc.returncode != 0
     assert "train-mrpc: error: the launch config asks for GPU 0 (gpu_ids), but this machine has no CUDA GPU" in proc.stderr
+
+
+def test_gpu_ids_on_the_launch_command_line_are_refused_without_gpus(tmp_path, tiny_model_dir):
+    """The `accelerate` command itself, a config named relative to where it runs, --gpu_ids as a flag: the
+    request is read from the launch (accelerate 1.16 no longer exports it to the worker on a CPU machine)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    accelerate = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", "accelerate_configs/bf16.yaml"]
+    proc = run_cli(tiny_args(tiny_model_dir, tmp_path), launcher=[*accelerate, "--gpu_ids", "1", "-m", "train_mrpc"])
+    assert proc.returncode != 0
+    assert "train-mrpc: error: the launch config asks for GPU 1 (gpu_ids), but this machine has no CUDA GPU" in proc.stderr
+
+
+@pytest.mark.parametrize("launch_args, expected", [
+    (["--config_file", "accelerate_configs/single_gpu.yaml"], "0"),
+    (["--config_file", "accelerate_configs/single_gpu.yaml", "--cpu"], None),  # --cpu wins, as in the launcher
+    (["--config_file", "accelerate_configs/single_gpu.yaml", "--gpu_ids", "2,3"], "2,3"),
+    (["--config_file", "accelerate_configs/cpu.yaml", "--gpu_ids", "0"], None),  # use_cpu: true
+    (["--config_file", "accelerate_configs/bf16.yaml"], None),  # no gpu_ids: trains where it can
+    (["--config_file", "accelerate_configs/multi_gpu.yaml"], None),  # gpu_ids: all (CPU processes here)
+    (["--config_file", "accelerate_configs/fp16.yaml", "-m", "x", "--gpu_ids", "9"], "0"),  # the script's flags are not the launcher's
+])  # fmt: skip
+def test_the_gpus_a_launch_asks_for_are_read_from_its_arguments_and_config(launch_args, expected, monkeypatch, tmp_path):
+    from train_mrpc.launch import gpu_ids_of_launch
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # no default config file of the user's
+    assert gpu_ids_of_launch([*launch_args, "-m", "train_mrpc"], cwd=str(ROOT)) == expected
+
+
+def test_the_launcher_of_this_process_is_found_in_proc(tmp_path):
+    """A child of `python -m accelerate.commands.launch ...` finds that command's arguments and folder."""
+    code = "import json; from train_mrpc.launch import accelerate_launcher; print(json.dumps(accelerate_launcher()))"
+    script = tmp_path / "probe.py"
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", str(script)],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **TEST_ENV}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    argv, cwd = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert argv == ["--cpu", "--num_processes", "1", str(script)] and cwd == str(tmp_path)
 
 
 def test_deepspeed_without_deepspeed_says_how_to_install(tmp_path, tiny_model_dir):

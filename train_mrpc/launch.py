@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from train_mrpc.config import TrainConfig
 from train_mrpc.errors import UserError
@@ -180,14 +181,79 @@ def check_launch(accelerator) -> None:
             "fp16 matmuls are far slower than fp32 on CPUs. Use bf16: launch with accelerate_configs/bf16.yaml, or "
             "pass --precision bf16 to train-mrpc"
         )
-    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
-    launched_for_gpus = "ACCELERATE_MIXED_PRECISION" in os.environ and os.environ.get("ACCELERATE_USE_CPU", "").lower() != "true"
-    if accelerator.device.type == "cpu" and gpus and launched_for_gpus:
-        # The config's gpu_ids became CUDA_VISIBLE_DEVICES; without a GPU the run would quietly train on the CPU.
+    gpus = requested_gpu_ids() if accelerator.device.type == "cpu" else None
+    if gpus:  # without a GPU the run would quietly train on the CPU
         raise UserError(
             f"the launch config asks for GPU {gpus} (gpu_ids), but this machine has no CUDA GPU: on CPUs launch "
             "with accelerate_configs/cpu.yaml, bf16.yaml or multi_cpu.yaml"
         )
+
+
+def requested_gpu_ids() -> str | None:
+    """The GPUs an ``accelerate launch`` asked for by index (its config's or flag's gpu_ids), else None.
+
+    Read from the launch itself: the launcher's command line (its --gpu_ids, --cpu and --config_file, or the
+    default config it reads when none is named), parsed with Accelerate's own parser. The worker's environment
+    is not enough: accelerate 1.15 exported gpu_ids as CUDA_VISIBLE_DEVICES, 1.16 does so only when torch
+    reports a CUDA backend, so on a CPU machine the request left no trace and single_gpu.yaml trained on the
+    CPU. Where the launcher's command line cannot be read (not Linux, another launcher), CUDA_VISIBLE_DEVICES
+    set under an accelerate launch that did not ask for the CPU still counts.
+    """
+    env = os.environ
+    if "ACCELERATE_MIXED_PRECISION" not in env:  # not started by accelerate launch (a plain or torchrun run)
+        return None
+    launcher = accelerate_launcher()
+    if launcher is not None:
+        try:
+            return gpu_ids_of_launch(*launcher)
+        except Exception:  # a launcher whose flags this accelerate does not parse: fall back to the environment
+            pass
+    if env.get("ACCELERATE_USE_CPU", "").lower() == "true":
+        return None
+    return env.get("CUDA_VISIBLE_DEVICES") or None
+
+
+def gpu_ids_of_launch(launch_args: list[str], cwd: str = ".") -> str | None:
+    """gpu_ids as ``accelerate launch`` with these arguments resolves them (flag, then config file); None when
+    the launch asks for the CPU or for every GPU there is ("all": on a machine without GPUs, CPU processes)."""
+    from accelerate.commands.config import default_config_file, load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    try:
+        args, _ = launch_command_parser().parse_known_args(launch_args)
+    except SystemExit:  # argparse's way to fail: it printed a usage line about the launcher's flags
+        raise ValueError(f"accelerate launch's arguments do not parse: {launch_args}") from None
+    config = None
+    if args.config_file is not None or (os.path.isfile(default_config_file) and not args.cpu):
+        config = load_config_from_file(args.config_file and os.path.join(cwd, args.config_file))
+    use_cpu = bool(args.cpu or (config is not None and config.use_cpu))
+    gpu_ids = args.gpu_ids if args.gpu_ids is not None else (config.gpu_ids if config is not None else None)
+    if use_cpu or gpu_ids is None or str(gpu_ids).strip().lower() == "all":
+        return None
+    return str(gpu_ids)
+
+
+def accelerate_launcher() -> tuple[list[str], str] | None:
+    """(the arguments after ``launch``, the folder it ran in) of the ``accelerate launch`` process that started
+    this one (its parent, or a grandparent under a wrapper), from /proc; None where there is none to read."""
+    pid = os.getppid()
+    for _ in range(3):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            return None
+        for i, word in enumerate(argv):
+            name = os.path.basename(word)
+            if name == "accelerate" and argv[i + 1:i + 2] == ["launch"]:
+                return argv[i + 2:], cwd
+            if name == "accelerate-launch" or (word == "-m" and argv[i + 1:i + 2] == ["accelerate.commands.launch"]):
+                return argv[i + (1 if name == "accelerate-launch" else 2):], cwd
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the command name: the parent's pid
+        if pid <= 1:
+            return None
+    return None
 
 
 def quiet_other_processes(accelerator) -> None:
