@@ -178,6 +178,58 @@ def test_every_file_format_reads_to_the_same_schema(tmp_path, suffix):
     assert raw["train"].features["label"].names == ["not_equivalent", "equivalent"]
 
 
+PAIRS = [('"Hi," he said.', "Hello, he said.", 1), ("Café crème.", "Dogs bark.", 0), ("Cats purr.", "A cat purrs.", 1)]
+
+
+def write_pairs(folder: Path, fmt: str, bom: str, newline: str) -> Path:
+    """PAIRS as a file of format ``fmt`` (or a GLUE folder), starting with ``bom``, lines ending with ``newline``."""
+    folder.mkdir()
+    records = [{"sentence1": a, "sentence2": b, "label": y} for a, b, y in PAIRS]
+    if fmt == "glue":
+        rows = "".join(f"{y}\t{i}\t{i + 1}\t{a}\t{b}\n" for i, (a, b, y) in enumerate(PAIRS))
+        texts = {name: "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + rows for name in ("train.tsv", "dev.tsv")}
+    elif fmt == "csv":
+        texts = {"t.csv": 'sentence1,sentence2,label\n"""Hi,"" he said.","Hello, he said.",1\nCafé crème.,Dogs bark.,0\n'
+                          "Cats purr.,A cat purrs.,1\n"}  # fmt: skip
+    elif fmt == "tsv":
+        texts = {"t.tsv": "sentence1\tsentence2\tlabel\n" + "".join(f"{a}\t{b}\t{y}\n" for a, b, y in PAIRS)}
+    elif fmt == "json":
+        texts = {"t.json": json.dumps(records, indent=2, ensure_ascii=False) + "\n"}
+    else:
+        texts = {"t.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)}
+    for name, text in texts.items():
+        (folder / name).write_bytes((bom + text.replace("\n", newline)).encode("utf-8"))
+    return folder if fmt == "glue" else folder / name
+
+
+@pytest.mark.parametrize("fmt", ["tsv", "csv", "json", "jsonl", "glue"])
+@pytest.mark.parametrize("bom", ["\ufeff", "\ufeff\ufeff"], ids=["bom", "bom-twice"])
+def test_a_file_with_byte_order_marks_and_crlf_reads_like_one_without(tmp_path, fmt, bom):
+    """Excel and Notepad save UTF-8 with a BOM and CRLF line ends; a BOM file read as plain UTF-8 (the mark kept as
+    a character) and saved again with one has two, and the second stuck to the first column's name: "missing
+    column(s) 'Quality'; found '\ufeffQuality', ..." or "Unexpected UTF-8 BOM"."""
+
+    def rows(path: Path) -> dict:
+        source = {"data_dir": str(path)} if fmt == "glue" else {"train_file": str(path), "validation_file": str(path)}
+        raw = load_raw_splits(TrainConfig(output_dir=str(tmp_path / "run"), **source))
+        return {split: raw[split].to_dict() for split in raw}
+
+    plain = rows(write_pairs(tmp_path / "plain", fmt, "", "\n"))
+    assert plain["train"]["sentence1"] == [a for a, _, _ in PAIRS] and plain["train"]["label"] == [1, 0, 1]
+    assert rows(write_pairs(tmp_path / "marked", fmt, bom, "\r\n")) == plain
+
+
+def test_a_glue_file_with_two_byte_order_marks_trains_through_the_cli(tmp_path, capsys):
+    """The issue's case: a GLUE TSV given with --train_file after a round trip through a tool that kept the BOM."""
+    from train_mrpc.cli import main
+
+    data = write_pairs(tmp_path / "data", "glue", "\ufeff\ufeff", "\r\n") / "train.tsv"
+    main(["--model_name_or_path", "tiny-random-bert", "--train_file", str(data), "--validation_file", str(data),
+          "--sentence1_column", "#1 String", "--sentence2_column", "#2 String", "--label_column", "Quality",
+          "--output_dir", str(tmp_path / "run"), "--max_train_steps", "1", "--per_device_train_batch_size", "2"])  # fmt: skip
+    assert json.loads((tmp_path / "run" / "all_results.json").read_text())["eval_accuracy"] >= 0
+
+
 def test_label_names_are_accepted(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text('{"sentence1": "a.", "sentence2": "b.", "label": "equivalent"}\n'

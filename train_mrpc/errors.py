@@ -57,7 +57,7 @@ def check_readable_file(path, name: str, expected: str) -> None:
 
 
 def read_text_file(path, name: str, expected: str) -> str:
-    """The UTF-8 text of a file the user named (a byte-order mark dropped), or one UserError naming it: what
+    """The UTF-8 text of a file the user named (its byte-order marks dropped), or one UserError naming it: what
     ``check_readable_file`` refuses, or the line of the first byte that is not UTF-8."""
     from pathlib import Path
 
@@ -67,7 +67,9 @@ def read_text_file(path, name: str, expected: str) -> str:
     except OSError as err:
         raise UserError(f"{name}: cannot read ({os_reason(err)})") from None
     try:
-        return data.decode("utf-8-sig")  # GLUE's files start with a byte-order mark
+        # GLUE's files start with a byte-order mark. A second one comes from a BOM file read as plain UTF-8 (which
+        # keeps the mark as a character) and saved again with one: it would stick to the first column's name.
+        return data.decode("utf-8-sig").lstrip("\ufeff")
     except UnicodeDecodeError as err:
         offset = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)  # utf-8-sig counts after the BOM
         line = data[:offset].count(b"\n") + 1
