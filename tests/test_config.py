@@ -201,3 +201,15 @@ def test_huge_epoch_counts_are_refused():
                                         r"2147483647 \(2\*\*31 - 1\)$"):  # fmt: skip
         parse_config(["--num_train_epochs", "1e308"])
     assert parse_config(["--num_train_epochs", "2147483647"]).num_train_epochs == 2**31 - 1
+
+
+@pytest.mark.parametrize("suffix, text", [(".yaml", "seed: 7\nlearning_rate: 5.0e-5\n"),
+                                          (".json", '{\n  "seed": 7,\n  "learning_rate": 5e-5\n}\n')])  # fmt: skip
+@pytest.mark.parametrize("bom", ["\ufeff", "\ufeff\ufeff"], ids=["bom", "bom-twice"])
+def test_config_files_with_byte_order_marks_and_crlf_read_like_others(tmp_path, suffix, text, bom):
+    """Notepad saves UTF-8 with a BOM and CRLF; a BOM file read as plain UTF-8 and saved again with one has two, and
+    JSON refused it ("Unexpected UTF-8 BOM")."""
+    path = tmp_path / f"run{suffix}"
+    path.write_bytes((bom + text.replace("\n", "\r\n")).encode("utf-8"))
+    config = parse_config(["--config", str(path)])
+    assert (config.seed, config.learning_rate) == (7, 5e-5)
