@@ -582,3 +582,61 @@ def test_data_path_that_is_not_a_file_is_named(tmp_path, kind):
     message = "is a folder; expected a data file" if kind == "folder" else "is not a regular file"
     with pytest.raises(UserError, match=f"train.csv: {message}"):
         load_raw_splits(file_config(tmp_path, path))
+
+
+# --- hostile inputs, round 2: each ran silently wrong, or refused a good file ------------------------------------
+
+
+def tiny_files(tmp_path: Path, name: str = "pairs.jsonl") -> list:
+    """Flags for a one-step run of the tiny model on a small file of pairs (an old build trained on it quickly)."""
+    path = pair_file(tmp_path / name, [{"sentence1": "A b.", "sentence2": "B a.", "label": i % 2} for i in range(4)])
+    return [*TINY[:2], "--train_file", path, "--validation_file", path, "--output_dir", tmp_path / "run",
+            "--max_train_steps", "1", "--per_device_train_batch_size", "2"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, where", [("pairs.jsonl", "line 2"), ("pairs.json", "record 1")])
+def test_a_json_row_that_repeats_a_key_is_refused(tmp_path, capsys, name, where):
+    """json.loads keeps the last of two equal keys: {"label": 1, ..., "label": 0} trained as 0."""
+    rows = ['{"sentence1": "A b.", "sentence2": "B a.", "label": 0}',
+            '{"sentence1": "C d.", "label": 1, "sentence2": "D c.", "label": 0}']  # fmt: skip
+    path = tmp_path / name
+    path.write_text("".join(r + "\n" for r in rows) if name.endswith("l") else "[" + ",\n".join(rows) + "]\n")
+    main_error([*TINY[:2], "--train_file", path, "--validation_file", path, "--output_dir", tmp_path / "run",
+                "--max_train_steps", "1"], capsys, f"{path}: {where} repeats the key 'label'", "keep one")  # fmt: skip
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"], ids=["line-separator", "paragraph-separator", "nel"])
+def test_json_lines_whose_text_holds_a_unicode_line_separator_are_read(tmp_path, separator):
+    """JSON strings may hold U+2028, U+2029 and U+0085 unescaped (json.dumps(ensure_ascii=False) writes them so), but
+    str.splitlines broke the line there: a valid file was "not valid JSON", and later lines' numbers were off."""
+    rows = [{"sentence1": f"First.{separator}Second.", "sentence2": "B a.", "label": 1},
+            {"sentence1": "C d.", "sentence2": "D c.", "label": 0}]  # fmt: skip
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows), encoding="utf-8")
+    assert load_raw_splits(file_config(tmp_path, path))["train"]["sentence1"] == [f"First.{separator}Second.", "C d."]
+    rows.append({"sentence1": "E f.", "sentence2": "F e.", "label": 7})
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(UserError, match="pairs.jsonl: line 3: label 7 in column 'label' is invalid"):
+        load_raw_splits(file_config(tmp_path, path))
+
+
+def test_a_header_repeated_inside_a_test_file_is_refused(tmp_path):
+    """Two files joined with cat: in a test file (no labels) the second header was one more pair to predict, a line
+    of MRPC.tsv for a sentence pair nobody wrote."""
+    train = pair_file(tmp_path / "train.jsonl", [{"sentence1": "A b.", "sentence2": "B a.", "label": i % 2} for i in range(4)])
+    test = tmp_path / "test.csv"
+    test.write_text("sentence1,sentence2\nA b.,B a.\nsentence1,sentence2\nC d.,D c.\n")
+    config = TrainConfig(train_file=str(train), validation_file=str(train), test_file=str(test), output_dir=str(tmp_path))
+    with pytest.raises(UserError, match=r"test.csv: line 3 repeats the header line \(sentence1, sentence2\); expected "
+                                        r"it once, at the top \(were files joined with cat\?\)"):  # fmt: skip
+        load_raw_splits(config)
+
+
+def test_glue_files_joined_with_cat_are_named_so(tmp_path, capsys):
+    """`cat train.tsv dev.tsv`: GLUE's second header (with its byte-order mark) was "label '\\ufeffQuality' is invalid"."""
+    from conftest import write_glue_dir
+
+    data = write_glue_dir(tmp_path / "glue", ["1\t1\t2\tA b.\tB a.", "0\t3\t4\tC d.\tD c."])
+    (data / "train.tsv").write_bytes((data / "train.tsv").read_bytes() + (data / "dev.tsv").read_bytes())
+    main_error([*TINY[:2], "--data_dir", data, "--output_dir", tmp_path / "run", "--max_train_steps", "1"], capsys,
+               f"{data / 'train.tsv'}: line 4 repeats the header line (Quality, #1 ID")  # fmt: skip

@@ -62,6 +62,11 @@ def read_delimited(path: Path, delimiter: str) -> tuple[Columns, list[str]]:
             line = reader.line_num
             if not row or row == [""]:
                 continue
+            if [row[0].lstrip("\ufeff"), *row[1:]] == header:
+                # Files joined with cat (GLUE's own BOM ones too) keep each one's header: in a labelled file its
+                # label cell was named as invalid, in a test file it became one more pair to predict.
+                raise UserError(f"{path}: line {line} repeats the header line ({', '.join(header)}); expected it "
+                                "once, at the top (were files joined with cat?)")  # fmt: skip
             if len(row) != len(header):
                 raise UserError(
                     f"{path}: line {line} has {len(row)} fields, expected {len(header)} like the header "
@@ -86,28 +91,50 @@ def _is_one_json_object(text: str) -> bool:
         return False
 
 
+class _Record(dict):
+    """A parsed JSON object that remembers the first key it repeats (json.loads keeps the last value silently:
+    a row written {"label": 1, ..., "label": 0} trained as 0)."""
+
+    def __init__(self, pairs: list[tuple]) -> None:
+        super().__init__(pairs)
+        self.repeated = None
+        if len(self) < len(pairs):
+            seen = set()
+            for key, _ in pairs:
+                if key in seen:
+                    self.repeated = key
+                    break
+                seen.add(key)
+
+
 def read_json(path: Path) -> tuple[Columns, list[str]]:
     """JSON lines (one object per line), or a JSON list of objects."""
     text = _read_text(path)
     records, locations = [], []
     expected = "a JSON list of objects ([{...}, {...}]) or JSON lines (one object per line)"
     if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
-        for number, line in enumerate(text.splitlines(), start=1):
+        # Lines end at "\n" only: str.splitlines also breaks at U+2028, U+2029 and U+0085, which JSON strings may
+        # hold as they are (json.dumps(ensure_ascii=False) writes them so), and a valid line was refused. A "\r"
+        # left by CRLF line ends is JSON whitespace.
+        for number, line in enumerate(text.split("\n"), start=1):
             if line.strip():
                 try:
-                    records.append(parse_json(line, str(path), expected, first_line=number))
+                    records.append(parse_json(line, str(path), expected, first_line=number, object_pairs_hook=_Record))
                 except UserError:
                     if number == 1 and _is_one_json_object(text):  # pretty-printed: valid JSON, not a table
                         raise UserError(f"{path}: holds one JSON object; expected {expected}") from None
                     raise
                 locations.append(f"line {number}")
     else:
-        records = parse_json(text, str(path), expected)
+        records = parse_json(text, str(path), expected, object_pairs_hook=_Record)
         locations = [f"record {i}" for i in range(len(records))]
     columns: Columns = {}
     for record, where in zip(records, locations):
         if not isinstance(record, dict):
             raise UserError(f"{path}: {where} is not a JSON object with named fields")
+        if record.repeated is not None:
+            raise UserError(f"{path}: {where} repeats the key {shown_value(record.repeated)}; JSON readers keep the "
+                            "last value silently: keep one")  # fmt: skip
         for name in record:
             columns.setdefault(name, [None] * len(locations))
     for i, record in enumerate(records):

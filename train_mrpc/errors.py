@@ -83,13 +83,14 @@ def json_kind(value) -> str:
     return kinds.get(type(value), "a number")
 
 
-def parse_json(text: str, name: str, expected: str, first_line: int = 1):
+def parse_json(text: str, name: str, expected: str, first_line: int = 1, object_pairs_hook=None):
     """``text`` parsed as JSON, or one UserError: ``name``, the line (counted from ``first_line``), what is wrong
-    and ``expected``. Arrays or objects nested thousands deep (RecursionError in the parser) are refused too."""
+    and ``expected``. Arrays or objects nested thousands deep (RecursionError in the parser) are refused too.
+    ``object_pairs_hook``: json.loads's, which builds each object from its (key, value) pairs."""
     import json
 
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=object_pairs_hook)
     except ValueError as err:  # json.JSONDecodeError; or, without a line, an integer of over 4,300 digits
         line = first_line + getattr(err, "lineno", 1) - 1
         raise UserError(f"{name}: line {line} is not valid JSON ({getattr(err, 'msg', err)}); expected {expected}") from None
