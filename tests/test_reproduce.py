@@ -317,3 +317,55 @@ def test_plot_has_whole_epochs_the_majority_class_and_the_models_published_basel
     assert fig._suptitle.get_text().endswith("(no published MRPC baseline for this model)")
     assert not any("published" in t.get_text() for t in fig.axes[1].get_legend().get_texts())
     plt.close(fig)
+
+
+# --- seeds an earlier reproduce finished, made by hand: the report without training -------------------------
+
+
+def finished_seed(folder, eval_lines: list[dict]) -> None:
+    """A seed folder as a finished run leaves it (the fields the report reads), with ``eval_lines`` as its log."""
+    folder.mkdir(parents=True)
+    results = {"eval_accuracy": 0.8, "eval_f1": 0.85, "eval_loss": 0.5, "train_runtime": 1.0, "eval_majority_accuracy": 0.68,
+               "launch": {"global_batch_size": 16, "num_processes": 1, "device_type": "cpu"},
+               "speed": {"precision": "fp32", "batching": "random"}}  # fmt: skip
+    (folder / "all_results.json").write_text(json.dumps(results))
+    (folder / "eval_results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in eval_lines))
+
+
+EVALUATION = {"epoch": 1, "step": 8, "eval_loss": 0.5, "eval_accuracy": 0.8, "eval_f1": 0.85}
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ({k: v for k, v in EVALUATION.items() if k != "epoch"}, "line 1: expected a JSON object with 'step' and 'eval_loss' "
+                                                            "and 'epoch' and 'eval_accuracy'; 'epoch' is missing"),
+    ({**EVALUATION, "eval_accuracy": None}, "line 1: 'eval_accuracy' is None; expected a number"),
+], ids=["no-epoch", "accuracy-null"])  # fmt: skip
+def test_a_finished_seeds_evaluation_without_what_the_report_draws_is_named(tmp_path, tiny_model_dir, capsys, line,
+                                                                             fragment):
+    """The report draws accuracy after each epoch: a finished seed's log line without an epoch or an accuracy
+    (both optional in the plot's reader) stopped the report, after every seed had run, with a KeyError or TypeError."""
+    from train_mrpc.cli import main
+
+    out = tmp_path / "rep"
+    finished_seed(out / "seed_42", [line])
+    with pytest.raises(SystemExit) as info:
+        main(reproduce_args(tiny_model_dir, out, "--num_seeds", "1"))
+    assert_one_line_error(info.value.code, capsys.readouterr().err, f"{out / 'seed_42' / 'eval_results.jsonl'} {fragment}",
+                          f"delete {out / 'seed_42'} to run seed 42 again")  # fmt: skip
+    assert not (out / "results.json").exists()
+
+
+def test_a_model_name_with_dollar_signs_is_drawn_as_written(tmp_path, tiny_model_dir, capsys):
+    """A model folder called "model$\\frac$": matplotlib read the name as math and the report stopped with a
+    ParseSyntaxException after every seed had trained."""
+    import shutil
+
+    from train_mrpc.cli import main
+
+    model, out = tmp_path / "model$\\frac$", tmp_path / "rep"
+    shutil.copytree(tiny_model_dir, model)
+    finished_seed(out / "seed_42", [EVALUATION])
+    main(reproduce_args(model, out, "--num_seeds", "1"))
+    assert capsys.readouterr().err == ""
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "results.json").read_text())["model_name"].startswith("model$\\frac$")

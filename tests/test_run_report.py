@@ -280,3 +280,81 @@ def test_plot_draws_logs_without_the_optional_fields(logged_run, tmp_path, capsy
     main(["plot", str(folder)])
     assert capsys.readouterr().err == ""
     assert (folder / "training_curves.png").read_bytes()[:8] == PNG_MAGIC
+
+
+BIG = b"1" + b"0" * 400  # a JSON integer beyond a float's range (the 4,300-digit parser limit is far away)
+
+
+@pytest.mark.parametrize(
+    "damage, fragments",
+    [
+        (replace_line("train_log.jsonl", 2, b'{"step": ' + BIG + b', "loss": 0.6}'),
+         ["train_log.jsonl line 2: 'step' is 1000", "expected a step number (an integer >= 0)"]),
+        (replace_line("train_log.jsonl", 2, b'{"step": 4, "loss": ' + BIG + b"}"),
+         ["train_log.jsonl line 2: 'loss' is 1000", "expected a number"]),
+        (replace_line("eval_results.jsonl", 1, b'{"step": 10, "eval_loss": 0.6, "eval_f1": -' + BIG + b"}"),
+         ["eval_results.jsonl line 1: 'eval_f1' is -1000", "expected a number or null"]),
+    ],
+    ids=["step-beyond-float", "loss-beyond-float", "f1-beyond-float"],
+)  # fmt: skip
+def test_plot_of_a_number_beyond_a_float_is_named(logged_run, tmp_path, capsys, damage, fragments):
+    """JSON integers have no limit; matplotlib converts to float, and the plot stopped with an OverflowError."""
+    from train_mrpc.cli import main
+
+    folder = damaged_copy(logged_run, tmp_path, damage)
+    with pytest.raises(SystemExit) as info:
+        main(["plot", str(folder)])
+    assert_one_line_error(info.value.code, capsys.readouterr().err, str(folder), *fragments)
+    assert not (folder / "training_curves.png").exists()
+
+
+def append_line(name: str, copy_of: int | None = None, data: bytes | None = None):
+    """Appends line ``copy_of`` of the file again, or ``data``."""
+
+    def damage(folder):
+        lines = (folder / name).read_bytes().splitlines(keepends=True)
+        (folder / name).write_bytes(b"".join(lines) + (lines[copy_of - 1] if copy_of else data + b"\n"))
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    "damage, fragments",
+    [
+        (append_line("train_log.jsonl", copy_of=1), ["train_log.jsonl line 4: step 2 after step 6; expected increasing steps"]),
+        (append_line("train_log.jsonl", copy_of=3), ["train_log.jsonl line 4: step 6 after step 6"]),
+        (append_line("eval_results.jsonl", copy_of=1), ["eval_results.jsonl line 2: step 6 after step 6"]),
+        (replace_line("train_log.jsonl", 2, b'{"step": 4.5, "loss": 0.6}'), ["'step' is 4.5; expected a step number"]),
+        (replace_line("train_log.jsonl", 2, b'{"step": -4, "loss": 0.6}'), ["'step' is -4; expected a step number"]),
+    ],
+    ids=["train-backwards", "train-repeated", "eval-repeated", "fractional", "negative"],
+)  # fmt: skip
+def test_plot_of_a_log_whose_steps_do_not_increase_is_refused(logged_run, tmp_path, capsys, damage, fragments):
+    """Two runs' logs joined, or an edited line: the curve doubled back on itself, drawn without a word."""
+    from train_mrpc.cli import main
+
+    folder = damaged_copy(logged_run, tmp_path, damage)
+    with pytest.raises(SystemExit) as info:
+        main(["plot", str(folder)])
+    assert_one_line_error(info.value.code, capsys.readouterr().err, str(folder), *fragments)
+    assert not (folder / "training_curves.png").exists()
+
+
+def test_plot_draws_a_model_name_with_dollar_signs_as_written(logged_run, tmp_path, capsys):
+    """matplotlib reads "$...$" as math: a model folder called "$\\frac$" stopped the plot with a ParseSyntaxException
+    (and so every run of that model at its very end); "$x$" was typeset as a formula."""
+    import matplotlib
+
+    from train_mrpc.cli import main
+
+    drawn = []
+    original = matplotlib.figure.Figure.suptitle
+    matplotlib.figure.Figure.suptitle = lambda fig, text, **kw: drawn.append(text) or original(fig, text, **kw)
+    try:
+        folder = damaged_copy(logged_run, tmp_path, edit_json("all_results.json", model="/models/$\\frac$ and $x$"))
+        main(["plot", str(folder)])
+    finally:
+        matplotlib.figure.Figure.suptitle = original
+    assert capsys.readouterr().err == ""
+    assert (folder / "training_curves.png").read_bytes()[:8] == PNG_MAGIC
+    assert drawn == [r"MRPC fine-tune: /models/\$\frac\$ and \$x\$"]

@@ -14,6 +14,12 @@ from train_mrpc.run_files import (ALL_RESULTS_FIELDS, EVAL_LOG_FIELDS, TRAIN_CON
 from train_mrpc.schema import ALL_RESULTS, EVAL_LOG, TRAIN_CONFIG, TRAIN_LOG, TRAINING_CURVES
 
 
+def literal(text: str) -> str:
+    """``text`` drawn as written: matplotlib reads "$...$" as math, so a model folder or a model card's title with
+    two dollar signs was typeset as a formula, or stopped the plot with a ParseSyntaxException ("$\\frac$")."""
+    return str(text).replace("$", r"\$")
+
+
 def _series(rows: list[dict], key: str) -> tuple[list, list]:
     """(steps, values) of the rows that logged ``key``."""
     logged = [r for r in rows if r.get(key) is not None]
@@ -28,8 +34,8 @@ def plot_training_curves(output_dir: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     output_dir = Path(output_dir)
-    train_log = read_run_file(output_dir / TRAIN_LOG, TRAIN_LOG_FIELDS, lines=True)
-    eval_log = read_run_file(output_dir / EVAL_LOG, EVAL_LOG_FIELDS, lines=True)
+    train_log = read_run_file(output_dir / TRAIN_LOG, TRAIN_LOG_FIELDS, lines=True, increasing=True)
+    eval_log = read_run_file(output_dir / EVAL_LOG, EVAL_LOG_FIELDS, lines=True, increasing=True)
     if not train_log and not eval_log:
         raise UserError(f"{output_dir} holds no {TRAIN_LOG} or {EVAL_LOG}: not a train-mrpc output folder (or nothing logged yet)")
     results = read_run_file(output_dir / ALL_RESULTS, ALL_RESULTS_FIELDS)
@@ -62,7 +68,7 @@ def plot_training_curves(output_dir: str | Path) -> Path:
         mfu_ax.plot(steps, [100 * (r.get("mfu") or 0) for r in train_log], color="#c44e52", linewidth=1, alpha=0.7)
         mfu_ax.set_ylabel("MFU % (red)")
     plot_time_breakdown(time_ax, results.get("time_breakdown_s"))
-    fig.suptitle(f"MRPC fine-tune: {results.get('model') or output_dir.name}")
+    fig.suptitle(literal(f"MRPC fine-tune: {results.get('model') or output_dir.name}"))
     fig.tight_layout()
     path = output_dir / TRAINING_CURVES
     fig.savefig(path, dpi=100)

@@ -99,7 +99,7 @@ class ReproduceConfig:
 
 
 def run_seed(config: TrainConfig, seed: int) -> dict:
-    from train_mrpc.run_files import EVAL_LOG_FIELDS, read_finished_run, read_run_file
+    from train_mrpc.run_files import CURVE_FIELDS, read_finished_run, read_run_file
     from train_mrpc.train import train
 
     out = Path(config.output_dir) / f"seed_{seed}"
@@ -108,7 +108,7 @@ def run_seed(config: TrainConfig, seed: int) -> dict:
         results, curve = read_finished_run(out, f"seed {seed}")
     else:
         results = train(dataclasses.replace(config, seed=seed, output_dir=str(out), resume_from_checkpoint="latest"))
-        curve = read_run_file(out / EVAL_LOG, EVAL_LOG_FIELDS, lines=True)
+        curve = read_run_file(out / EVAL_LOG, CURVE_FIELDS, lines=True)
     majority = results.get("eval_majority_accuracy")
     return {"seed": seed, **{k: results[k] for k in METRICS}, "eval_majority_accuracy": majority,
             "failed": is_failed_run(results["eval_accuracy"], majority), "curve": curve, "launch": results["launch"],
@@ -274,7 +274,9 @@ def report_figure(report: dict):
     right.set(title="Validation accuracy after each epoch", xlabel="epoch", ylabel="accuracy (%)")
     right.legend(fontsize="small")
     published = "" if report.get("published_baselines_for_model") else " (no published MRPC baseline for this model)"
-    fig.suptitle(f"MRPC: {report.get('model_name') or model_display_name(report['model'])}{published}")
+    from train_mrpc.plots import literal
+
+    fig.suptitle(literal(f"MRPC: {report.get('model_name') or model_display_name(report['model'])}{published}"))
     fig.tight_layout()
     return fig
 

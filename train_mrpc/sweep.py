@@ -738,7 +738,10 @@ def plot_report(report: dict, path: Path) -> None:
     chosen = report["chosen"]
     suffix = f"; chosen: {configuration_label(chosen)}" if chosen else ""
     seeds = len(report["grid"]["seed"])
-    fig.suptitle(f"MRPC sweep: {report['model_name']}, {seeds} seed{'s' * (seeds > 1)} per configuration\n{suffix.lstrip('; ')}")
+    from train_mrpc.plots import literal  # a model name with "$...$" is not a formula
+
+    fig.suptitle(literal(f"MRPC sweep: {report['model_name']}, {seeds} seed{'s' * (seeds > 1)} per configuration\n"
+                         f"{suffix.lstrip('; ')}"))  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

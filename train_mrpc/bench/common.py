@@ -456,6 +456,12 @@ def barh_panels(
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
+    from train_mrpc.plots import literal  # a --model folder named "$x$" is a name, not a formula
+
+    title, footnote = literal(title), literal(footnote) if footnote else footnote
+    panels = [{**p, "title": literal(p["title"]), "labels": [literal(x) for x in p["labels"]],
+               "texts": [literal(x) for x in p.get("texts") or []],
+               "legend": [(literal(label), color) for label, color in p.get("legend") or []]} for p in panels]  # fmt: skip
     rows = math.ceil(len(panels) / columns)
     heights = [max(len(p["labels"]) for p in panels[r * columns : (r + 1) * columns]) for r in range(rows)]
     fig, axes = plt.subplots(
