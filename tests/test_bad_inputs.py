@@ -594,6 +594,82 @@ def tiny_files(tmp_path: Path, name: str = "pairs.jsonl") -> list:
             "--max_train_steps", "1", "--per_device_train_batch_size", "2"]  # fmt: skip
 
 
+@pytest.mark.parametrize("flags, flag", [
+    (["--train_file", "", "--validation_file", ""], "--train_file"),  # trained on the Hub's GLUE MRPC instead
+    (["--data_dir", ""], "--data_dir"),  # the same
+    (["--data_dir", "  "], "--data_dir"),
+    (["--test_file", ""], "--test_file"),  # ran without the test split
+    (["--model_name_or_path", ""], "--model_name_or_path"),  # "cannot load tokenizer of model directory ''"
+    (["--dataset", ""], "--dataset"),  # "cannot load dataset '/mrpc'"
+], ids=["train_file", "data_dir", "data_dir-spaces", "test_file", "model", "dataset"])  # fmt: skip
+def test_an_empty_path_or_name_flag_is_refused(tmp_path, capsys, flags, flag):
+    """An unset shell variable (--train_file "$TRAIN") gives an empty value, which read as "not given"."""
+    base = tiny_files(tmp_path)
+    if flag in ("--train_file", "--data_dir"):
+        base = base[:2] + base[6:]  # no data files of its own
+    main_error([*base, *flags], capsys, f"{flag} '", "is invalid: expected", "not an empty string")
+
+
+def test_an_empty_config_flag_is_refused(tmp_path, capsys):
+    """--config "$CONFIG" with CONFIG unset: the file was skipped and the run took every default."""
+    main_error([*tiny_files(tmp_path), "--config", ""], capsys, "--config '' is invalid: expected a YAML or JSON file path")
+
+
+def test_a_second_config_file_is_refused(tmp_path, capsys):
+    """argparse keeps the last --config: the first file's settings were dropped without a word."""
+    first, second = tmp_path / "base.yaml", tmp_path / "lr.yaml"
+    first.write_text("seed: 3\n")
+    second.write_text("learning_rate: 1.0e-4\n")
+    main_error(["--config", first, "--config", second], capsys,
+               f"--config is given 2 times ('{first}', '{second}'); expected one file")  # fmt: skip
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# learning_rate: 1.0e-4\n", "null\n", "---\n"],
+                         ids=["empty", "blank", "comments", "null", "document-marker"])  # fmt: skip
+def test_a_config_file_without_settings_is_refused(tmp_path, capsys, text):
+    """An empty file (cut short by a full disk, or not saved yet) ran every default: bert-base-uncased from the Hub."""
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    main_error(["--config", path], capsys, f"config file {path} holds no settings", "({} for none)")
+
+
+def test_an_explicitly_empty_config_file_is_taken(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text("{}\n")
+    assert parse_config(["--config", str(path)]) == TrainConfig()
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("seed: 010\n", "line 1: 010 is read by YAML as octal (8)"),
+    ("seed: 3\nmax_train_steps: 1:30\n", "line 2: 1:30 is read by YAML as base 60 (90)"),
+    ("num_train_epochs: 1:30.0\n", "line 1: 1:30.0 is read by YAML as base 60 (90.0)"),
+    ("seed: -0_17\n", "line 1: -0_17 is read by YAML as octal (-15)"),
+])  # fmt: skip
+def test_yaml_octal_and_base_60_numbers_are_refused(tmp_path, capsys, text, fragment):
+    """YAML 1.1 (PyYAML) reads a leading zero as octal and a colon as base 60: `seed: 010` ran with seed 8."""
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    main_error(["--config", path], capsys, f"config file {path}: {fragment}", "in quotes for text")
+
+
+def test_yaml_numbers_as_written_are_kept(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 0\nmax_train_steps: 1_000\nlearning_rate: 1.5e-5\nsynthetic_seed: -7\nnum_train_epochs: 0.5\n")
+    config = parse_config(["--config", str(path)])
+    assert (config.seed, config.max_train_steps, config.learning_rate, config.synthetic_seed) == (0, 1000, 1.5e-5, -7)
+
+
+@pytest.mark.parametrize("flags, same", [
+    (["--sentence1_column", "text", "--sentence2_column", "text"], "--sentence2_column 'text' names the same column as --sentence1_column"),
+    (["--sentence2_column", "label"], "--label_column 'label' names the same column as --sentence2_column"),
+])  # fmt: skip
+def test_one_column_for_two_roles_is_refused(tmp_path, capsys, flags, same):
+    """--sentence1_column text --sentence2_column text trained every sentence paired with itself, without a word."""
+    path = pair_file(tmp_path / "pairs.jsonl", [{"text": "A b.", "sentence2": "B a.", "label": i % 2} for i in range(4)])
+    main_error([*TINY[:2], "--train_file", path, "--validation_file", path, "--output_dir", tmp_path / "run",
+                "--max_train_steps", "1", *flags], capsys, same, "expected three different columns")  # fmt: skip
+
+
 @pytest.mark.parametrize("name, where", [("pairs.jsonl", "line 2"), ("pairs.json", "record 1")])
 def test_a_json_row_that_repeats_a_key_is_refused(tmp_path, capsys, name, where):
     """json.loads keeps the last of two equal keys: {"label": 1, ..., "label": 0} trained as 0."""
@@ -640,3 +716,20 @@ def test_glue_files_joined_with_cat_are_named_so(tmp_path, capsys):
     (data / "train.tsv").write_bytes((data / "train.tsv").read_bytes() + (data / "dev.tsv").read_bytes())
     main_error([*TINY[:2], "--data_dir", data, "--output_dir", tmp_path / "run", "--max_train_steps", "1"], capsys,
                f"{data / 'train.tsv'}: line 4 repeats the header line (Quality, #1 ID")  # fmt: skip
+
+
+def test_a_leading_tilde_in_a_path_means_the_home_folder(tmp_path, monkeypatch):
+    """The shell expands ~ only at the start of a word: a config file's `output_dir: ~/runs/mrpc` (or
+    --output_dir=~/runs/mrpc) wrote the run into a folder named "~" in the current one, and a data file named so
+    was "file not found"."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    path = pair_file((home / "data").mkdir(parents=True) or home / "data" / "pairs.jsonl",
+                     [{"sentence1": "A b.", "sentence2": "B a.", "label": i % 2} for i in range(4)])  # fmt: skip
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text("output_dir: ~/runs/mrpc\ntrain_file: ~/data/pairs.jsonl\n")
+    config = parse_config(["--config", str(config_file), "--validation_file=~/data/pairs.jsonl"])
+    assert config.output_dir == str(home / "runs" / "mrpc")
+    assert config.train_file == config.validation_file == str(path)
+    assert load_raw_splits(config)["train"]["label"] == [0, 1, 0, 1]
+    assert parse_config(["--resume_from_checkpoint", "latest"]).resume_from_checkpoint == "latest"

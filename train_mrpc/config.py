@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import types
 import typing
@@ -227,12 +228,29 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self._normalise_checkpointing_steps()
         check_types(self, INT_RANGES)  # also refuses inf and nan for every float field, and bounds every integer
+        for name in NAME_FIELDS:
+            # An empty value is a shell variable that was not set (--train_file "$TRAIN"): --train_file '' and
+            # --data_dir '' read as "not given", so the run trained on the Hub's data instead.
+            value = getattr(self, name)
+            check_value(value is None or value.strip() != "", name, value, f"{NAME_FIELDS[name]}, not an empty string")
+        for name in PATH_FIELDS:
+            # The shell expands ~ only at the start of a word: a config file's `output_dir: ~/runs` or a flag's
+            # --output_dir=~/runs made a folder named "~" in the current one, and --train_file=~/x.csv was "not found".
+            value = getattr(self, name)
+            if value is not None and value.startswith("~") and value != "latest":
+                setattr(self, name, os.path.expanduser(value))
+        columns = {"sentence1_column": self.sentence1_column, "sentence2_column": self.sentence2_column,
+                   "label_column": self.label_column}  # fmt: skip
+        for name, column in columns.items():
+            same = next(other for other in columns if columns[other] == column)
+            if same != name:  # the same column twice trains every sentence paired with itself, or its text as labels
+                raise UserError(f"--{name} {shown_value(column)} names the same column as --{same}; expected three "
+                                "different columns (first sentence, second sentence, label)")  # fmt: skip
         check_value(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer from 0 to {MAX_SEED} (2**32 - 1)")
         try:
             self.output_dir.encode("utf-8")
         except UnicodeEncodeError:
             raise UserError(f"--output_dir {self.output_dir!r} holds bytes that are not UTF-8; choose another name") from None
-        check_value(self.output_dir.strip() != "", "output_dir", self.output_dir, "a folder path, not an empty string")
         check_value(self.learning_rate > 0, "learning_rate", self.learning_rate, "a number > 0")
         check_value(self.num_train_epochs > 0, "num_train_epochs", self.num_train_epochs, "a number > 0")
         # 1e308 epochs of a few steps each is inf steps, which math.ceil refuses while the run sets up.
@@ -302,6 +320,18 @@ class TrainConfig:
         path = Path(output_dir) / TRAIN_CONFIG
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
+
+
+# The settings that name a file, folder, column or Hub entry, and what each expects: none may be empty.
+NAME_FIELDS = {
+    "model_name_or_path": "a Hub model id or a model folder", "dataset": "a Hub dataset id or 'synthetic'",
+    "dataset_config": "a Hub dataset config name", "data_dir": "a folder", "train_file": "a file path",
+    "validation_file": "a file path", "test_file": "a file path", "sentence1_column": "a column name",
+    "sentence2_column": "a column name", "label_column": "a column name", "output_dir": "a folder path",
+    "resume_from_checkpoint": "a checkpoint folder or 'latest'",
+}  # fmt: skip
+# The settings that are local paths, where a leading ~ means the home folder (model_name_or_path: hub.py).
+PATH_FIELDS = ("data_dir", "train_file", "validation_file", "test_file", "output_dir", "resume_from_checkpoint")
 
 
 class IntRange(typing.NamedTuple):
@@ -419,7 +449,8 @@ def build_parser(prog: str = "train-mrpc", extra_types: tuple = ()):
         "`train-mrpc bench tokenization|steps|end-to-end|tables [flags]` runs the benchmark suite (offline; "
         "--quick for a smoke test).",
     )
-    parser.add_argument("--config", default=None, help="YAML or JSON file of the flags below (keys = flag names).")
+    # Appended, so that a second --config is seen (argparse keeps the last: the first file was dropped silently).
+    parser.add_argument("--config", action="append", help="YAML or JSON file of the flags below (keys = flag names).")
     return parser
 
 
@@ -438,8 +469,9 @@ def load_config_file(path: str, types: tuple = (TrainConfig,)) -> dict:
         kind = "JSON" if file.suffix == ".json" else "YAML"
         reason = " ".join(str(err).split())
         raise UserError(f"config file {path} is not valid {kind}: {reason}") from None
-    if values is None:
-        values = {}
+    if values is None:  # an empty file (cut short, or not saved yet) ran every default silently; `{}` says "none" on purpose
+        raise UserError(f"config file {path} holds no settings (it is empty, or only comments or null); expected a "
+                        "mapping of flag names to values, such as 'learning_rate: 2.0e-5' ({} for none)")  # fmt: skip
     if not isinstance(values, dict):
         raise UserError(f"config file {path} must hold a mapping of flag names to values, got {type(values).__name__}")
     for key in values:
@@ -482,6 +514,19 @@ def _yaml_without_repeated_keys(path: str, text: str):
                         continue
             return super().construct_mapping(node, deep=deep)
 
+    def number(self, node):
+        """YAML 1.1 reads 010 as octal 8 and 1:30 as base 60 (90); nobody writing a seed or a step count means either."""
+        value = (self.construct_yaml_int if node.tag.endswith(":int") else self.construct_yaml_float)(node)
+        text = node.value.replace("_", "").lstrip("+-")
+        kind = "base 60" if ":" in text else "octal" if re.fullmatch(r"0[0-7]+", text) else None
+        if kind:
+            raise UserError(f"config file {path}: line {node.start_mark.line + 1}: {node.value} is read by YAML as "
+                            f"{kind} ({shown_value(value)}); write the number as you mean it ('{node.value}' in quotes "
+                            "for text)")  # fmt: skip
+        return value
+
+    Loader.add_constructor("tag:yaml.org,2002:int", number)
+    Loader.add_constructor("tag:yaml.org,2002:float", number)
     return yaml.load(text, Loader=Loader)  # noqa: S506 -- a SafeLoader subclass
 
 
@@ -506,7 +551,13 @@ def parse_config(argv: list[str] | None = None, prog: str = "train-mrpc", extra_
     """
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(prog, extra_types)
-    config_path = parser.parse_known_args(argv)[0].config
+    config_paths = parser.parse_known_args(argv)[0].config or []
+    if len(config_paths) > 1:
+        raise UserError(f"--config is given {len(config_paths)} times ({', '.join(map(shown_value, config_paths))}); "
+                        "expected one file (a later one would silently replace the earlier): merge them into one")  # fmt: skip
+    config_path = config_paths[0] if config_paths else None
+    if config_path is not None and not config_path.strip():  # an unset shell variable: the file was skipped silently
+        raise UserError(f"--config {shown_value(config_path)} is invalid: expected a YAML or JSON file path, not an empty string")
     file_values = load_config_file(config_path, (TrainConfig, *extra_types)) if config_path else {}
     if config_path:
         # File values become the parser's defaults, so flags on the command line override them.
