@@ -247,6 +247,53 @@ def test_final_and_best_models_are_full_and_reload(request, run, tiny_model_no_d
         assert classify("A dog runs.", text_pair="A dog is running.")[0]["label"] in {"equivalent", "not_equivalent"}
 
 
+def scores_of_saved_model(folder: Path, out: Path) -> dict:
+    """Accuracy, F1 and mean loss of the model saved in ``folder``, reloaded with from_pretrained (fp32, as a
+    user gets it), on the run's validation pairs one at a time (no padding)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from train_mrpc.config import parse_config
+    from train_mrpc.data import load_raw_splits
+    from train_mrpc.evaluation import load_metric, score
+
+    config = parse_config(["--config", str(out / "train_config.json")])
+    pairs = load_raw_splits(config)["validation"]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    assert model.dtype == torch.float32
+    with torch.inference_mode():
+        logits = torch.cat([
+            model(**tokenizer(a, b, truncation=True, max_length=config.max_length, return_tensors="pt")).logits
+            for a, b in zip(pairs["sentence1"], pairs["sentence2"])
+        ])  # fmt: skip
+    return score(logits, torch.tensor(pairs["label"]), load_metric())
+
+
+def test_reported_scores_are_those_of_the_saved_bf16_model(zero2_bf16):
+    """Under DeepSpeed bf16 the engine computes with bf16 copies, while output_dir and best_model hold the fp32
+    master weights: the evaluation that picks the best model and fills all_results.json must score the saved
+    weights. Each saved model, reloaded and evaluated here, scores what the run reported for it: accuracy and F1
+    exactly, the loss to float reduction order (padding and batching differ; measured equal). Scoring the bf16
+    copies reported a final loss of 0.666469 for a saved model that scores 0.666434 (5e-5 off; the accuracy and
+    F1 of this tiny, barely trained model happened to agree)."""
+    record = results(zero2_bf16)
+    evals = [json.loads(line) for line in (zero2_bf16 / "eval_results.jsonl").read_text().splitlines()]
+    assert record["launch"]["mixed_precision"] == "bf16" and len(evals) == 2
+    assert record["eval_weights"] == "saved (the fp32 master weights; DeepSpeed trains with 16-bit copies of them)"
+    final = scores_of_saved_model(zero2_bf16, zero2_bf16)
+    assert final["num_examples"] == record["eval_examples"] == 101
+    assert (final["accuracy"], final["f1"]) == (record["eval_accuracy"], record["eval_f1"])
+    assert final["loss"] == pytest.approx(record["eval_loss"], rel=1e-6)
+    assert evals[-1]["step"] == record["global_step"] == STEPS
+    assert (evals[-1]["eval_accuracy"], evals[-1]["eval_f1"], evals[-1]["eval_loss"]) == \
+        (record["eval_accuracy"], record["eval_f1"], record["eval_loss"])  # fmt: skip
+    best = scores_of_saved_model(zero2_bf16 / "best_model", zero2_bf16)
+    logged = next(e for e in evals if e["step"] == record["best_step"])
+    assert best["accuracy"] == logged["eval_accuracy"] == record["best_accuracy"]
+    assert best["f1"] == logged["eval_f1"]
+    assert best["loss"] == pytest.approx(logged["eval_loss"], rel=1e-6)
+
+
 # --- 4. DeepSpeed checkpoints ---------------------------------------------------------------------------
 
 

@@ -9,6 +9,9 @@ import os
 import re
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -97,6 +100,24 @@ def test_the_job_failure_line_says_what_happened_what_is_kept_and_how_to_go_on()
     assert isinstance(job_failure(RuntimeError(GLOO_RESET), 1800), JobFailure)
 
 
+def test_the_line_names_the_failed_process_where_it_is_known():
+    from train_mrpc.faults import FailedProcess
+
+    dead = [FailedProcess(1, "node-a", 4242, "died")]
+    line = str(job_failure(RuntimeError(GLOO_CLOSED), 1800, "c/step_000010", failed=dead))
+    assert line.startswith("rank 1 (pid 4242 on host node-a) of this job died (Connection closed by peer "
+                           "[127.0.0.1]:63184); the last good checkpoint, c/step_000010, is kept")  # fmt: skip
+    two = dead + [FailedProcess(3, "node-b", 77, "died")]
+    assert str(job_failure(RuntimeError(GLOO_RESET), 1800, failed=two)).startswith(
+        "rank 1 (pid 4242 on host node-a) and rank 3 (pid 77 on host node-b) of this job died (Read error")
+    stopped = [FailedProcess(1, "node-a", 4242, "stopped")]
+    assert str(job_failure(RuntimeError(GLOO_TIMEOUT), 30, failed=stopped)).startswith(
+        "rank 1 (pid 4242 on host node-a) of this job is stopped (SIGSTOP or a debugger) and took no part in a "
+        "collective for --ddp_timeout 30 s;")  # fmt: skip
+    # Where nothing is known, the line says what it knows, as before.
+    assert str(job_failure(RuntimeError(GLOO_CLOSED), 1800, failed=[])).startswith("another process of this job died")
+
+
 @pytest.fixture
 def job_store(monkeypatch):
     """A real TCPStore standing in for torchrun's agent store, and the environment a rank of its job sees."""
@@ -143,6 +164,72 @@ def test_each_error_line_is_printed_once_per_job(job_store, monkeypatch, capsys)
     assert report(1, "another process of this job died", CONSEQUENCE) == "train-mrpc: error: another process of this job died\n"
 
 
+def exited_pid() -> int:
+    """The pid of a process of this host that has ended (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_survivor_finds_the_registered_process_that_is_gone(job_store, monkeypatch):
+    """Each process registers rank -> (host, pid) in the agent's store; a survivor checks the pids of its own
+    host (a zombie counts as gone), takes another host's survivors' word for theirs, and leaves out a process
+    that reported its own error or is still alive."""
+    from train_mrpc import faults
+    from train_mrpc.faults import FailedProcess
+
+    here = socket.gethostname()
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setattr(faults, "_registered", None)
+    faults.register_this_process()  # rank 2: this (live) process
+    assert json.loads(job_store.get("train_mrpc/processes/test/0/2")) == {"host": here, "pid": os.getpid()}
+    dead = exited_pid()
+    assert faults.process_state(dead) is None
+    job_store.set("train_mrpc/processes/test/0/1", json.dumps({"host": here, "pid": dead}))
+    job_store.set("train_mrpc/processes/test/0/3", json.dumps({"host": "node-b", "pid": 77}))  # another host's
+    monkeypatch.setenv("RANK", "0")
+    assert faults.failed_processes("lost", wait_s=0.1) == [FailedProcess(1, here, dead, "died")]
+    # A survivor on another host finds rank 1 through the mark this one left, and rank 3 once node-b's says so.
+    job_store.set("train_mrpc/processes/test/0/3/gone", "node-b")
+    monkeypatch.setattr(socket, "gethostname", lambda: "node-c")
+    assert faults.failed_processes("lost", wait_s=0.1) == [FailedProcess(1, here, dead, "died"),
+                                                          FailedProcess(3, "node-b", 77, "died")]  # fmt: skip
+
+
+def test_after_a_timeout_a_stopped_process_of_this_host_is_named(job_store, monkeypatch):
+    from train_mrpc import faults
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(child.pid, signal.SIGSTOP)
+        while faults.process_state(child.pid) != "T":
+            time.sleep(0.01)
+        job_store.set("train_mrpc/processes/test/0/1", json.dumps({"host": socket.gethostname(), "pid": child.pid}))
+        monkeypatch.setenv("RANK", "0")
+        assert [(p.rank, p.how) for p in faults.failed_processes("timeout")] == [(1, "stopped")]
+        assert faults.failed_processes("lost", wait_s=0.1) == []  # alive: not the one that died
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_process_that_reported_its_error_is_not_called_dead(job_store, monkeypatch, capsys):
+    from train_mrpc import faults
+    from train_mrpc.cli import OWN, _print_error
+
+    monkeypatch.setenv("RANK", "1")
+    job_store.set("train_mrpc/processes/test/0/1", json.dumps({"host": socket.gethostname(), "pid": exited_pid()}))
+    _print_error("cannot read random_states_1.pkl", OWN)
+    monkeypatch.setenv("RANK", "0")
+    found = faults.failed_processes("lost", wait_s=0.1)
+    assert [(p.rank, p.how) for p in found] == [(1, "reported its own error")]
+    # Without a store (another launcher) nothing is known: the line says "another process".
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE")
+    assert faults.failed_processes("lost", wait_s=0.1) == []
+    assert str(job_failure(RuntimeError(GLOO_CLOSED), 1800)).startswith("another process of this job died")
+
+
 def test_a_restart_without_resume_is_told_to_pass_it(tmp_path, tiny_model_dir, monkeypatch, capsys):
     """accelerate launch --max_restarts restarts the same command: without --resume_from_checkpoint latest it
     would start over in a folder that holds the first attempt's checkpoints, so it stops and says why."""
@@ -184,7 +271,8 @@ def main_process_killed(tmp_path_factory, tiny_model_dir) -> dict:
     finally:
         stop_job(launcher, out)
     print(f"rank 1 ended {survivor_s:.2f} s after rank 0 was SIGKILLed")
-    return {"out": out, "stderr": output(logs)[1], "survivor_s": survivor_s, "status": launcher.returncode}
+    return {"out": out, "stderr": output(logs)[1], "survivor_s": survivor_s, "status": launcher.returncode,
+            "killed_pid": ranks[0]}
 
 
 def test_sigkill_of_the_main_process_stops_the_other_at_once_with_one_line(main_process_killed):
@@ -202,11 +290,37 @@ def test_sigkill_of_the_main_process_stops_the_other_at_once_with_one_line(main_
         validate_checkpoint(out / "checkpoints" / name)
     lines = error_lines(stderr)
     assert len(lines) == 1, stderr[-3000:]
-    assert lines[0].startswith("train-mrpc: error: another process of this job died or lost its connection (")
+    # The line names the killed process, as the launcher's report does after it.
+    killed = f"rank 0 (pid {main_process_killed['killed_pid']} on host {socket.gethostname()})"
+    assert lines[0].startswith(f"train-mrpc: error: {killed} of this job died ("), lines[0]
     assert lines[0].endswith(f"; the last good checkpoint, {out / 'checkpoints' / kept[-1]}, is kept: "
                              "--resume_from_checkpoint latest continues the run")  # fmt: skip
     assert not OUR_TRACEBACK.search(stderr), stderr[-3000:]
     assert not (out / "preempted.json").exists()  # nobody claims a preemption checkpoint that was never saved
+
+
+def test_sigkill_of_rank_1_is_named_by_the_main_process(tmp_path, tiny_model_dir):
+    """Rank 1 dies without a word mid-run: rank 0, which survives it, names it (rank, pid, host) in the line."""
+    out, logs = tmp_path / "run", tmp_path / "logs"
+    launcher = start_job(two_process() + job_args(tiny_model_dir, out), logs)
+    try:
+        wait_for_log_lines(out, 13)
+        ranks = workers_by_rank(out, 2)
+        assert set(ranks) == {0, 1}, ranks
+        os.kill(ranks[1], signal.SIGKILL)
+        survivor_s = seconds_until_ended(ranks[0], timeout=120)
+        launcher.wait(timeout=120)
+    finally:
+        stop_job(launcher, out)
+    print(f"rank 0 ended {survivor_s:.2f} s after rank 1 was SIGKILLed")
+    stderr = output(logs)[1]
+    assert survivor_s < 20 and launcher.returncode == 1, stderr[-3000:]
+    lines = error_lines(stderr)
+    assert len(lines) == 1, stderr[-3000:]
+    killed = f"rank 1 (pid {ranks[1]} on host {socket.gethostname()})"
+    assert lines[0].startswith(f"train-mrpc: error: {killed} of this job died ("), lines[0]
+    assert lines[0].endswith("--resume_from_checkpoint latest continues the run"), lines[0]
+    assert not OUR_TRACEBACK.search(stderr), stderr[-3000:]
 
 
 @pytest.mark.slow  # with the uninterrupted reference run: ~70 s here
@@ -246,7 +360,8 @@ def test_elastic_restart_after_a_sigkill_resumes_and_ends_like_the_uninterrupted
     assert "restart 1 of at most 1 (accelerate launch --max_restarts)" in words
     assert f"resumed from {out / 'checkpoints' / 'step_000010'} at step 10" in words
     lines = error_lines(stderr)  # the first attempt's survivor; the restarted attempt has nothing to report
-    assert len(lines) == 1 and "died or lost its connection" in lines[0], stderr[-3000:]
+    killed = f"rank 1 (pid {first[1]} on host {socket.gethostname()}) of this job died ("
+    assert len(lines) == 1 and lines[0].startswith(f"train-mrpc: error: {killed}"), stderr[-3000:]
     assert lines[0].endswith("is kept: the launcher restarts the job (restart 1 of 1), which continues from it with "
                              "--resume_from_checkpoint latest")  # fmt: skip
     assert not OUR_TRACEBACK.search(stderr), stderr[-3000:]
@@ -312,9 +427,10 @@ def test_a_stalled_process_fails_the_job_after_ddp_timeout(tmp_path, tiny_model_
     _, stderr = output(logs)
     assert DDP_TIMEOUT - 1 <= survivor_s < DDP_TIMEOUT + 20, stderr[-3000:]
     latest = out / "checkpoints" / "step_000010"
-    assert error_lines(stderr) == [
-        (f"train-mrpc: error: another process of this job took no part in a collective for --ddp_timeout "
-         f"{DDP_TIMEOUT} s (stalled, stopped or far slower); the last good checkpoint, {latest}, is kept: "
+    assert error_lines(stderr) == [  # the stopped process is named: its state on this host says it is stopped
+        (f"train-mrpc: error: rank 1 (pid {ranks[1]} on host {socket.gethostname()}) of this job is stopped (SIGSTOP "
+         f"or a debugger) and took no part in a collective for --ddp_timeout {DDP_TIMEOUT} s; the last good "
+         f"checkpoint, {latest}, is kept: "
          "--resume_from_checkpoint latest continues the run (raise --ddp_timeout if a process is legitimately "
          "that slow)")
     ], stderr[-3000:]

@@ -40,22 +40,24 @@ def _print_error(message: str, kind: str = OWN) -> None:
 
 
 def _first_report(line: str | None) -> bool:
-    """Whether this process is the first of its job to report ``line`` (None: to report anything at all)."""
+    """Whether this process is the first of its job to report ``line`` (None: to report anything at all).
+
+    A process reporting its own line also marks itself in the store as one that said why it stops, so that a
+    survivor does not call it dead without a word (faults.failed_processes).
+    """
     import hashlib
-    from datetime import timedelta
 
-    env = os.environ
+    from train_mrpc.faults import agent_store, job_key, mark_reported
+
     try:
-        if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        # The launcher's own store, which outlives every process of the job.
+        store = agent_store(timeout_s=3)
+        if store is None:
             return True
-        from torch.distributed import TCPStore
-
-        # The launcher's own store, which outlives every process of the job (faults.fresh_store_after_restart
-        # points MASTER_PORT elsewhere after a restart, and keeps the agent's address here).
-        host, port = env.get("TRAIN_MRPC_AGENT_STORE", f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}").rsplit(":", 1)
-        store = TCPStore(host, int(port), is_master=False, timeout=timedelta(seconds=3))
+        if line is not None:
+            mark_reported(store)
         # One namespace per job and restart: a restarted job reports its own failures again.
-        prefix = f"train_mrpc/errors/{env.get('TORCHELASTIC_RUN_ID', '')}/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        prefix = job_key("errors")
         if line is not None and store.add(f"{prefix}/line/{hashlib.sha256(line.encode()).hexdigest()}", 1) > 1:
             return False
         return store.add(f"{prefix}/printed", 1) == 1 or line is not None

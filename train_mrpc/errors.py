@@ -138,21 +138,45 @@ def distributed_failure(err: BaseException | None) -> tuple[str, RuntimeError] |
     return None
 
 
+def named_processes(failed) -> str:
+    """ "rank 1 (pid 1234 on host a)", or "rank 1 (pid 1234 on host a) and rank 3 (pid 99 on host b)"."""
+    return " and ".join(f"rank {p.rank} (pid {p.pid} on host {p.host})" for p in failed)
+
+
 def job_failure(err: BaseException, ddp_timeout: int | None, latest_checkpoint=None, restart: int = 0,
-                max_restarts: int = 0) -> JobFailure:
+                max_restarts: int = 0, failed=None) -> JobFailure:
     """The one line for ``err``, a collective that failed because of another process (see distributed_failure).
 
     ``restart`` and ``max_restarts``: torchrun's TORCHELASTIC_RESTART_COUNT and TORCHELASTIC_MAX_RESTARTS.
+    ``failed``: the processes that are gone or stopped (faults.FailedProcess); None looks them up in the
+    launcher's store (faults.failed_processes), and where nothing is known the line says "another process".
     """
     kind, collective = distributed_failure(err) or ("lost", err)
+    if failed is None:
+        from train_mrpc.faults import failed_processes
+
+        failed = failed_processes(kind)
     if kind == "timeout":
         limit = f"--ddp_timeout {ddp_timeout} s" if ddp_timeout else "--ddp_timeout"
-        what = f"another process of this job took no part in a collective for {limit} (stalled, stopped or far slower)"
+        stopped = [p for p in failed if p.how == "stopped"]
+        if stopped:
+            verb = "is" if len(stopped) == 1 else "are"
+            what = (f"{named_processes(stopped)} of this job {verb} stopped (SIGSTOP or a debugger) and took no part "
+                    f"in a collective for {limit}")  # fmt: skip
+        else:
+            what = f"another process of this job took no part in a collective for {limit} (stalled, stopped or far slower)"
         advice = " (raise --ddp_timeout if a process is legitimately that slow)"
     else:
         # gloo's message: "[.../pair.cc:553] Connection closed by peer [127.0.0.1]:63184. This is typically ..."
         said = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(collective).split())).split(". ")[0][:160]
-        what = f"another process of this job died or lost its connection ({said})"
+        died = [p for p in failed if p.how == "died"]
+        reported = [p for p in failed if p.how == "reported its own error"]
+        if died:
+            what = f"{named_processes(died)} of this job died ({said})"
+        elif reported:
+            what = f"{named_processes(reported)} of this job stopped on an error it reported ({said})"
+        else:
+            what = f"another process of this job died or lost its connection ({said})"
         advice = ""
     kept = f"the last good checkpoint, {latest_checkpoint}, is kept" if latest_checkpoint else "no checkpoint was saved yet"
     if restart < max_restarts:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from train_mrpc.config import TrainConfig
@@ -180,6 +181,72 @@ def deepspeed_master_weights(engine, state_dict: dict) -> dict:
     return {k: full[k].detach().cpu() if full.get(k) is not None else v for k, v in state_dict.items()}
 
 
+def computes_with_16bit_copies(accelerator, model) -> bool:
+    """Whether ``model`` is a DeepSpeed engine in bf16/fp16: its module's parameters are 16-bit copies of the fp32
+    master weights the optimizer holds, and save_model writes the master weights, not these copies."""
+    import torch
+
+    return accelerator.distributed_type == "DEEPSPEED" and accelerator.unwrap_model(model).dtype != torch.float32
+
+
+def deepspeed_zero_stage(accelerator) -> int:
+    return int(accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def scored_weights(accelerator, model) -> str:
+    """Which weights weights_as_saved evaluates, for all_results.json (``eval_weights``)."""
+    if not computes_with_16bit_copies(accelerator, model):
+        return "saved"
+    if deepspeed_zero_stage(accelerator) < 3:
+        return "saved (the fp32 master weights; DeepSpeed trains with 16-bit copies of them)"
+    return ("not saved: DeepSpeed ZeRO-3's 16-bit copies of the saved fp32 master weights (the saved model, "
+            "reloaded, can score slightly differently)")
+
+
+@contextmanager
+def weights_as_saved(accelerator, model):
+    """``model`` computing with the weights save_model writes; evaluate through the module this yields.
+
+    Under DeepSpeed bf16/fp16 the engine's module holds 16-bit copies of the fp32 master weights, and save_model
+    writes the master weights: an evaluation of the engine scored other weights than the saved model's (tiny
+    BERT, ZeRO-2 bf16 on 2 CPU processes: a reported eval loss of 0.666469 for a saved model that scores 0.666434
+    reloaded; where logits are near a decision boundary, predictions move as well). Here each parameter's
+    tensor is swapped for its gathered fp32 master weight (a collective: every process enters), float buffers
+    are upcast as from_pretrained loads them, and the module is yielded unwrapped (the engine's forward adds
+    nothing to a ZeRO-1/2 evaluation); on leaving, the 16-bit tensors are put back, so the parameters are again
+    views into DeepSpeed's flat buffers and training goes on untouched. Elsewhere the model's parameters are
+    the saved weights already, and ``model`` itself is yielded. ZeRO-3 is left as it is (its hooks gather each
+    layer's 16-bit parameters into place at every forward, over any tensor swapped in): scored_weights says so.
+    """
+    import torch
+
+    if not computes_with_16bit_copies(accelerator, model) or deepspeed_zero_stage(accelerator) >= 3:
+        yield model
+        return
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    module = accelerator.unwrap_model(model)
+    swapped = []  # (parameter or buffer owner, name, the 16-bit tensor to put back)
+    try:
+        for param in module.parameters():
+            master = safe_get_full_fp32_param(param)
+            if master is not None:
+                swapped.append((param, None, param.data))
+                param.data = master
+        for owner in module.modules():
+            for name, buffer in list(owner.named_buffers(recurse=False)):
+                if buffer is not None and buffer.is_floating_point() and buffer.dtype != torch.float32:
+                    swapped.append((owner, name, buffer))
+                    setattr(owner, name, buffer.float())
+        yield module
+    finally:
+        for holder, name, tensor in reversed(swapped):
+            if name is None:
+                holder.data = tensor
+            else:
+                setattr(holder, name, tensor)
+
+
 def save_model(accelerator, model, tokenizer, output_dir: str | Path) -> None:
     """Weights as safetensors plus the tokenizer: ``from_pretrained(output_dir)`` and ``pipeline`` load it.
 
@@ -203,7 +270,7 @@ def save_model(accelerator, model, tokenizer, output_dir: str | Path) -> None:
     # holds only its shards and save_pretrained on the module would write those or fail); under FSDP only the
     # main process receives them, and only it writes.
     state_dict = accelerator.get_state_dict(model)
-    master_weights = accelerator.distributed_type == "DEEPSPEED" and str(unwrapped.dtype) != "torch.float32"
+    master_weights = computes_with_16bit_copies(accelerator, model)
     if master_weights:
         state_dict = deepspeed_master_weights(model, state_dict)
     try:

@@ -389,9 +389,12 @@ def diverged(run: Run, state: TrainState, loss: float) -> UserError:
 
 
 def evaluate_now(run: Run) -> dict:
+    """The validation scores of the weights that are saved (under DeepSpeed bf16, the fp32 master weights)."""
     from train_mrpc.evaluation import evaluate_model
+    from train_mrpc.model import weights_as_saved
 
-    return evaluate_model(run.model, run.eval_loader, run.accelerator, run.metric)
+    with weights_as_saved(run.accelerator, run.model) as model:
+        return evaluate_model(model, run.eval_loader, run.accelerator, run.metric)
 
 
 def validate(run: Run, state: TrainState, meters: Meters) -> dict:
@@ -441,7 +444,7 @@ def finish(run: Run, state: TrainState, meters: Meters, eval_metrics: dict) -> d
 
     from train_mrpc.evaluation import predict_logits, score, write_predictions
     from train_mrpc.launch import describe_launch, describe_sharding, describe_speed_choices
-    from train_mrpc.model import save_model
+    from train_mrpc.model import save_model, scored_weights, weights_as_saved
     from train_mrpc.plots import plot_training_curves
     from train_mrpc.reporting import print_summary, write_json
 
@@ -450,7 +453,8 @@ def finish(run: Run, state: TrainState, meters: Meters, eval_metrics: dict) -> d
     save_model(accelerator, run.model, run.tokenizer, run.output_dir)
     test_metrics = {}
     if run.test_loader is not None:
-        test_logits = predict_logits(run.model, run.test_loader, accelerator)
+        with weights_as_saved(accelerator, run.model) as model:  # the saved model's predictions
+            test_logits = predict_logits(model, run.test_loader, accelerator)
         labels = torch.tensor(run.raw["test"]["label"])
         if accelerator.is_main_process:
             write_predictions(run.output_dir, run.raw["test"]["idx"], test_logits)
@@ -465,6 +469,7 @@ def finish(run: Run, state: TrainState, meters: Meters, eval_metrics: dict) -> d
         "global_step": state.step,
         "train_loss": meters.last_loss,
         **{f"eval_{k}": v for k, v in eval_metrics.items() if k != "num_examples"},
+        "eval_weights": scored_weights(accelerator, run.model),  # the saved ones, but for DeepSpeed ZeRO-3 in bf16/fp16
         # What always answering the validation set's most common label scores: learning must beat it.
         "eval_majority_accuracy": majority_accuracy(list(run.raw["validation"]["label"])),
         "train_runtime": train_time + eval_time,
@@ -489,6 +494,8 @@ def finish(run: Run, state: TrainState, meters: Meters, eval_metrics: dict) -> d
         write_json(run.output_dir / ALL_RESULTS, results)
         plot_training_curves(run.output_dir)
         print_summary(results, run.progress.console)
+        if results["eval_weights"].startswith("not saved"):
+            run.progress.console.print(f"The evaluation scored weights that are {results['eval_weights']}")
     accelerator.wait_for_everyone()  # every rank ends this run (and starts a next seed's) together
     # The trackers end with the run; the process group outlives it (reproduce trains every seed on it), so
     # this is end_training without its destroy_process_group, which the command does once at the end.
