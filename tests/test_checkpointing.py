@@ -218,3 +218,55 @@ def test_processes_agree_on_a_stop_signalled_to_one_of_them(tmp_path, tiny_model
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in stopped.iterdir()}
     assert f"stopped by a signal to another process at step {state['step']}" in stderr
     assert not (out / "all_results.json").exists()
+
+
+def handmade_checkpoint(folder: Path, **fields) -> Path:
+    """A checkpoint folder whose trainer_state.json (sealed with its checksum where it can be) holds ``fields``."""
+    from train_mrpc.checkpointing import STATE_CHECKSUM, file_checksum
+
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    files = {"model.safetensors": {"size": 7, "xxh3_64": file_checksum(folder / "model.safetensors")}}
+    record = {"step": int(folder.name[5:]), "files": files, STATE_CHECKSUM: "0" * 16, **fields}
+    text = json.dumps(record)  # NaN and Infinity as Python writes them, and json.loads reads them back
+    (folder / "trainer_state.json").write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({"best_metric": float("nan")}, "has best_metric = nan, which no save writes"),
+    ({"train_seconds": float("inf")}, "has train_seconds = inf, which no save writes"),
+    ({"meters": {"loss_sum": [1.0, float("-inf")]}}, "has meters.loss_sum[1] = -inf, which no save writes"),
+], ids=["nan-best-metric", "infinite-seconds", "infinite-meter"])  # fmt: skip
+def test_a_trainer_state_holding_numbers_no_save_writes_is_damaged(tmp_path, tiny_model_dir, capsys, caplog, fields,
+                                                                    problem):
+    """json.loads reads NaN and Infinity; the state's checksum (computed with allow_nan=False) then stopped the
+    resume, and `latest`, with a ValueError traceback; without a checksum the value was resumed from."""
+    from conftest import assert_one_line_error
+
+    from train_mrpc.checkpointing import find_latest
+    from train_mrpc.cli import main
+
+    out = tmp_path / "run"
+    checkpoint = handmade_checkpoint(out / "checkpoints" / "step_000010", **fields)
+    with pytest.raises(SystemExit) as info:
+        main(tiny_args(tiny_model_dir, out, "--resume_from_checkpoint", str(checkpoint)))
+    assert_one_line_error(info.value.code, capsys.readouterr().err,
+                          f"checkpoint {checkpoint} is damaged: trainer_state.json {problem}")  # fmt: skip
+    assert find_latest(out) is None and f"skipping checkpoint {checkpoint} is damaged" in caplog.text
+
+
+def test_rotation_scores_only_sound_records(tmp_path):
+    """A damaged checkpoint beside the run's own (which latest skips with a warning) stopped the run at its next
+    save: rotation read its state unchecked (AttributeError on a list, TypeError on a text metric). A NaN metric,
+    which compares false with everything, was kept as the best while the real best was deleted."""
+    states = {5: '{"eval_metrics": {"accuracy": NaN}}', 10: "[]", 20: '{"eval_metrics": {"accuracy": "high"}}',
+              30: '{"eval_metrics": ["accuracy"]}', 40: '{"eval_metrics": {"accuracy": 0.9}}',
+              50: '{"eval_metrics": {"accuracy": 0.6}}', 60: '{"eval_metrics": {}}'}  # fmt: skip
+    for greater_is_better, best in ((True, "step_000040"), (False, "step_000050")):
+        root = tmp_path / str(greater_is_better)
+        for step, state in states.items():
+            (root / "checkpoints" / f"step_{step:06d}").mkdir(parents=True)
+            (root / "checkpoints" / f"step_{step:06d}" / "trainer_state.json").write_text(state)
+        rotate_checkpoints(root, keep_last=1, metric="accuracy", greater_is_better=greater_is_better)
+        assert sorted(p.name for p in (root / "checkpoints").iterdir()) == [best, "step_000060"]

@@ -157,7 +157,7 @@ def validate_checkpoint(path: Path) -> dict:
         record = json.loads(state_file.read_text())
     except (ValueError, UnicodeDecodeError, OSError, RecursionError):
         raise UserError(f"checkpoint {path} is damaged: {STATE_FILE} is not valid JSON") from None
-    problem = _state_problem(record)
+    problem = _state_problem(record) or _unwritable_number(record)
     if problem is None and re.fullmatch(r"step_\d+", path.name) and record.get("step") != int(path.name[5:]):
         problem = f"says step {record.get('step')!r}, but the folder is {path.name}"
     if problem is None and STATE_CHECKSUM in record and record[STATE_CHECKSUM] != state_checksum(record):
@@ -198,6 +198,27 @@ def _state_problem(record) -> str | None:
     for name in ("meters", "eval_metrics", "run"):
         if not isinstance(record.get(name, {}), dict):
             return f"has {name} = {record[name]!r}, expected an object"
+    return None
+
+
+def _unwritable_number(value, where: str = "") -> str | None:
+    """Where the state holds a number no save writes, or None: NaN or infinity (json.loads takes them; the save
+    writes with allow_nan=False, and the state's checksum, computed the same way, failed with a ValueError)."""
+    import math
+
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((f"[{i}]", v) for i, v in enumerate(value))
+    else:
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"has {where} = {value!r}, which no save writes (expected a finite number)"
+        return None
+    for key, item in items:
+        name = f"{where}{key}" if str(key).startswith("[") else f"{where}.{key}" if where else str(key)
+        problem = _unwritable_number(item, name)
+        if problem:
+            return problem
     return None
 
 
@@ -393,12 +414,17 @@ def rotate_checkpoints(output_dir: str | Path, keep_last: int | None, metric: st
     keep = set(checkpoints[-keep_last:])
     scored = []
     for path in checkpoints:
+        # Only a sound record's finite metric scores: a damaged checkpoint (that latest skips: a list, a text or
+        # NaN where the metric was) stopped the run at its next save with an AttributeError or TypeError, or, NaN
+        # comparing false with everything, could be kept as the best while the real best was deleted.
         try:
-            metrics = json.loads((path / STATE_FILE).read_text()).get("eval_metrics") or {}
-        except (OSError, ValueError):
+            record = json.loads((path / STATE_FILE).read_text())
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             continue
-        if metric in metrics:
-            scored.append((metrics[metric] if greater_is_better else -metrics[metric], path.name, path))
+        metrics = record.get("eval_metrics") if isinstance(record, dict) else None
+        value = metrics.get(metric) if isinstance(metrics, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and _unwritable_number(value) is None:
+            scored.append((value if greater_is_better else -value, path.name, path))
     if scored:
         keep.add(max(scored)[2])
     for path in checkpoints:
