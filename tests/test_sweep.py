@@ -599,3 +599,21 @@ def test_minilm_learning_rate_sweep_on_real_mrpc():
     assert report["model_name"].startswith("all-MiniLM-L6-v2") and report["majority_accuracy"] == pytest.approx(279 / 408)
     chosen = next(c for c in report["configurations"] if c["chosen"])
     assert chosen["stats"]["accuracy"]["mean"] > 0.75  # MiniLM at a good learning rate: ~80 % (README)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--learning_rates", "2e-5", "2.0000001e-5"], "--learning_rates [2e-05, 2.0000001e-05] is invalid: expected values "
+                                                   "that name different trial folders: 2e-05 and 2.0000001e-05 are both lr2e-05"),
+    (["--epochs", "3", "3.0000001"], "--epochs [3.0, 3.0000001] is invalid: expected values that name different trial "
+                                     "folders: 3.0 and 3.0000001 are both ep3 (6 significant digits)"),
+])  # fmt: skip
+def test_grid_values_that_would_share_a_trial_folder_are_refused(argv, message):
+    """Trial folders name the learning rate and epochs to 6 significant digits (lr2e-05_bs32_ep3): two values that
+    agree that far shared a folder, and the second configuration's trials read the first's results as their own."""
+    from train_mrpc.sweep import trial_dir
+
+    assert trial_dir(Path("s"), (2e-5, 32, 3.0, 42)) == trial_dir(Path("s"), (2.0000001e-5, 32, 3.0000001, 42))
+    with pytest.raises(UserError, match=re.escape(message)):
+        parse_sweep(*argv)
+    config, options = parse_sweep("--learning_rates", "2e-5", "2.00001e-5")  # 6 digits apart: two folders
+    assert options.learning_rates == [2e-5, 2.00001e-5]

@@ -136,6 +136,15 @@ class SweepConfig:
                 and is_finite(v) and 0 < v <= maximum for v in values
             ) and len(set(values)) == len(values)  # fmt: skip
             check_value(ok, name, values, f"a list of {what} without repeats")
+        # A trial's folder names its learning rate and epochs to 6 significant digits (configuration_name): two
+        # values that agree that far shared one folder, and the second read the first's finished run as its own.
+        for name, prefix in (("learning_rates", "lr"), ("epochs", "ep")):
+            shown = {}
+            for value in getattr(self, name) or []:
+                other = shown.setdefault(f"{value:g}", value)
+                check_value(other == value, name, getattr(self, name),
+                            f"values that name different trial folders: {other!r} and {value!r} are both "
+                            f"{prefix}{value:g} (6 significant digits)")  # fmt: skip
         check_value(self.grace_period > self.heartbeat_interval, "grace_period", self.grace_period,
                     f"an integer number of seconds > --heartbeat_interval ({self.heartbeat_interval})")  # fmt: skip
         if self.study_name is not None:
