@@ -391,3 +391,25 @@ def test_sigterm_stops_a_benchmark(tmp_path):
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == -signal.SIGTERM
+
+
+@pytest.mark.parametrize("figure, shown", [
+    ("1" + "0" * 400, "record.methods.floor.pairs_per_s is 100000000000... (401 digits): beyond a float's range"),
+    ("NaN", "record.methods.floor.pairs_per_s is nan: not a finite number"),
+    ("-Infinity", "record.methods.floor.pairs_per_s is -inf: not a finite number"),
+], ids=["beyond-float", "nan", "infinity"])  # fmt: skip
+def test_tables_refuse_a_figure_no_benchmark_writes(tmp_path, capsys, figure, shown):
+    """json.loads takes NaN, Infinity and integers of any size: a 401-digit figure stopped the tables with an
+    OverflowError traceback, and NaN was printed in the README's table as a measured 'nan' pairs/s."""
+    import re
+
+    from train_mrpc.cli import main
+
+    text = (ROOT / "benchmarks" / "results" / "cpu-2core" / "tokenization.json").read_text()
+    (tmp_path / "tokenization.json").write_text(re.sub(r'("pairs_per_s": )[^,}]+', rf"\g<1>{figure}", text, count=1))
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "tables", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert_one_line_error(info.value.code, captured.err, f"{tmp_path / 'tokenization.json'}: {shown}; expected the JSON "
+                          "record train-mrpc bench tokenization writes")  # fmt: skip
+    assert captured.out == ""

@@ -418,6 +418,8 @@ def check_finite(record, where: str = "record") -> None:
             check_finite(value, f"{where}[{i}]")
     elif isinstance(record, float) and not math.isfinite(record):
         raise ValueError(f"{where} is {record}: not a finite number")
+    elif isinstance(record, int) and not isinstance(record, bool) and abs(record) > sys.float_info.max:
+        raise ValueError(f"{where} is {str(record)[:12]}... ({len(str(record))} digits): beyond a float's range")
 
 
 def write_json(path: Path, record: dict) -> Path:

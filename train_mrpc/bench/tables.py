@@ -104,11 +104,15 @@ def render_file(path: Path, command: str, render) -> str:
 
     expected = f"the JSON record train-mrpc bench {command} writes"
     record = read_json_object(path, str(path), expected)
+    try:  # json.loads takes NaN, Infinity and integers of any size; a benchmark writes none of them
+        common.check_finite(record, "record")
+    except ValueError as err:
+        raise UserError(f"{path}: {err}; expected {expected}") from None
     try:
         return render(record)
     except KeyError as err:
         raise UserError(f"{path}: no {err.args[0]!r} field where one was expected; expected {expected}") from None
-    except (TypeError, ValueError, IndexError, AttributeError) as err:
+    except (TypeError, ValueError, IndexError, AttributeError, ArithmeticError) as err:
         raise UserError(f"{path}: a field of the wrong kind ({common.reason(err)}); expected {expected}") from None
 
 
