@@ -42,18 +42,35 @@ class TrainState:
     eval_seconds: float = 0.0  # evaluation time of every run segment so far
 
 
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what a shell reports for a Ctrl-C
+
+
 class Preempted(Exception):
-    """Raised after a checkpoint was saved because SIGTERM/SIGUSR1 asked the run to stop."""
+    """Raised after a checkpoint was saved because SIGTERM/SIGUSR1 (or a first Ctrl-C) asked the run to stop."""
+
+    def __init__(self, message: str, exit_status: int = PREEMPTED_EXIT_CODE) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 class PreemptionHandler:
-    """Turns SIGTERM/SIGUSR1 (what SLURM sends before killing a job) into a flag the loop checks."""
+    """Turns SIGTERM/SIGUSR1 (what SLURM sends before killing a job) into a flag the loop checks, and so a
+    first Ctrl-C (SIGINT) while training: the step finishes, a checkpoint is saved, the run stops (exit 130).
+
+    A second Ctrl-C stops at once (KeyboardInterrupt), and so does a Ctrl-C before training began (set-up
+    has nothing to save). Under ``accelerate launch`` a Ctrl-C can reach a worker twice within milliseconds:
+    from the terminal, and again from torchrun's agent, which passes the signal it got on to its workers. So
+    a SIGINT counts as the second only from SECOND_CTRL_C_AFTER_S after the first.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SECOND_CTRL_C_AFTER_S = 1.0
     early: list[str] = []  # signals caught by install_early() before any handler context existed
 
     def __init__(self) -> None:
         self.received: str | None = PreemptionHandler.early[0] if PreemptionHandler.early else None
+        self.training = False  # set by the loop: only then does a first Ctrl-C wait for a checkpoint
+        self._first_ctrl_c: float | None = None
         self._previous = {}
 
     @classmethod
@@ -80,6 +97,7 @@ class PreemptionHandler:
     def __enter__(self) -> PreemptionHandler:
         for sig in self.SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle_ctrl_c)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -88,6 +106,21 @@ class PreemptionHandler:
 
     def _handle(self, signum, frame) -> None:
         self.received = signal.Signals(signum).name
+
+    def _handle_ctrl_c(self, signum, frame) -> None:
+        import sys
+        import time
+
+        now = time.monotonic()
+        again = self._first_ctrl_c is not None and now - self._first_ctrl_c >= self.SECOND_CTRL_C_AFTER_S
+        if not self.training or again:
+            raise KeyboardInterrupt
+        if self._first_ctrl_c is None:
+            self._first_ctrl_c = now
+            self.received = self.received or "SIGINT"
+            if os.environ.get("RANK", "0") == "0":
+                print("train-mrpc: Ctrl-C: finishing this step, then saving a checkpoint and stopping "
+                      "(Ctrl-C again to stop at once, without one)", file=sys.stderr, flush=True)  # fmt: skip
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:

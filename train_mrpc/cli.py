@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from train_mrpc.checkpointing import PREEMPTED_EXIT_CODE, Preempted, PreemptionHandler
+from train_mrpc.checkpointing import Preempted, PreemptionHandler
 from train_mrpc.errors import JobFailure, UserError, distributed_failure, job_failure
 
 # How a process's error relates to the rest of the job, which decides who prints it (see _print_error).
@@ -211,7 +211,7 @@ def run_command(argv: list[str]) -> None:
         sys.exit(2)
     except Preempted as stop:
         _print_error(str(stop), TOGETHER)
-        sys.exit(PREEMPTED_EXIT_CODE)
+        sys.exit(stop.exit_status)
     except KeyboardInterrupt:
         _print_error("interrupted", TOGETHER)
         sys.exit(130)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from train_mrpc.checkpointing import (
-    OutputDirLock, Preempted, PreemptionHandler, TrainState, checkpoint_root, find_latest, load_checkpoint,
-    resolve_resume, rotate_checkpoints, save_checkpoint,
+    INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, OutputDirLock, Preempted, PreemptionHandler, TrainState,
+    checkpoint_root, find_latest, load_checkpoint, resolve_resume, rotate_checkpoints, save_checkpoint,
 )  # fmt: skip
 from train_mrpc.config import TrainConfig
 from train_mrpc.errors import UserError
@@ -34,7 +34,9 @@ def train(config: TrainConfig) -> dict:
             if preemption.received:
                 raise preempted(run, state, preemption.received, find_latest(run.output_dir), "before training began")
             with run.progress, step_profiler(run.config, run.accelerator, run.output_dir) as profiler:
+                preemption.training = True  # a first Ctrl-C from here on checkpoints and stops
                 eval_metrics = fit(run, state, meters, eval_metrics, preemption, profiler)
+                preemption.training = False
             if run.accelerator.is_main_process and (table := profiler.report()):
                 # Plain print: the table is wider than a terminal, and rich would wrap every row.
                 print(f"Top operators by self time, {run.config.profile_steps} profiled steps (trace in "
@@ -366,15 +368,18 @@ def checkpoint(run: Run, state: TrainState, meters: Meters, eval_metrics: dict |
 
 def preempted(run: Run, state: TrainState, signal_name: str, checkpoint_path: Path | None, when: str) -> Preempted:
     """The stop after SIGTERM/SIGUSR1, also left as output_dir/preempted.json: `accelerate launch` turns the
-    exit status 75 into its own 1, so a requeue script can look for the file instead."""
+    exit status 75 into its own 1, so a requeue script can look for the file instead. A Ctrl-C's stop
+    (exit 130) is the user's, not the cluster's: it leaves no such file, so a requeue script does not rerun it."""
     from train_mrpc.reporting import write_json
 
     saved = f"checkpoint saved to {checkpoint_path}" if when.startswith("at step") else \
         f"nothing new to save (latest checkpoint: {checkpoint_path or 'none'})"  # fmt: skip
-    if run.accelerator.is_main_process:
+    exit_status = INTERRUPTED_EXIT_CODE if signal_name == "SIGINT" else PREEMPTED_EXIT_CODE
+    if run.accelerator.is_main_process and exit_status == PREEMPTED_EXIT_CODE:
         write_json(run.output_dir / PREEMPTED, {"signal": signal_name, "step": state.step, "checkpoint":
                                                  str(checkpoint_path) if checkpoint_path else None, "exit_status": 75})  # fmt: skip
-    return Preempted(f"stopped by {signal_name} {when}; {saved}. Resume with --resume_from_checkpoint latest")
+    return Preempted(f"stopped by {signal_name} {when}; {saved}. Resume with --resume_from_checkpoint latest",
+                     exit_status)
 
 
 def diverged(run: Run, state: TrainState, loss: float) -> UserError:

@@ -1,0 +1,105 @@
+"""Ctrl-C keeps the work: the first SIGINT while training finishes the step, saves a checkpoint and stops with
+exit 130 and a line saying how to resume; the resumed run ends where an uninterrupted one ends. A second Ctrl-C
+stops at once. Under `accelerate launch` every process of the job gets it and they stop at the same step."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import (
+    ROOT, TEST_ENV, accelerate_launch, read_log, run_cli, start_job, stop_job, tiny_args, wait_for_log_lines,
+    workers_by_rank,
+)  # fmt: skip
+
+from train_mrpc.checkpointing import INTERRUPTED_EXIT_CODE, PreemptionHandler, validate_checkpoint
+
+
+def run_args(model_dir, out, *extra):
+    """20 steps (160 pairs, batch 16, 2 epochs), a log line and a chance to stop at every step."""
+    return tiny_args(model_dir, out, "--max_train_samples", "160", "--logging_steps", "1", "--checkpointing_steps", "10",
+                     *extra)  # fmt: skip
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert read_log(a) == read_log(b)
+
+
+def test_the_first_ctrl_c_saves_exits_130_and_the_resume_equals_the_uninterrupted_run(tmp_path, tiny_model_dir):
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    assert run_cli(run_args(tiny_model_dir, full)).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "train_mrpc", *run_args(tiny_model_dir, stopped)], cwd=ROOT,
+                            env={**os.environ, **TEST_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for_log_lines(stopped, 13)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == INTERRUPTED_EXIT_CODE == 130, stderr[-3000:]
+    step = max(int(p.name.split("_")[1]) for p in (stopped / "checkpoints").glob("step_*"))
+    assert 13 <= step < 20, "a checkpoint at the step the Ctrl-C came in, not only the periodic one at 10"
+    assert validate_checkpoint(stopped / "checkpoints" / f"step_{step:06d}")["step"] == step
+    assert "Ctrl-C: finishing this step, then saving a checkpoint" in stderr
+    assert stderr.strip().splitlines()[-1] == (f"train-mrpc: error: stopped by SIGINT at step {step}; checkpoint saved to "
+                                               f"{stopped / 'checkpoints' / f'step_{step:06d}'}. Resume with "
+                                               "--resume_from_checkpoint latest")  # fmt: skip
+    assert "Traceback" not in stderr
+    assert not (stopped / "preempted.json").exists(), "a Ctrl-C is the user's stop: no requeue marker"
+
+    resumed = run_cli(run_args(tiny_model_dir, stopped, "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(full, stopped)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_one_before_training_too():
+    """Real SIGINTs to this process: before training, KeyboardInterrupt (set-up has nothing to save); while
+    training, a flag; the same Ctrl-C arriving again within a second (the launcher passing it on), still only
+    the flag; a later one, KeyboardInterrupt."""
+    with PreemptionHandler() as handler:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs between bytecodes, at the latest here
+        assert handler.received is None
+        handler.training = True
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # the launcher's copy of the same Ctrl-C
+        assert handler.received == "SIGINT"
+        time.sleep(PreemptionHandler.SECOND_CTRL_C_AFTER_S)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored on leaving
+
+
+def test_ctrl_c_to_a_launched_job_stops_every_process_at_one_step_and_resumes_exactly(tmp_path, tiny_model_dir):
+    """`accelerate launch` with multi_cpu.yaml (the test name must not hold "accelerate": conftest.live_workers
+    leaves out command lines that do), 2 processes, 16 steps. SIGINT to the launcher and to each worker, as a terminal's Ctrl-C
+    reaches a job whose workers share its process group; torchrun's agent passes its own on to the workers too."""
+    launcher = accelerate_launch("multi_cpu.yaml", "--num_processes", "2")
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    proc = run_cli(run_args(tiny_model_dir, full, "--max_train_samples", "256"), launcher=launcher)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    job = start_job([*launcher, *run_args(tiny_model_dir, stopped, "--max_train_samples", "256")], tmp_path / "logs")
+    try:
+        ranks = workers_by_rank(stopped, 2)
+        assert len(ranks) == 2
+        wait_for_log_lines(stopped, 5)
+        for pid in [job.pid, *ranks.values()]:
+            os.kill(pid, signal.SIGINT)
+        job.wait(timeout=300)
+    finally:
+        stop_job(job, stopped)
+    stderr = (tmp_path / "logs" / "stderr").read_text()
+    assert job.returncode != 0
+    step = max(int(p.name.split("_")[1]) for p in (stopped / "checkpoints").glob("step_*"))
+    assert 5 <= step < 16
+    assert stderr.count(f"train-mrpc: error: stopped by SIGINT at step {step}; checkpoint saved to") == 1, stderr[-3000:]
+    assert validate_checkpoint(stopped / "checkpoints" / f"step_{step:06d}")["step"] == step
+
+    resumed = run_cli(run_args(tiny_model_dir, stopped, "--max_train_samples", "256", "--resume_from_checkpoint", "latest"),
+                      launcher=launcher)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(full, stopped)
