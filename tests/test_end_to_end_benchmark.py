@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, TEST_ENV
 
 
@@ -43,20 +45,30 @@ def test_quick_end_to_end_comparison_is_complete(tmp_path):
     assert kept == {**first["runs"][0], "kept_from": str(previous)} and "kept_from" not in measured
 
 
-def test_quick_honours_model(tmp_path, monkeypatch, tiny_model_dir, capsys):
-    """--quick picks the tiny model only when --model is left out: it trained tiny-random-bert whatever --model
-    named. The runs themselves are replaced (the flags they get are what is checked), so this takes a second."""
+FAKE_RUN = {"wall_s": 2.0, "train_runtime_s": 1.0, "eval_accuracy": 0.5, "eval_f1": 0.5, "train_tokens_per_second": 10.0}
+
+
+@pytest.fixture
+def fake_runs(monkeypatch) -> list[list[str]]:
+    """The training runs replaced (a second instead of minutes): the flags each would have had are collected."""
     from train_mrpc.bench import end_to_end
-    from train_mrpc.cli import main
 
     commands = []
 
     def fake_run(variant, seed, flags, out):
         commands.append(flags)
-        return {"variant": variant, "seed": seed, "wall_s": 2.0, "train_runtime_s": 1.0, "eval_accuracy": 0.5,
-                "eval_f1": 0.5, "train_tokens_per_second": 10.0}  # fmt: skip
+        return {"variant": variant, "seed": seed, **FAKE_RUN}
 
     monkeypatch.setattr(end_to_end, "run_once", fake_run)
+    return commands
+
+
+def test_quick_honours_model(tmp_path, fake_runs, tiny_model_dir, capsys):
+    """--quick picks the tiny model only when --model is left out: it trained tiny-random-bert whatever --model
+    named. The runs themselves are replaced (the flags they get are what is checked), so this takes a second."""
+    from train_mrpc.cli import main
+
+    commands = fake_runs
     main(["bench", "end-to-end", "--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path / "named")])
     record = json.loads((tmp_path / "named" / "end_to_end.json").read_text())
     assert [c[c.index("--model_name_or_path") + 1] for c in commands] == [str(tiny_model_dir.resolve())] * 2
@@ -67,3 +79,74 @@ def test_quick_honours_model(tmp_path, monkeypatch, tiny_model_dir, capsys):
     assert [c[c.index("--model_name_or_path") + 1] for c in commands] == ["tiny-random-bert"] * 2
     assert json.loads((tmp_path / "default" / "end_to_end.json").read_text())["model_label"] == "tiny-random-bert"
     capsys.readouterr()
+
+
+def previous_record(tmp_path, runs: list[dict], **setup) -> Path:
+    """An end_to_end.json of a quick run (as --quick writes it, with ``setup`` changed) holding ``runs``."""
+    from train_mrpc.bench.end_to_end import VARIANTS
+
+    record = {"benchmark": "end_to_end", "quick": True, "model_label": "tiny-random-bert", "data": "synthetic (128 pairs)",
+              "epochs": 1.0, "learning_rate": 1e-4, "variants": VARIANTS, **setup, "runs": runs}  # fmt: skip
+    path = tmp_path / "previous.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+def run_record(variant: str = "defaults", seed: int = 42, **figures) -> dict:
+    return {"variant": variant, "seed": seed, **FAKE_RUN, **figures}
+
+
+@pytest.mark.parametrize("runs, setup, extra, fragments", [
+    ([run_record(wall_s=float("nan"))], {}, [], ["runs[0].wall_s is nan; expected a number > 0"]),
+    ([run_record(wall_s=0)], {}, [], ["runs[0].wall_s is 0; expected a number > 0"]),
+    ([run_record(), run_record("reference", eval_accuracy=1.5)], {}, [], ["runs[1].eval_accuracy is 1.5; expected a "
+                                                                          "number from 0 to 1"]),
+    ([run_record()], {"model_label": "all-MiniLM-L6-v2"}, [],
+     ["its runs measured another setup (model_label 'all-MiniLM-L6-v2', this run 'tiny-random-bert')"]),
+    ([run_record()], {"epochs": 3.0, "learning_rate": 2e-5}, [], ["epochs 3.0, this run 1.0; learning_rate 2e-05"]),
+    ([run_record()], {"variants": {"reference": ["--precision", "fp32"], "defaults": []}}, [], ["variants {'reference'"]),
+    ([run_record()], {}, ["--rerun", "defaults:43"], ["--rerun defaults:43: seed 43 is not one of this run's seeds (42)"]),
+], ids=["nan", "zero-seconds", "accuracy-above-1", "other-model", "other-epochs-and-lr", "other-reference-flags",
+        "rerun-of-no-run"])  # fmt: skip
+def test_previous_runs_that_cannot_be_kept_are_refused_before_any_run(tmp_path, fake_runs, capsys, runs, setup,
+                                                                       extra, fragments):
+    """A kept run's NaN (or 0 s) stopped the command with a ValueError (ZeroDivisionError) after every new run; runs of
+    another model, epochs or reference flags were mixed into the comparison without a word; and --rerun of a
+    seed this command does not run was ignored."""
+    from conftest import assert_one_line_error
+
+    from train_mrpc.cli import main
+
+    previous = previous_record(tmp_path, runs, **setup)
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "end-to-end", "--quick", "--previous", str(previous), *extra, "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert_one_line_error(info.value.code, captured.err, *fragments)
+    assert fake_runs == [] and captured.out == "" and not (tmp_path / "out").exists()
+
+
+def test_previous_of_the_same_setup_elsewhere_is_kept(tmp_path, fake_runs, capsys):
+    """The same data in another folder (the machine that measured --previous) is the same setup."""
+    from train_mrpc.cli import main
+
+    previous = previous_record(tmp_path, [run_record(wall_s=3.0)], data="synthetic (elsewhere)")
+    main(["bench", "end-to-end", "--quick", "--previous", str(previous), "--out", str(tmp_path / "out")])
+    runs = json.loads((tmp_path / "out" / "end_to_end.json").read_text())["runs"]
+    assert [(r["variant"], r["wall_s"], r.get("kept_from")) for r in runs] == [("reference", 2.0, None),
+                                                                               ("defaults", 3.0, str(previous))]
+    capsys.readouterr()
+
+
+def test_bad_input_a_training_run_finds_is_this_commands_one_line(tmp_path, capsys):
+    """--model a folder without a model: the first training run said so in one line and exit status 2, and the
+    benchmark turned that into "reference seed 42 failed:" and the child's stderr, with exit status 1."""
+    from conftest import assert_one_line_error
+
+    from train_mrpc.cli import main
+
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "end-to-end", "--model", str(tmp_path / "not-a-model"), "--data_dir", "synthetic", "--seeds", "1",
+              "--out", str(tmp_path / "out")])  # fmt: skip
+    line = assert_one_line_error(info.value.code, capsys.readouterr().err, "not-a-model", "config.json")
+    assert line.startswith("train-mrpc: error: reference seed 42: ")

@@ -77,10 +77,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def read_previous(path: Path) -> dict[tuple[str, int], dict]:
-    """The runs of an earlier end_to_end.json by (variant, seed), or one UserError naming what is wrong with it."""
+# What a kept run's figures may be: times and throughput > 0 (the speedup divides by them), fractions in [0, 1].
+FIGURE_RANGES = {"wall_s": "a number > 0", "train_runtime_s": "a number > 0", "train_tokens_per_second": "a number > 0",
+                 "eval_accuracy": "a number from 0 to 1", "eval_f1": "a number from 0 to 1"}  # fmt: skip
+# What the runs measured, besides the seed: a kept run must have measured the same thing as the new ones.
+SETUP = ("quick", "model_label", "data", "epochs", "learning_rate", "variants")
+
+
+def _in_range(key: str, value) -> bool:
+    from train_mrpc.config import is_finite
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not is_finite(value):
+        return False
+    return 0 <= value <= 1 if FIGURE_RANGES[key].endswith("0 to 1") else value > 0
+
+
+def setup_of(record: dict) -> dict:
+    """The SETUP fields of a record, the data by its kind only ("GLUE MRPC", "synthetic"): the same files may lie
+    in another folder on the machine that measured --previous."""
+    setup = {key: record[key] for key in SETUP if key in record}
+    if isinstance(setup.get("data"), str):
+        setup["data"] = setup["data"].split(" (")[0]
+    return setup
+
+
+def read_previous(path: Path, setup: dict) -> dict[tuple[str, int], dict]:
+    """The runs of an earlier end_to_end.json by (variant, seed), or one UserError naming what is wrong with it:
+    not a record, a run without its figures or with one no measurement gives (NaN, 0 s: the summary divides by
+    it, after every new run), or runs of another setup than ``setup`` (another model, data, epochs, ...)."""
     name, expected = f"--previous {path}", "an end_to_end.json that train-mrpc bench end-to-end wrote"
-    runs = read_json_object(path, name, expected).get("runs")
+    record = read_json_object(path, name, expected)
+    runs = record.get("runs")
     if not isinstance(runs, list):
         raise UserError(f"{name}: has no list of 'runs'; expected {expected}")
     for number, run in enumerate(runs):
@@ -89,6 +116,15 @@ def read_previous(path: Path) -> dict[tuple[str, int], dict]:
         if not (numbers and isinstance(run.get("variant"), str) and type(run.get("seed")) is int):
             raise UserError(f"{name}: runs[{number}] is not a run record; expected an object with variant (a name), "
                             f"seed (an integer) and the numbers {', '.join(RUN_FIGURES)}")  # fmt: skip
+        for key, wanted in FIGURE_RANGES.items():
+            if not _in_range(key, run[key]):
+                raise UserError(f"{name}: runs[{number}].{key} is {run[key]!r}; expected {wanted}")
+    theirs = setup_of(record)
+    changed = [f"{key} {theirs[key]!r}, this run {value!r}" for key, value in setup_of(setup).items()
+               if key in theirs and theirs[key] != value]  # fmt: skip
+    if changed:
+        raise UserError(f"{name}: its runs measured another setup ({'; '.join(changed)}); expected an end_to_end.json "
+                        "of the same flags (and the same reference flags), or leave out --previous")  # fmt: skip
     return {(run["variant"], run["seed"]): run for run in runs}
 
 
@@ -142,6 +178,11 @@ def run_once(variant: str, seed: int, flags: list[str], out: Path) -> dict:
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
+        # Bad input the training run found (--model a folder without a model, --data_dir without MRPC's files)
+        # ends there as one line and status 2: it is this command's bad input too, said as this command's line.
+        said = [line for line in proc.stderr.splitlines() if line.startswith("train-mrpc: error: ")]
+        if proc.returncode == 2 and said:
+            raise UserError(f"{variant} seed {seed}: {said[-1].removeprefix('train-mrpc: error: ')}")
         raise SystemExit(f"{variant} seed {seed} failed:\n{proc.stderr[-3000:]}")
     results = json.loads((run_dir / ALL_RESULTS).read_text())
     return {
@@ -190,14 +231,22 @@ def main(argv=None) -> None:
     if argv is None:  # run as a script
         return common.run_as_command("end-to-end")
     args = parse_args(argv)
-    previous = read_previous(args.previous) if args.previous else {}  # refused before any run starts
-    args.out = common.resolve_out(args.out)
-    args.out.mkdir(parents=True, exist_ok=True)
     data, data_label = data_flags(args)
     epochs = 1.0 if args.quick else args.num_train_epochs
-    flags = ["--model_name_or_path", model_path(args), *data, "--learning_rate", str(args.learning_rate),
-              "--num_train_epochs", str(epochs), "--logging_steps", "50"]  # fmt: skip
+    model = model_path(args)
+    model_label = "all-MiniLM-L6-v2" if model_name(args) == "minilm" else Path(model).name
+    setup = {"quick": args.quick, "model_label": model_label, "data": data_label, "epochs": epochs,
+             "learning_rate": args.learning_rate, "variants": VARIANTS}  # fmt: skip
     seeds = [42 + i for i in range(1 if args.quick else args.seeds)]
+    for variant, seed in sorted(args.rerun):  # a run this command does not measure was silently not measured
+        if seed not in seeds:
+            raise UserError(f"--rerun {variant}:{seed}: seed {seed} is not one of this run's seeds "
+                            f"({', '.join(map(str, seeds))}); expected variant:seed of a run to measure again")  # fmt: skip
+    previous = read_previous(args.previous, setup) if args.previous else {}  # refused before any run starts
+    args.out = common.resolve_out(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    flags = ["--model_name_or_path", model, *data, "--learning_rate", str(args.learning_rate),
+              "--num_train_epochs", str(epochs), "--logging_steps", "50"]  # fmt: skip
     runs = []
     for seed in seeds:
         for variant in VARIANTS:
@@ -208,12 +257,7 @@ def main(argv=None) -> None:
                   f"{' (kept from --previous)' if kept else ''}", flush=True)  # fmt: skip
     record = {
         "benchmark": "end_to_end",
-        "quick": args.quick,
-        "model_label": "all-MiniLM-L6-v2" if model_name(args) == "minilm" else Path(model_path(args)).name,
-        "data": data_label,
-        "epochs": epochs,
-        "learning_rate": args.learning_rate,
-        "variants": VARIANTS,
+        **setup,
         "runs": runs,
         "summary": summarize(runs),
         "environment": common.environment(),
