@@ -6,13 +6,18 @@
 #
 # Pass flags through: make demo ARGS="--num_train_epochs 1 --output_dir runs/try"
 #                     make test PYTEST_ARGS="-m slow"      (or -k resume, -x, ...)
+#
+# Both install the tested versions in constraints.txt. `make test-latest` (not part of CI) builds a throwaway
+# .venv-latest from the newest releases (torch stays 2.13.0: a newer one is a CUDA download of GBs), prints what
+# differs from constraints.txt and runs the suite there: an upstream change becomes a report, not a red newcomer.
 VENV ?= .venv
+LATEST_VENV ?= .venv-latest
 ARGS ?=
 PYTEST_ARGS ?=
 DATA_DIR ?=
 DEMO_DATA := $(if $(DATA_DIR),--data_dir $(DATA_DIR),--dataset synthetic)
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-latest
 
 setup:
 	@scripts/setup.sh $(VENV)
@@ -25,3 +30,9 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-latest:
+	rm -rf $(LATEST_VENV)
+	CONSTRAINTS= scripts/setup.sh $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python scripts/compare_lock.py constraints.txt
+	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create (or bring up to date) the project's virtual environment; safe to run again and again.
 #   scripts/setup.sh [VENV]        (default .venv; `make demo` and `make test` call this first)
+# Versions: the tested set in constraints.txt. CONSTRAINTS= (empty) installs the newest releases instead
+# (`make test-latest`, in a throwaway environment), CONSTRAINTS=path another set.
 # torch comes first, so that nothing pulls a torch of the wrong kind: on a machine without an NVIDIA GPU the
 # CPU build (PyTorch's CPU wheel index, or a CPU wheel the machine's pip already finds), else PyPI's CUDA build.
 set -euo pipefail
@@ -8,6 +10,9 @@ cd "$(dirname "$0")/.."
 venv="${1:-.venv}"
 python="${PYTHON:-python3}"
 torch_version="${TORCH_VERSION:-2.13.0}"
+constraints="${CONSTRAINTS-constraints.txt}"
+constraint_args=()
+[ -n "$constraints" ] && constraint_args=(-c "$constraints")
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip)
@@ -29,7 +34,7 @@ fi
 # include deepspeed (tests/test_deepspeed.py runs ZeRO-2 on 2 CPU processes): a pure-Python install whose CPU
 # communication op is compiled with g++ on first use, into ~/.cache/torch_extensions.
 stamp="$venv/.train-mrpc-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    "${pip[@]}" install -e ".[dev]"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || { [ -n "$constraints" ] && [ "$constraints" -nt "$stamp" ]; }; then
+    "${pip[@]}" install "${constraint_args[@]}" -e ".[dev]"
     touch "$stamp"
 fi

@@ -1,0 +1,49 @@
+"""Installs that do not drift: `make setup` installs the tested set in constraints.txt, and the report that
+`make test-latest` prints says which packages differ from it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+LOCK = ROOT / "constraints.txt"
+
+
+def compare(lock: Path) -> str:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_lock.py"), str(lock)], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+
+
+@pytest.mark.skipif(Path(sys.prefix).resolve() != (ROOT / ".venv").resolve(),
+                    reason="not the project's own environment (make setup's .venv)")  # fmt: skip
+def test_the_project_environment_holds_the_locked_versions():
+    assert compare(LOCK).endswith("the same versions, every package\n"), compare(LOCK)
+
+
+def test_the_report_names_each_package_that_differs_from_the_lock(tmp_path):
+    from importlib import metadata
+
+    lock = tmp_path / "constraints.txt"
+    pytest_version = metadata.version("pytest")
+    lock.write_text(f"# comment\npytest==0.0.1  # older\nrich=={metadata.version('rich')}\nno-such-package==1.0\n")
+    report = compare(lock).splitlines()
+    assert f"  pytest: 0.0.1 -> {pytest_version}" in report
+    assert "  no-such-package: 1.0 -> not installed" in report
+    assert not any(line.startswith("  rich:") for line in report)
+    assert "  torch: not locked -> " + metadata.version("torch") in report
+    assert "differ" in report[0]
+
+
+def test_every_direct_dependency_is_locked():
+    """A dependency added to pyproject.toml without re-locking would install its newest release in CI."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
+    names = {re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in wanted}
+    locked = {line.split("==")[0].strip().lower().replace("_", "-") for line in LOCK.read_text().splitlines()
+              if "==" in line and not line.startswith("#")}  # fmt: skip
+    assert names <= locked, f"not in constraints.txt: {sorted(names - locked)}"
