@@ -56,6 +56,14 @@ def test_seed_outside_what_set_seed_takes_is_refused(tmp_path, seed):
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
+@pytest.mark.parametrize("name", ["no\x0cfile.tsv", "no\u2028file.tsv", "no\x85file.tsv", "no\nfile.tsv"])
+def test_a_line_break_of_any_kind_in_a_named_path_stays_on_the_one_line(tmp_path, capsys, name):
+    """str.splitlines() breaks at form feeds, U+2028, NEL and more, not only at \\n: each is written escaped."""
+    line = main_error([*TINY[:2], "--train_file", tmp_path / name, "--validation_file", tmp_path / name,
+                       "--output_dir", tmp_path / "run"], capsys, "file not found")  # fmt: skip
+    assert name.encode("unicode_escape").decode() in line
+
+
 def test_seed_bounds_are_accepted():
     assert TrainConfig(seed=0).seed == 0 and TrainConfig(seed=2**32 - 1).seed == 2**32 - 1
 

@@ -35,8 +35,16 @@ def _print_error(message: str, kind: str = OWN) -> None:
     else:
         first = _first_report(message if kind == OWN else None)
     if first:  # one line, whatever the message holds (a path from the user may contain a newline)
-        message = message.replace("\r", "\\r").replace("\n", "\\n")
-        print(f"train-mrpc: error: {message}", file=sys.stderr, flush=True)
+        print(f"train-mrpc: error: {one_line(message)}", file=sys.stderr, flush=True)
+
+
+# Every character str.splitlines() breaks a line at (a file named "a\x0cb" split the error line in two for any
+# reader of the log), written as its escape; everything else as it is.
+_LINE_BREAKS = {ord(c): c.encode("unicode_escape").decode() for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(message: str) -> str:
+    return message.translate(_LINE_BREAKS)
 
 
 def _first_report(line: str | None) -> bool:
