@@ -43,7 +43,8 @@ def _object(value) -> bool:
     return isinstance(value, dict)
 
 
-EXPECTED = {_number: "a number", _step: "a step number (an integer >= 0)", _seconds_by_name: "an object of finite numbers (seconds by name)", _text: "a string",
+EXPECTED = {_number: "a number", _step: "a step number (an integer >= 0)",
+            _seconds_by_name: "an object of finite numbers (seconds by name)", _text: "a string",
             _object: "a JSON object"}  # fmt: skip
 
 # What the plot reads of each file: (required fields, optional fields), each field with its check. An optional
