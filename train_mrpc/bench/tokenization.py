@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from train_mrpc import hub
 from train_mrpc.bench import common
 
 FLOOR = "floor"
@@ -263,7 +264,7 @@ def main(argv=None) -> dict | None:
     plot = common.barh_panels(
         args.out / "tokenization.png",
         [{
-            "title": f"{n} MRPC-shaped pairs, {Path(tokenizer_name).name} tokenizer"
+            "title": f"{n} MRPC-shaped pairs, {hub.model_name(tokenizer_name)} tokenizer"
                      + (" (quick: not a speed claim)" if args.quick else ""),
             "labels": [name for name, _ in plotted],
             "values": [r["throughput_ratio_to_floor"] for _, r in plotted],
