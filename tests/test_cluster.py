@@ -224,12 +224,13 @@ def write_hub_cache(cache: Path, repo: str, model_dir: Path) -> None:
 def test_prefetched_hub_model_runs_offline(tmp_path, tiny_model_dir):
     cache = tmp_path / "hf"
     write_hub_cache(cache, "acme/tiny-bert", tiny_model_dir)
-    env = {"HF_HOME": str(cache), "HF_HUB_OFFLINE": "1"}
-    proc = run_cli(["prefetch", "--model_name_or_path", "acme/tiny-bert", "--dataset", "synthetic"], env=env)
+    env = {"HF_HOME": str(cache), "HF_HUB_OFFLINE": "1"}  # huggingface_hub reads HF_HOME at import: own processes
+    proc = run_cli(["prefetch", "--model_name_or_path", "acme/tiny-bert", "--dataset", "synthetic"], env=env,
+                   own_process=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Ready for HF_HUB_OFFLINE=1" in proc.stdout and "acme/tiny-bert" in proc.stdout
     args = tiny_args("acme/tiny-bert", tmp_path / "run", "--max_train_steps", "2")
-    proc = run_cli(args, env=env)
+    proc = run_cli(args, env=env, own_process=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "model.safetensors").exists()
 
@@ -242,6 +243,6 @@ def test_prefetch_of_a_local_directory_checks_it_loads_offline(tmp_path, tiny_mo
 
 def test_prefetch_offline_without_cache_says_what_to_do(tmp_path):
     proc = run_cli(["prefetch", "--model_name_or_path", "acme/not-cached", "--dataset", "synthetic"],
-                   env={"HF_HOME": str(tmp_path / "empty")})  # fmt: skip
+                   env={"HF_HOME": str(tmp_path / "empty")}, own_process=True)  # fmt: skip
     assert proc.returncode == 2
     assert "cannot load tokenizer of model 'acme/not-cached'" in proc.stderr and "offline" in proc.stderr

@@ -151,7 +151,8 @@ def test_without_deepspeed_installed_the_run_says_how_to_install(tmp_path, tiny_
     hide.mkdir()
     (hide / "sitecustomize.py").write_text('import sys\nsys.modules["deepspeed"] = None\n')
     env = {"PYTHONPATH": str(hide)}
-    proc = run_cli(tiny_args(tiny_model_dir, tmp_path / "a"), env={**env, "ACCELERATE_USE_DEEPSPEED": "true"})
+    proc = run_cli(tiny_args(tiny_model_dir, tmp_path / "a"), env={**env, "ACCELERATE_USE_DEEPSPEED": "true"},
+                   own_process=True)  # sitecustomize hides deepspeed at start-up  # fmt: skip
     assert proc.returncode == 2
     assert "asks for DeepSpeed, which is not installed: pip install deepspeed" in proc.stderr
     proc = run_cli(tiny_args(tiny_model_dir, tmp_path / "b"), launcher=accelerate_launch(*ZERO2), env=env)

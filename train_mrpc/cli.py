@@ -73,6 +73,19 @@ def _first_report(line: str | None) -> bool:
         return True
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A log handler that writes to whatever sys.stderr is when it writes, not to the one it was made with: the
+    CLI called in-process (a caller's script, the tests) may redirect stderr for each call."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _leave_broken_job(message: str) -> None:
     """Exit with status 1 after another process of the job died or stalled (see errors.JobFailure)."""
     import signal
@@ -190,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
 def run_command(argv: list[str]) -> None:
     logger = logging.getLogger("train_mrpc")
     if os.environ.get("RANK", "0") == "0" and not logger.handlers:  # our warnings (a skipped checkpoint), once
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("train-mrpc: %(levelname)s: %(message)s"))
         logger.addHandler(handler)
     if argv[:1] not in (["prefetch"], ["plot"], ["bench"]):  # commands that train: they check for the signal
