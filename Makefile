@@ -6,6 +6,7 @@
 #
 # Pass flags through: make demo ARGS="--num_train_epochs 1 --output_dir runs/try"
 #                     make test PYTEST_ARGS="-m slow"      (or -k resume, -x, ...)
+# make lint: ruff's formatter and linter in check mode (CI runs it; `.venv/bin/ruff format .` applies it).
 #
 # Both install the tested versions in constraints.txt. `make test-latest` (not part of CI) builds a throwaway
 # .venv-latest from the newest releases (torch stays 2.13.0: a newer one is a CUDA download of GBs), prints what
@@ -17,7 +18,7 @@ PYTEST_ARGS ?=
 DATA_DIR ?=
 DEMO_DATA := $(if $(DATA_DIR),--data_dir $(DATA_DIR),--dataset synthetic)
 
-.PHONY: setup demo test test-latest
+.PHONY: setup demo test test-latest lint
 
 setup:
 	@scripts/setup.sh $(VENV)
@@ -36,3 +37,7 @@ test-latest:
 	CONSTRAINTS= scripts/setup.sh $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python scripts/compare_lock.py constraints.txt
 	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .

@@ -1,4 +1,5 @@
 """Kept for old command lines: this is `train-mrpc bench end-to-end` (train_mrpc/bench/end_to_end.py)."""
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Kept for old command lines: this is `train-mrpc bench tokenization` (train_mrpc/bench/tokenization.py)."""
+
 import sys
 from pathlib import Path
 

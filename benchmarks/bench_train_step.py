@@ -1,4 +1,5 @@
 """Kept for old command lines: this is `train-mrpc bench steps` (train_mrpc/bench/steps.py)."""
+
 import sys
 from pathlib import Path
 

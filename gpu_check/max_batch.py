@@ -66,11 +66,22 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_config", required=True, help="A folder with config.json, or 'tiny'.")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    parser.add_argument("--length", type=int, default=128, help="Tokens per pair (default 128, the project's max_length).")
-    parser.add_argument("--candidates", type=int, nargs="+", default=[64, 128, 256, 512, 1024],
-                        help="Batch sizes to try in order; stops at the first that does not fit (default 64 ... 1024).")
-    parser.add_argument("--headroom", type=float, default=0.9,
-                        help="A size fits when its peak is at most this fraction of GPU memory (default 0.9).")
+    parser.add_argument(
+        "--length", type=int, default=128, help="Tokens per pair (default 128, the project's max_length)."
+    )
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        nargs="+",
+        default=[64, 128, 256, 512, 1024],
+        help="Batch sizes to try in order; stops at the first that does not fit (default 64 ... 1024).",
+    )
+    parser.add_argument(
+        "--headroom",
+        type=float,
+        default=0.9,
+        help="A size fits when its peak is at most this fraction of GPU memory (default 0.9).",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -105,10 +116,15 @@ def main(argv=None) -> dict:
             break
         best = batch
     result = {
-        "max_batch": best, "precision": args.precision, "length": args.length, "tried": tried,
-        "device": torch.cuda.get_device_name(0) if cuda else "cpu", "total_memory_bytes": total,
-        "headroom": args.headroom, "capped": best == args.candidates[-1],
-    }  # fmt: skip
+        "max_batch": best,
+        "precision": args.precision,
+        "length": args.length,
+        "tried": tried,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "total_memory_bytes": total,
+        "headroom": args.headroom,
+        "capped": best == args.candidates[-1],
+    }
     print(json.dumps(result), flush=True)
     return result
 

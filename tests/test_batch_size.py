@@ -4,9 +4,10 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_args
 
 from train_mrpc.config import parse_config
+
+from conftest import tiny_args
 
 FITS_UP_TO = 8  # the pretend device's memory: training batches above this many rows run out of memory
 
@@ -49,27 +50,39 @@ def run(tmp_path, model_dir, name, *flags):
 
     out = tmp_path / name
     reset_accelerate()
-    train(parse_config(tiny_args(model_dir, out, "--max_train_samples", "128", "--num_train_epochs", "1",
-                                 "--max_length", "64", *flags)))  # fmt: skip
+    train(
+        parse_config(
+            tiny_args(
+                model_dir, out, "--max_train_samples", "128", "--num_train_epochs", "1", "--max_length", "64", *flags
+            )
+        )
+    )
     from safetensors.torch import load_file
 
     return load_file(out / "model.safetensors"), json.loads((out / "all_results.json").read_text())
 
 
-def test_the_found_batch_keeps_the_global_batch_and_ends_like_the_run_that_fit(tmp_path, tiny_model_dir,
-                                                                                 small_memory, capsys):  # fmt: skip
-    found, results = run(tmp_path, tiny_model_dir, "auto", "--per_device_train_batch_size", "32",
-                         "--auto_find_batch_size", "true")  # fmt: skip
+def test_the_found_batch_keeps_the_global_batch_and_ends_like_the_run_that_fit(
+    tmp_path, tiny_model_dir, small_memory, capsys
+):
+    found, results = run(
+        tmp_path, tiny_model_dir, "auto", "--per_device_train_batch_size", "32", "--auto_find_batch_size", "true"
+    )
     assert small_memory[:3] == [32, 16, 8]  # halved until it fit; every training batch after that fits
     assert max(small_memory[3:]) <= FITS_UP_TO
     assert "per-device batch 8 x 4 accumulation steps" in capsys.readouterr().out
     launch = results["launch"]
-    assert (launch["per_device_train_batch_size"], launch["gradient_accumulation_steps"], launch["global_batch_size"]) == (8, 4, 32)
+    assert (
+        launch["per_device_train_batch_size"],
+        launch["gradient_accumulation_steps"],
+        launch["global_batch_size"],
+    ) == (8, 4, 32)
     assert results["global_step"] == 4  # 128 pairs / 32: the recipe's optimizer steps
 
     small_memory.clear()
-    fit_at_once, _ = run(tmp_path, tiny_model_dir, "asked", "--per_device_train_batch_size", "8",
-                         "--gradient_accumulation_steps", "4")  # fmt: skip
+    fit_at_once, _ = run(
+        tmp_path, tiny_model_dir, "asked", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "4"
+    )
     assert found.keys() == fit_at_once.keys()
     for name in found:  # the search leaves weights and random streams (dropout) untouched: the same run exactly
         assert torch.equal(found[name], fit_at_once[name]), name

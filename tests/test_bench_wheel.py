@@ -17,20 +17,31 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TEST_ENV
 from test_benchmarks import OFFLINE, check_tokenization, check_train_step, run_bench
 from test_end_to_end_benchmark import check_end_to_end
 
+from conftest import ROOT, TEST_ENV
+
 WHEEL_FILES = [  # what `train-mrpc bench` needs from the wheel besides the rest of the package
-    "train_mrpc/__main__.py", "train_mrpc/cli.py", "train_mrpc/bench/__init__.py", "train_mrpc/bench/common.py",
-    "train_mrpc/bench/tokenization.py", "train_mrpc/bench/steps.py", "train_mrpc/bench/end_to_end.py",
-    "train_mrpc/bench/tables.py", "train_mrpc/step.py", "train_mrpc/synthetic.py", "train_mrpc/metrics/mrpc/mrpc.py",
-]  # fmt: skip
+    "train_mrpc/__main__.py",
+    "train_mrpc/cli.py",
+    "train_mrpc/bench/__init__.py",
+    "train_mrpc/bench/common.py",
+    "train_mrpc/bench/tokenization.py",
+    "train_mrpc/bench/steps.py",
+    "train_mrpc/bench/end_to_end.py",
+    "train_mrpc/bench/tables.py",
+    "train_mrpc/step.py",
+    "train_mrpc/synthetic.py",
+    "train_mrpc/metrics/mrpc/mrpc.py",
+]
 
 
 def run(command: list, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=300, **kwargs)
-    assert result.returncode == 0, f"{command}: exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    assert result.returncode == 0, (
+        f"{command}: exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    )
     return result
 
 
@@ -56,9 +67,16 @@ def installed(tmp_path_factory) -> dict:
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRAIN_MRPC_SHARED")}
     env.update({**TEST_ENV, **OFFLINE, "PYTHONPATH": str(site)})
-    probe = run([sys.executable, "-c", "import train_mrpc, train_mrpc.bench.common as c; "
-                 "print(train_mrpc.__file__); print(c.source_checkout()); print(c.default_out())"],
-                cwd=work, env=env).stdout.splitlines()  # fmt: skip
+    probe = run(
+        [
+            sys.executable,
+            "-c",
+            "import train_mrpc, train_mrpc.bench.common as c; "
+            "print(train_mrpc.__file__); print(c.source_checkout()); print(c.default_out())",
+        ],
+        cwd=work,
+        env=env,
+    ).stdout.splitlines()
     package = Path(probe[0]).resolve()
     assert package.is_relative_to(site.resolve()), f"train_mrpc imported from {package}, not from {site}"
     assert not package.is_relative_to(ROOT)
@@ -81,15 +99,23 @@ def test_installed_steps(installed):
     out = work / "steps-out"
     result, summary = run_bench("steps", "--quick", "--out", "steps-out", cwd=work, env=installed["env"])
     record = check_train_step(result, summary, out, cwd=work)
-    assert record["settings"]["data_source"].startswith("generated") and record["settings"]["tokenizer"].startswith("tiny")
+    assert record["settings"]["data_source"].startswith("generated") and record["settings"]["tokenizer"].startswith(
+        "tiny"
+    )
 
 
 @pytest.mark.slow  # ~40 s: two more training processes, on top of tests/test_end_to_end_benchmark.py's
 def test_installed_end_to_end(installed):
     """Its training runs are `python -m train_mrpc` children, which must find the installed package too."""
     work = installed["work"]
-    proc = subprocess.run([sys.executable, "-m", "train_mrpc", "bench", "end-to-end", "--quick", "--out", "e2e"],
-                          cwd=work, env=installed["env"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "train_mrpc", "bench", "end-to-end", "--quick", "--out", "e2e"],
+        cwd=work,
+        env=installed["env"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     record = check_end_to_end(proc, work / "e2e")
     assert record["data"].startswith("synthetic")
     assert sorted(p.name for p in (work / "e2e" / "runs").iterdir()) == ["defaults-seed42", "reference-seed42"]

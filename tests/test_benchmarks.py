@@ -17,27 +17,44 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error
 
 from train_mrpc.cpu_speed import ATTENTION_NAME
 from train_mrpc.errors import UserError
+
+from conftest import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 TOKENIZATION_METHODS = [
-    "floor", "floor_no_offsets", "project_cold", "project_warm", "course_padding_true", "per_pair_call",
-    "legacy_python", "transformers_in_map", "datasets_map_1proc", "datasets_map_2proc",
-]  # fmt: skip
+    "floor",
+    "floor_no_offsets",
+    "project_cold",
+    "project_warm",
+    "course_padding_true",
+    "per_pair_call",
+    "legacy_python",
+    "transformers_in_map",
+    "datasets_map_1proc",
+    "datasets_map_2proc",
+]
 QUICK_CELLS = [  # model/batch/precision/padding/attention/compile of the default --quick grid on CPU
     f"tiny/b8/{precision}/{padding}/{attn}/eager-mode"
-    for precision in ("fp32", "bf16") for padding in ("fixed", "dynamic", "grouped") for attn in ("eager", "sdpa")
-] + ["tiny/b8/fp32/fixed/sdpa/compile-eager"]  # fmt: skip
+    for precision in ("fp32", "bf16")
+    for padding in ("fixed", "dynamic", "grouped")
+    for attn in ("eager", "sdpa")
+] + ["tiny/b8/fp32/fixed/sdpa/compile-eager"]
 VARIANT_FIGURES = [
-    "samples_per_s", "real_tokens_per_s", "padded_tokens_per_s", "achieved_flops_per_s", "mfu", "useful_mfu",
-    "peak_memory_bytes", "rss_before_bytes",
-]  # fmt: skip
+    "samples_per_s",
+    "real_tokens_per_s",
+    "padded_tokens_per_s",
+    "achieved_flops_per_s",
+    "mfu",
+    "useful_mfu",
+    "peak_memory_bytes",
+    "rss_before_bytes",
+]
 STEP_STATS = ["median", "mean", "min", "max", "p25", "p75"]
 
 
@@ -45,9 +62,13 @@ def run_bench(command: str, *args, timeout: float = 120, cwd: Path = ROOT, env: 
     """Run ``train-mrpc bench COMMAND ARGS`` as a user would (``python -m train_mrpc``, the console script's
     code); returns the process and the JSON object on its last stdout line."""
     result = subprocess.run(
-        [sys.executable, "-m", "train_mrpc", "bench", command, *map(str, args)], cwd=cwd,
-        env=env or {**os.environ, **OFFLINE}, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        [sys.executable, "-m", "train_mrpc", "bench", command, *map(str, args)],
+        cwd=cwd,
+        env=env or {**os.environ, **OFFLINE},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     last = result.stdout.strip().splitlines()[-1]
     return result, json.loads(last)
@@ -96,8 +117,13 @@ def check_tokenization(result, summary: dict, out: Path, cwd: Path = ROOT) -> di
         assert "skipped" not in method, f"{name} skipped: {method.get('skipped')}"
         for key in STEP_STATS:
             positive(method["seconds"][key], f"{name}.seconds.{key}")
-        for key in ("pairs_per_s", "tokens_per_s", "throughput_ratio_to_floor", "time_ratio_to_floor",
-                    "time_ratio_to_floor_no_offsets"):
+        for key in (
+            "pairs_per_s",
+            "tokens_per_s",
+            "throughput_ratio_to_floor",
+            "time_ratio_to_floor",
+            "time_ratio_to_floor_no_offsets",
+        ):
             positive(method[key], f"{name}.{key}")
         assert method["guard"]["attempts"] >= 1 and "other_cpu_cores" in method["guard"], name
         # Every method does the same work: the floor's token ids, pair for pair.
@@ -129,7 +155,9 @@ def check_train_step(result, summary: dict, out: Path, cwd: Path = ROOT) -> dict
         assert cell["flops_per_step"] >= cell["useful_flops_per_step"], key
         positive(cell["accelerate_overhead_ratio"], f"{key}.accelerate_overhead_ratio")
         # Identical work: same weights, batches and dropout masks give the same final loss.
-        assert cell["last_loss_abs_diff"] < 1e-4, f"{key}: Accelerate and bare losses differ by {cell['last_loss_abs_diff']}"
+        assert cell["last_loss_abs_diff"] < 1e-4, (
+            f"{key}: Accelerate and bare losses differ by {cell['last_loss_abs_diff']}"
+        )
         for variant in ("accelerate", "bare"):
             figures = cell[variant]
             assert figures["step_seconds"]["n"] == cell["timed_steps"] >= 1, key
@@ -146,7 +174,11 @@ def check_train_step(result, summary: dict, out: Path, cwd: Path = ROOT) -> dict
                 assert figures["compile_seconds"] >= 0 and figures["graphs_compiled_during_timing"] == 0, key
     # Padding strategies differ as they should (a property of the data, not of speed).
     for precision in ("fp32", "bf16"):
-        pad = {c["padding"]: c["padding_fraction"] for c in record["cells"] if c["precision"] == precision and c["attn"] == "sdpa"}
+        pad = {
+            c["padding"]: c["padding_fraction"]
+            for c in record["cells"]
+            if c["precision"] == precision and c["attn"] == "sdpa"
+        }
         assert pad["fixed"] > pad["dynamic"] > pad["grouped"], pad
     check_png(out / "train_step.png")
     assert "samples/s" in result.stdout  # the rich table
@@ -163,14 +195,30 @@ def test_train_step_quick(tmp_path):
 
 def test_fallback_without_shared_assets(tmp_path):
     """Generated pairs and the tiny tokenizer: what a machine without ../shared runs."""
-    _, summary = run_bench("tokenization", "--quick", "--data_dir", "synthetic", "--tokenizer", "tiny",
-                           "--pairs", "200", "--out", tmp_path)  # fmt: skip
+    _, summary = run_bench(
+        "tokenization", "--quick", "--data_dir", "synthetic", "--tokenizer", "tiny", "--pairs", "200", "--out", tmp_path
+    )
     record = json.loads((tmp_path / "tokenization.json").read_text())
     assert record["settings"]["data_source"].startswith("generated")
     assert all(m["identical_ids_fraction"] == 1.0 for m in record["methods"].values())
-    _, summary = run_bench("steps", "--quick", "--data_dir", "synthetic", "--tokenizer", "tiny",
-                           "--precision", "fp32", "--padding", "dynamic", "--attn", "sdpa", "--compile", "off",
-                           "--out", tmp_path)  # fmt: skip
+    _, summary = run_bench(
+        "steps",
+        "--quick",
+        "--data_dir",
+        "synthetic",
+        "--tokenizer",
+        "tiny",
+        "--precision",
+        "fp32",
+        "--padding",
+        "dynamic",
+        "--attn",
+        "sdpa",
+        "--compile",
+        "off",
+        "--out",
+        tmp_path,
+    )
     assert summary["cells"] == 1
     record = json.loads((tmp_path / "train_step.json").read_text())
     positive(record["cells"][0]["accelerate"]["samples_per_s"], "samples_per_s")
@@ -179,8 +227,9 @@ def test_fallback_without_shared_assets(tmp_path):
 
 @pytest.mark.parametrize("command", ["tokenization", "steps", "end-to-end"])
 def test_help(command):
-    result = subprocess.run([sys.executable, "-m", "train_mrpc", "bench", command, "--help"], capture_output=True,
-                            text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "train_mrpc", "bench", command, "--help"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and "--quick" in result.stdout and "--out" in result.stdout
     assert f"train-mrpc bench {command}" in result.stdout
 
@@ -198,17 +247,24 @@ def test_bench_usage_and_unknown_command():
     ]
 
 
-@pytest.mark.parametrize("name", ["bench_tokenization.py", "bench_train_step.py", "bench_end_to_end.py", "make_tables.py"])
+@pytest.mark.parametrize(
+    "name", ["bench_tokenization.py", "bench_train_step.py", "bench_end_to_end.py", "make_tables.py"]
+)
 def test_old_script_paths_still_run(name):
     """benchmarks/*.py are shims over the package (gpu_check and old notes call them)."""
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), "--help"], capture_output=True,
-                            text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), "--help"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and "usage: train-mrpc bench" in result.stdout
 
 
 def test_tables_from_published_results():
-    result = subprocess.run([sys.executable, "-m", "train_mrpc", "bench", "tables", ROOT / "benchmarks" / "results" / "cpu-2core"],
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "train_mrpc", "bench", "tables", ROOT / "benchmarks" / "results" / "cpu-2core"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "### tokenization.json" in result.stdout and "### train_step.json" in result.stdout
     assert "| floor |" in result.stdout and "| bert-base | 8 | fp32 | fixed | eager | no |" in result.stdout
@@ -217,9 +273,9 @@ def test_tables_from_published_results():
 def test_shared_assets_and_default_out(tmp_path, monkeypatch):
     """Where the real assets and results go: $TRAIN_MRPC_SHARED first, else ../shared beside this checkout (or
     ./shared, ../shared from the current directory); benchmarks/results/ in a checkout."""
-    from conftest import write_glue_dir
-
     from train_mrpc.bench import common
+
+    from conftest import write_glue_dir
 
     assert common.source_checkout() == ROOT
     assert common.default_out() == ROOT / "benchmarks" / "results"
@@ -254,7 +310,9 @@ def test_step_batches_repeat_when_an_epoch_has_fewer_than_the_steps_timed():
     tokenizer = common.load_tokenizer("tiny")[0]
     rng = random.Random(0)
     words = "the cat sat on a mat while dogs ran far away".split()
-    pairs = [(" ".join(rng.choices(words, k=rng.randint(3, 20))), " ".join(rng.choices(words, k=5))) for _ in range(100)]
+    pairs = [
+        (" ".join(rng.choices(words, k=rng.randint(3, 20))), " ".join(rng.choices(words, k=5))) for _ in range(100)
+    ]
     examples = [dict(tokenizer(a, b)) for a, b in pairs]
     config = BertConfig(vocab_size=tokenizer.vocab_size, type_vocab_size=2)
     warm, timed = select_batches(examples, tokenizer, config, "grouped", 32, None, warmup=2, steps=20, seed=0)
@@ -275,8 +333,21 @@ def test_step_batches_repeat_when_an_epoch_has_fewer_than_the_steps_timed():
 # --- bad input: one line `train-mrpc: error: ...`, exit status 2, before any work ----------------------------
 
 # Flags that keep a step benchmark to one small cell, should a bad flag ever slip through and the benchmark run.
-ONE_CELL = ["--quick", "--data_dir", "synthetic", "--tokenizer", "tiny", "--precision", "fp32", "--padding", "dynamic",
-            "--attn", "sdpa", "--compile", "off"]  # fmt: skip
+ONE_CELL = [
+    "--quick",
+    "--data_dir",
+    "synthetic",
+    "--tokenizer",
+    "tiny",
+    "--precision",
+    "fp32",
+    "--padding",
+    "dynamic",
+    "--attn",
+    "sdpa",
+    "--compile",
+    "off",
+]
 QUICK_TOKENIZATION = ["--quick", "--data_dir", "synthetic", "--tokenizer", "tiny"]
 
 
@@ -300,7 +371,10 @@ def empty_folder(tmp_path: Path) -> str:
 @pytest.mark.parametrize(
     "argv, fragments",
     [
-        (["steps", "--batch_size", "0", *ONE_CELL], ["argument --batch_size: '0' is invalid: expected an integer >= 1"]),
+        (
+            ["steps", "--batch_size", "0", *ONE_CELL],
+            ["argument --batch_size: '0' is invalid: expected an integer >= 1"],
+        ),
         (["steps", "--threads", "-1", *ONE_CELL], ["argument --threads: '-1' is invalid: expected an integer >= 1"]),
         (["steps", "--matmul_size", "-4", *ONE_CELL], ["argument --matmul_size: '-4' is invalid"]),
         (["steps", "--steps", "0", *ONE_CELL], ["argument --steps: '0' is invalid: expected an integer >= 1"]),
@@ -310,40 +384,89 @@ def empty_folder(tmp_path: Path) -> str:
         (["steps", "--precision", "fp64", *ONE_CELL], ["argument --precision: invalid choice: 'fp64'"]),
         (["steps", "--bogus", *ONE_CELL], ["unrecognized arguments: --bogus"]),
         (["steps", "--step", "5", *ONE_CELL], ["unrecognized arguments: --step"]),  # no abbreviations
-        (["steps", "--model_config", write_file("config.json", "{not json"), *ONE_CELL],
-         ["--model_config ", "config.json: line 1 is not valid JSON", "expected a model's config.json"]),
-        (["steps", "--model_config", write_file("config.json", "[1]"), *ONE_CELL],
-         ["config.json: holds a list, not a JSON object"]),
-        (["steps", "--model_config", write_file("config.json", '{"model_type": "no-such-model"}'), *ONE_CELL],
-         ["config.json: transformers cannot build a model config from it (ValueError: Unrecognized model"]),
+        (
+            ["steps", "--model_config", write_file("config.json", "{not json"), *ONE_CELL],
+            ["--model_config ", "config.json: line 1 is not valid JSON", "expected a model's config.json"],
+        ),
+        (
+            ["steps", "--model_config", write_file("config.json", "[1]"), *ONE_CELL],
+            ["config.json: holds a list, not a JSON object"],
+        ),
+        (
+            ["steps", "--model_config", write_file("config.json", '{"model_type": "no-such-model"}'), *ONE_CELL],
+            ["config.json: transformers cannot build a model config from it (ValueError: Unrecognized model"],
+        ),
         (["steps", "--model_config", empty_folder, *ONE_CELL], ["empty: a folder without config.json"]),
         (["tokenization", "--pairs", "-1", *QUICK_TOKENIZATION], ["argument --pairs: '-1' is invalid"]),
         (["tokenization", "--repeats", "-3", *QUICK_TOKENIZATION], ["argument --repeats: '-3' is invalid"]),
-        (["tokenization", "--quick", "--tokenizer", empty_folder],
-         ["argument --tokenizer: ", "empty: holds no tokenizer.json; expected a tokenizer folder"]),
-        (["tokenization", "--quick", "--tokenizer", write_file("tok/tokenizer.json", "{}", "folder")],
-         ["--tokenizer ", "tok: cannot load a tokenizer from it"]),
-        (["tables", write_file("results/train_step.json", "{not json", "folder")],
-         ["train_step.json: line 1 is not valid JSON", "expected the JSON record train-mrpc bench steps writes"]),
-        (["tables", write_file("results/train_step.json", "[1]", "folder")], ["train_step.json: holds a list, not a JSON object"]),
+        (
+            ["tokenization", "--quick", "--tokenizer", empty_folder],
+            ["argument --tokenizer: ", "empty: holds no tokenizer.json; expected a tokenizer folder"],
+        ),
+        (
+            ["tokenization", "--quick", "--tokenizer", write_file("tok/tokenizer.json", "{}", "folder")],
+            ["--tokenizer ", "tok: cannot load a tokenizer from it"],
+        ),
+        (
+            ["tables", write_file("results/train_step.json", "{not json", "folder")],
+            ["train_step.json: line 1 is not valid JSON", "expected the JSON record train-mrpc bench steps writes"],
+        ),
+        (
+            ["tables", write_file("results/train_step.json", "[1]", "folder")],
+            ["train_step.json: holds a list, not a JSON object"],
+        ),
         (["tables", write_file("results/train_step.json", "{}", "folder")], ["train_step.json: no 'settings' field"]),
         (["tables", empty_folder], ["empty: holds neither tokenization.json nor train_step.json"]),
-        (["end-to-end", "--quick", "--previous", write_file("end_to_end.json", "{not json")],
-         ["--previous ", "end_to_end.json: line 1 is not valid JSON"]),
-        (["end-to-end", "--quick", "--previous", write_file("end_to_end.json", "[" * 100_000)],
-         ["--previous ", "end_to_end.json: line 1 is nested too deeply"]),
-        (["end-to-end", "--quick", "--previous", write_file("end_to_end.json", '{"runs": [{"variant": "defaults"}]}')],
-         ["end_to_end.json: runs[0] is not a run record"]),
+        (
+            ["end-to-end", "--quick", "--previous", write_file("end_to_end.json", "{not json")],
+            ["--previous ", "end_to_end.json: line 1 is not valid JSON"],
+        ),
+        (
+            ["end-to-end", "--quick", "--previous", write_file("end_to_end.json", "[" * 100_000)],
+            ["--previous ", "end_to_end.json: line 1 is nested too deeply"],
+        ),
+        (
+            [
+                "end-to-end",
+                "--quick",
+                "--previous",
+                write_file("end_to_end.json", '{"runs": [{"variant": "defaults"}]}'),
+            ],
+            ["end_to_end.json: runs[0] is not a run record"],
+        ),
         (["end-to-end", "--quick", "--seeds", "0"], ["argument --seeds: '0' is invalid"]),
         (["end-to-end", "--quick", "--rerun", "defaults-42"], ["argument --rerun: 'defaults-42' is invalid"]),
     ],
-    ids=["steps-batch-0", "steps-threads-negative", "steps-matmul-negative", "steps-steps-0", "steps-steps-word",
-         "steps-warmup-negative", "steps-max-wait-nan", "steps-bad-choice", "steps-unknown-flag", "steps-abbreviated", "model-config-not-json",
-         "model-config-list", "model-config-unknown-type", "model-config-empty-folder", "tokenization-pairs-negative",
-         "tokenization-repeats-negative", "tokenizer-empty-folder", "tokenizer-broken", "tables-not-json",
-         "tables-list", "tables-incomplete", "tables-empty-folder", "previous-not-json", "previous-nested", "previous-bad-run",
-         "end-to-end-seeds-0", "end-to-end-rerun-malformed"],
-)  # fmt: skip
+    ids=[
+        "steps-batch-0",
+        "steps-threads-negative",
+        "steps-matmul-negative",
+        "steps-steps-0",
+        "steps-steps-word",
+        "steps-warmup-negative",
+        "steps-max-wait-nan",
+        "steps-bad-choice",
+        "steps-unknown-flag",
+        "steps-abbreviated",
+        "model-config-not-json",
+        "model-config-list",
+        "model-config-unknown-type",
+        "model-config-empty-folder",
+        "tokenization-pairs-negative",
+        "tokenization-repeats-negative",
+        "tokenizer-empty-folder",
+        "tokenizer-broken",
+        "tables-not-json",
+        "tables-list",
+        "tables-incomplete",
+        "tables-empty-folder",
+        "previous-not-json",
+        "previous-nested",
+        "previous-bad-run",
+        "end-to-end-seeds-0",
+        "end-to-end-rerun-malformed",
+    ],
+)
 def test_bad_bench_input_is_one_line_before_any_work(tmp_path, capsys, argv, fragments):
     """Flags argparse refuses, numbers out of range, files that are not what they should be: one line each,
     exit status 2, nothing printed or written before it."""
@@ -369,8 +492,14 @@ def test_bad_bench_input_is_one_line_before_any_work(tmp_path, capsys, argv, fra
 def test_bench_input_errors_from_the_command_line(tmp_path, command, env):
     """As a user meets them: `TRAIN_MRPC_SHARED=FILE train-mrpc bench ...` (exit 1 and no prefix before), and a
     bad flag through an old script path (benchmarks/*.py run `train-mrpc bench` itself)."""
-    result = subprocess.run([*command, "--out", str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, **OFFLINE, **env}, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [*command, "--out", str(tmp_path / "out")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **OFFLINE, **env},
+        timeout=120,
+    )
     line = assert_one_line_error(result.returncode, result.stderr)
     assert ("$TRAIN_MRPC_SHARED=" in line and "not a folder" in line) if env else "argument --steps: '0'" in line
     assert result.stdout == "" and not (tmp_path / "out").exists()
@@ -384,20 +513,28 @@ def test_sigterm_stops_a_benchmark(tmp_path):
 
     from conftest import TEST_ENV
 
-    proc = subprocess.Popen([sys.executable, "-m", "train_mrpc", "bench", "steps", "--quick", "--out", str(tmp_path / "out")],
-                            cwd=tmp_path, env={**os.environ, **TEST_ENV}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train_mrpc", "bench", "steps", "--quick", "--out", str(tmp_path / "out")],
+        cwd=tmp_path,
+        env={**os.environ, **TEST_ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(4)  # past start-up, into the benchmark
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == -signal.SIGTERM
 
 
-@pytest.mark.parametrize("figure, shown", [
-    ("1" + "0" * 400, "record.methods.floor.pairs_per_s is 100000000000... (401 digits): beyond a float's range"),
-    ("NaN", "record.methods.floor.pairs_per_s is nan: not a finite number"),
-    ("-Infinity", "record.methods.floor.pairs_per_s is -inf: not a finite number"),
-], ids=["beyond-float", "nan", "infinity"])  # fmt: skip
+@pytest.mark.parametrize(
+    "figure, shown",
+    [
+        ("1" + "0" * 400, "record.methods.floor.pairs_per_s is 100000000000... (401 digits): beyond a float's range"),
+        ("NaN", "record.methods.floor.pairs_per_s is nan: not a finite number"),
+        ("-Infinity", "record.methods.floor.pairs_per_s is -inf: not a finite number"),
+    ],
+    ids=["beyond-float", "nan", "infinity"],
+)
 def test_tables_refuse_a_figure_no_benchmark_writes(tmp_path, capsys, figure, shown):
     """json.loads takes NaN, Infinity and integers of any size: a 401-digit figure stopped the tables with an
     OverflowError traceback, and NaN was printed in the README's table as a measured 'nan' pairs/s."""
@@ -410,6 +547,9 @@ def test_tables_refuse_a_figure_no_benchmark_writes(tmp_path, capsys, figure, sh
     with pytest.raises(SystemExit) as info:
         main(["bench", "tables", str(tmp_path)])
     captured = capsys.readouterr()
-    assert_one_line_error(info.value.code, captured.err, f"{tmp_path / 'tokenization.json'}: {shown}; expected the JSON "
-                          "record train-mrpc bench tokenization writes")  # fmt: skip
+    assert_one_line_error(
+        info.value.code,
+        captured.err,
+        f"{tmp_path / 'tokenization.json'}: {shown}; expected the JSON record train-mrpc bench tokenization writes",
+    )
     assert captured.out == ""

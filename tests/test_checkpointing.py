@@ -10,9 +10,19 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TEST_ENV, accelerate_launch, read_log, run_cli, tiny_args, training_workers, wait_for_log_lines
 
 from train_mrpc.checkpointing import PREEMPTED_EXIT_CODE, rotate_checkpoints
+
+from conftest import (
+    ROOT,
+    TEST_ENV,
+    accelerate_launch,
+    read_log,
+    run_cli,
+    tiny_args,
+    training_workers,
+    wait_for_log_lines,
+)
 
 # 320 pairs / batch 16 = 20 steps per epoch, 3 epochs, a checkpoint every 10 steps. Dropout stays on:
 # exact resume needs every RNG state restored, not a deterministic model.
@@ -20,8 +30,19 @@ STEPS = 60
 
 
 def run_args(model_dir, out, *extra):
-    return tiny_args(model_dir, out, "--max_train_samples", "320", "--num_train_epochs", "3", "--logging_steps", "1",
-                     "--checkpointing_steps", "10", *extra)  # fmt: skip
+    return tiny_args(
+        model_dir,
+        out,
+        "--max_train_samples",
+        "320",
+        "--num_train_epochs",
+        "3",
+        "--logging_steps",
+        "1",
+        "--checkpointing_steps",
+        "10",
+        *extra,
+    )
 
 
 def assert_identical_runs(a: Path, b: Path) -> None:
@@ -45,8 +66,14 @@ def start_and_signal(args, out: Path, at_step: int, sig: int) -> tuple[subproces
     """Start a run, wait until it has logged ``at_step``, then send ``sig``; returns (process, steps logged, stderr)."""
     import os
 
-    proc = subprocess.Popen([sys.executable, "-m", "train_mrpc", *args], cwd=ROOT, env={**os.environ, **TEST_ENV},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train_mrpc", *args],
+        cwd=ROOT,
+        env={**os.environ, **TEST_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log = out / "train_log.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
@@ -92,7 +119,9 @@ def test_resume_in_a_later_epoch_keeps_that_epochs_data_order(tmp_path, tiny_mod
     out = tmp_path / "resumed"
     checkpoint = uninterrupted / "checkpoints" / f"step_{step:06d}"
     shutil.copytree(checkpoint, out / "checkpoints" / checkpoint.name)
-    proc = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", str(out / "checkpoints" / checkpoint.name)))
+    proc = run_cli(
+        run_args(tiny_model_dir, out, "--resume_from_checkpoint", str(out / "checkpoints" / checkpoint.name))
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "model.safetensors").read_bytes() == (uninterrupted / "model.safetensors").read_bytes()
     assert read_log(out) == [r for r in read_log(uninterrupted) if r["step"] > step]
@@ -104,8 +133,18 @@ def test_a_resume_between_logging_steps_logs_the_uninterrupted_windows(tmp_path,
     proc = run_cli(run_args(tiny_model_dir, full, "--logging_steps", "4", "--max_train_steps", "16"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     shutil.copytree(full / "checkpoints" / "step_000010", resumed / "checkpoints" / "step_000010")
-    proc = run_cli(run_args(tiny_model_dir, resumed, "--logging_steps", "4", "--max_train_steps", "16",
-                            "--resume_from_checkpoint", "latest"))  # fmt: skip
+    proc = run_cli(
+        run_args(
+            tiny_model_dir,
+            resumed,
+            "--logging_steps",
+            "4",
+            "--max_train_steps",
+            "16",
+            "--resume_from_checkpoint",
+            "latest",
+        )
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["step"] for r in read_log(resumed)] == [12, 16]
     assert read_log(resumed) == [r for r in read_log(full) if r["step"] > 10]
@@ -134,15 +173,29 @@ def test_damaged_checkpoint_is_skipped_by_latest_and_refused_by_path(tmp_path, t
 
 
 def test_resume_latest_without_checkpoints_starts_fresh(tmp_path, tiny_model_dir):
-    proc = run_cli(tiny_args(tiny_model_dir, tmp_path / "fresh", "--max_train_steps", "3", "--resume_from_checkpoint", "latest"))
+    proc = run_cli(
+        tiny_args(tiny_model_dir, tmp_path / "fresh", "--max_train_steps", "3", "--resume_from_checkpoint", "latest")
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" not in proc.stdout
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model_dir):
     out = tmp_path / "diverged"
-    args = tiny_args(tiny_model_dir, out, "--learning_rate", "1e12", "--num_warmup_steps", "10", "--logging_steps", "1",
-                     "--lr_scheduler_type", "constant_with_warmup", "--checkpointing_steps", "2")  # fmt: skip
+    args = tiny_args(
+        tiny_model_dir,
+        out,
+        "--learning_rate",
+        "1e12",
+        "--num_warmup_steps",
+        "10",
+        "--logging_steps",
+        "1",
+        "--lr_scheduler_type",
+        "constant_with_warmup",
+        "--checkpointing_steps",
+        "2",
+    )
     proc = run_cli(args)
     assert proc.returncode == 2
     message = proc.stderr.strip().splitlines()[-1]
@@ -168,14 +221,30 @@ def test_rotation_keeps_the_last_k_plus_the_best(tmp_path):
 
 def test_checkpoint_contents(uninterrupted):
     contents = {p.name for p in (uninterrupted / "checkpoints" / "step_000060").iterdir()}
-    assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "trainer_state.json"} <= contents
+    assert {
+        "model.safetensors",
+        "optimizer.bin",
+        "scheduler.bin",
+        "random_states_0.pkl",
+        "trainer_state.json",
+    } <= contents
     assert len(list((uninterrupted / "checkpoints").glob("step_*"))) == 6  # every 10 steps; none deleted by default
 
 
 def test_real_run_rotation_keeps_the_limit(tmp_path, tiny_model_dir):
     out = tmp_path / "rotated"
-    proc = run_cli(run_args(tiny_model_dir, out, "--checkpointing_steps", "epoch", "--save_total_limit", "1",
-                            "--metric_for_best_model", "loss"))  # fmt: skip
+    proc = run_cli(
+        run_args(
+            tiny_model_dir,
+            out,
+            "--checkpointing_steps",
+            "epoch",
+            "--save_total_limit",
+            "1",
+            "--metric_for_best_model",
+            "loss",
+        )
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     evals = [json.loads(line) for line in (out / "eval_results.jsonl").read_text().splitlines()]
     best = min(evals, key=lambda e: e["eval_loss"])["step"]
@@ -189,7 +258,9 @@ def test_two_process_resume_is_exact(tmp_path, tiny_model_dir):
     proc = run_cli(args(full), launcher=accelerate_launch("multi_cpu.yaml"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     shutil.copytree(full / "checkpoints" / "step_000030", resumed / "checkpoints" / "step_000030")
-    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in (resumed / "checkpoints" / "step_000030").iterdir()}
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {
+        p.name for p in (resumed / "checkpoints" / "step_000030").iterdir()
+    }
     proc = run_cli(args(resumed, "--resume_from_checkpoint", "latest"), launcher=accelerate_launch("multi_cpu.yaml"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (full / "model.safetensors").read_bytes() == (resumed / "model.safetensors").read_bytes()
@@ -202,8 +273,9 @@ def test_processes_agree_on_a_stop_signalled_to_one_of_them(tmp_path, tiny_model
     out = tmp_path / "one-signalled"
     args = run_args(tiny_model_dir, out, "--per_device_train_batch_size", "8", "--logging_steps", "2")
     command = accelerate_launch("multi_cpu.yaml") + args
-    launcher = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **TEST_ENV}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    launcher = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, **TEST_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     wait_for_log_lines(out, 7)
     workers = training_workers(out)
     assert len(workers) == 2, workers
@@ -233,26 +305,32 @@ def handmade_checkpoint(folder: Path, **fields) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("fields, problem", [
-    ({"best_metric": float("nan")}, "has best_metric = nan, which no save writes"),
-    ({"train_seconds": float("inf")}, "has train_seconds = inf, which no save writes"),
-    ({"meters": {"loss_sum": [1.0, float("-inf")]}}, "has meters.loss_sum[1] = -inf, which no save writes"),
-], ids=["nan-best-metric", "infinite-seconds", "infinite-meter"])  # fmt: skip
-def test_a_trainer_state_holding_numbers_no_save_writes_is_damaged(tmp_path, tiny_model_dir, capsys, caplog, fields,
-                                                                    problem):
+@pytest.mark.parametrize(
+    "fields, problem",
+    [
+        ({"best_metric": float("nan")}, "has best_metric = nan, which no save writes"),
+        ({"train_seconds": float("inf")}, "has train_seconds = inf, which no save writes"),
+        ({"meters": {"loss_sum": [1.0, float("-inf")]}}, "has meters.loss_sum[1] = -inf, which no save writes"),
+    ],
+    ids=["nan-best-metric", "infinite-seconds", "infinite-meter"],
+)
+def test_a_trainer_state_holding_numbers_no_save_writes_is_damaged(
+    tmp_path, tiny_model_dir, capsys, caplog, fields, problem
+):
     """json.loads reads NaN and Infinity; the state's checksum (computed with allow_nan=False) then stopped the
     resume, and `latest`, with a ValueError traceback; without a checksum the value was resumed from."""
-    from conftest import assert_one_line_error
-
     from train_mrpc.checkpointing import find_latest
     from train_mrpc.cli import main
+
+    from conftest import assert_one_line_error
 
     out = tmp_path / "run"
     checkpoint = handmade_checkpoint(out / "checkpoints" / "step_000010", **fields)
     with pytest.raises(SystemExit) as info:
         main(tiny_args(tiny_model_dir, out, "--resume_from_checkpoint", str(checkpoint)))
-    assert_one_line_error(info.value.code, capsys.readouterr().err,
-                          f"checkpoint {checkpoint} is damaged: trainer_state.json {problem}")  # fmt: skip
+    assert_one_line_error(
+        info.value.code, capsys.readouterr().err, f"checkpoint {checkpoint} is damaged: trainer_state.json {problem}"
+    )
     assert find_latest(out) is None and f"skipping checkpoint {checkpoint} is damaged" in caplog.text
 
 
@@ -260,9 +338,15 @@ def test_rotation_scores_only_sound_records(tmp_path):
     """A damaged checkpoint beside the run's own (which latest skips with a warning) stopped the run at its next
     save: rotation read its state unchecked (AttributeError on a list, TypeError on a text metric). A NaN metric,
     which compares false with everything, was kept as the best while the real best was deleted."""
-    states = {5: '{"eval_metrics": {"accuracy": NaN}}', 10: "[]", 20: '{"eval_metrics": {"accuracy": "high"}}',
-              30: '{"eval_metrics": ["accuracy"]}', 40: '{"eval_metrics": {"accuracy": 0.9}}',
-              50: '{"eval_metrics": {"accuracy": 0.6}}', 60: '{"eval_metrics": {}}'}  # fmt: skip
+    states = {
+        5: '{"eval_metrics": {"accuracy": NaN}}',
+        10: "[]",
+        20: '{"eval_metrics": {"accuracy": "high"}}',
+        30: '{"eval_metrics": ["accuracy"]}',
+        40: '{"eval_metrics": {"accuracy": 0.9}}',
+        50: '{"eval_metrics": {"accuracy": 0.6}}',
+        60: '{"eval_metrics": {}}',
+    }
     for greater_is_better, best in ((True, "step_000040"), (False, "step_000050")):
         root = tmp_path / str(greater_is_better)
         for step, state in states.items():

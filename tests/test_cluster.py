@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TEST_ENV, accelerate_launch, launch, run_cli, tiny_args, wait_for_log_lines
 from test_launch import assert_same_run, equivalence_args
+
+from conftest import ROOT, TEST_ENV, accelerate_launch, launch, run_cli, tiny_args, wait_for_log_lines
 
 SBATCH = ROOT / "examples" / "slurm" / "train_mrpc.sbatch"
 
@@ -38,17 +39,38 @@ def test_two_node_job_over_loopback_equals_one_node_with_two_processes(tmp_path,
     as the same two processes on one node. The one-node run uses multi_gpu.yaml as shipped (without GPUs it
     trains CPU processes over gloo), so that config runs here too."""
     one_node = tmp_path / "one-node"
-    launch("multi_gpu.yaml", equivalence_args(tiny_model_no_dropout, one_node, 8), "--num_processes", "2",
-           "--main_process_port", str(free_port()))  # fmt: skip
+    launch(
+        "multi_gpu.yaml",
+        equivalence_args(tiny_model_no_dropout, one_node, 8),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(free_port()),
+    )
     assert json.loads((one_node / "all_results.json").read_text())["launch"]["device_type"] == "cpu"
     two_nodes, port = tmp_path / "two-nodes", free_port()
     nodes = [
         subprocess.Popen(
-            accelerate_launch("multi_cpu.yaml", "--num_machines", "2", "--num_processes", "2", "--machine_rank",
-                              str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port))
+            accelerate_launch(
+                "multi_cpu.yaml",
+                "--num_machines",
+                "2",
+                "--num_processes",
+                "2",
+                "--machine_rank",
+                str(rank),
+                "--main_process_ip",
+                "127.0.0.1",
+                "--main_process_port",
+                str(port),
+            )
             + equivalence_args(tiny_model_no_dropout, two_nodes, 8),
-            cwd=ROOT, env={**os.environ, **TEST_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            cwd=ROOT,
+            env={**os.environ, **TEST_ENV},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for rank in (0, 1)
     ]
     finished = [node.communicate(timeout=600) for node in nodes]
@@ -100,15 +122,26 @@ def slurm_job(tmp_path: Path, output_dir: Path, train_args: list[str], nodes: in
     logs.mkdir(exist_ok=True)
     stub(bin_dir, "srun", SRUN)
     stub(bin_dir, "scancel", SCANCEL)
-    stub(bin_dir, "scontrol", 'if [ "$1" = requeue ]; then echo "requeue $2" >> "$SLURM_CALLS"; '
-                              'else for ((i = 0; i < SLURM_NNODES; i++)); do echo 127.0.0.1; done; fi')  # fmt: skip
+    stub(
+        bin_dir,
+        "scontrol",
+        'if [ "$1" = requeue ]; then echo "requeue $2" >> "$SLURM_CALLS"; '
+        "else for ((i = 0; i < SLURM_NNODES; i++)); do echo 127.0.0.1; done; fi",
+    )
     job_id = free_port() - 20000  # the script's port is 20000 + job id % 20000
     env = {
-        **os.environ, **TEST_ENV, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "SLURM_JOB_ID": str(job_id), "SLURM_JOB_NODELIST": "node[0-1]", "SLURM_NNODES": str(nodes),
-        "SLURM_JOB_NAME": "mrpc-test", "GPUS_PER_NODE": "1", "OUTPUT_DIR": str(output_dir),
-        "NODE_LOGS": str(logs), "SLURM_CALLS": str(tmp_path / "slurm-calls"),
-    }  # fmt: skip
+        **os.environ,
+        **TEST_ENV,
+        "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": str(job_id),
+        "SLURM_JOB_NODELIST": "node[0-1]",
+        "SLURM_NNODES": str(nodes),
+        "SLURM_JOB_NAME": "mrpc-test",
+        "GPUS_PER_NODE": "1",
+        "OUTPUT_DIR": str(output_dir),
+        "NODE_LOGS": str(logs),
+        "SLURM_CALLS": str(tmp_path / "slurm-calls"),
+    }
     return ["bash", str(SBATCH), *train_args], env
 
 
@@ -116,7 +149,7 @@ def slurm_train_args(model_dir: Path) -> list[str]:
     """The tiny run's flags (the script adds --output_dir $OUTPUT_DIR and --resume_from_checkpoint latest)."""
     args = tiny_args(model_dir, "-", "--max_train_samples", "384", "--logging_steps", "2", "--checkpointing_steps", "4")
     at = args.index("--output_dir")
-    return args[:at] + args[at + 2:]
+    return args[:at] + args[at + 2 :]
 
 
 def node_logs(tmp_path: Path) -> str:
@@ -187,14 +220,23 @@ def test_usr1_to_the_launchers_process_group_still_checkpoints_every_rank(tmp_pa
     the workers, in sessions of their own, do not get it. They get SIGTERM when their launcher dies, so
     they checkpoint and exit instead of training on unwatched."""
 
-    from conftest import training_workers
     from train_mrpc.checkpointing import validate_checkpoint
 
+    from conftest import training_workers
+
     out = tmp_path / "run"
-    args = tiny_args(tiny_model_dir, out, "--max_train_samples", "2000", "--per_device_train_batch_size", "8",
-                     "--logging_steps", "2")  # fmt: skip
-    launcher = subprocess.Popen(accelerate_launch("multi_cpu.yaml") + args, cwd=ROOT, env={**os.environ, **TEST_ENV},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    args = tiny_args(
+        tiny_model_dir, out, "--max_train_samples", "2000", "--per_device_train_batch_size", "8", "--logging_steps", "2"
+    )
+    launcher = subprocess.Popen(
+        accelerate_launch("multi_cpu.yaml") + args,
+        cwd=ROOT,
+        env={**os.environ, **TEST_ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for_log_lines(out, 2)
         workers = training_workers(out)
@@ -225,8 +267,9 @@ def test_prefetched_hub_model_runs_offline(tmp_path, tiny_model_dir):
     cache = tmp_path / "hf"
     write_hub_cache(cache, "acme/tiny-bert", tiny_model_dir)
     env = {"HF_HOME": str(cache), "HF_HUB_OFFLINE": "1"}  # huggingface_hub reads HF_HOME at import: own processes
-    proc = run_cli(["prefetch", "--model_name_or_path", "acme/tiny-bert", "--dataset", "synthetic"], env=env,
-                   own_process=True)  # fmt: skip
+    proc = run_cli(
+        ["prefetch", "--model_name_or_path", "acme/tiny-bert", "--dataset", "synthetic"], env=env, own_process=True
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Ready for HF_HUB_OFFLINE=1" in proc.stdout and "acme/tiny-bert" in proc.stdout
     args = tiny_args("acme/tiny-bert", tmp_path / "run", "--max_train_steps", "2")
@@ -242,7 +285,10 @@ def test_prefetch_of_a_local_directory_checks_it_loads_offline(tmp_path, tiny_mo
 
 
 def test_prefetch_offline_without_cache_says_what_to_do(tmp_path):
-    proc = run_cli(["prefetch", "--model_name_or_path", "acme/not-cached", "--dataset", "synthetic"],
-                   env={"HF_HOME": str(tmp_path / "empty")}, own_process=True)  # fmt: skip
+    proc = run_cli(
+        ["prefetch", "--model_name_or_path", "acme/not-cached", "--dataset", "synthetic"],
+        env={"HF_HOME": str(tmp_path / "empty")},
+        own_process=True,
+    )
     assert proc.returncode == 2
     assert "cannot load tokenizer of model 'acme/not-cached'" in proc.stderr and "offline" in proc.stderr

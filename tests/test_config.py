@@ -64,11 +64,17 @@ def test_saved_config_replays_the_run(tmp_path):
     [
         (["--learning_rate", "0"], "--learning_rate 0.0 is invalid: expected a number > 0"),
         (["--learning_rate=-1e-5"], "--learning_rate -1e-05 is invalid"),
-        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0 is invalid: expected an integer >= 1"),
+        (
+            ["--per_device_train_batch_size", "0"],
+            "--per_device_train_batch_size 0 is invalid: expected an integer >= 1",
+        ),
         (["--max_length", "0"], "--max_length 0 is invalid"),
         (["--warmup_ratio", "1.5"], "--warmup_ratio 1.5 is invalid: expected a number in [0, 1)"),
         (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps 0 is invalid"),
-        (["--data_dir", "x", "--train_file", "a.csv", "--validation_file", "b.csv"], "--data_dir and --train_file both"),
+        (
+            ["--data_dir", "x", "--train_file", "a.csv", "--validation_file", "b.csv"],
+            "--data_dir and --train_file both",
+        ),
         (["--train_file", "a.csv"], "--train_file and --validation_file must be given together"),
     ],
 )
@@ -100,7 +106,11 @@ def test_bad_type_is_named(capsys):
         ("learning_rte: 1.0e-4\n", ".yaml", "unknown key(s) learning_rte"),
         ("learning_rate: fast\n", ".yaml", "--learning_rate"),
         ("lr_scheduler_type: sawtooth\n", ".yaml", "--lr_scheduler_type 'sawtooth' is invalid: expected one of linear"),
-        ("per_device_train_batch_size: 2.5\n", ".yaml", "--per_device_train_batch_size 2.5 is invalid: expected an integer"),
+        (
+            "per_device_train_batch_size: 2.5\n",
+            ".yaml",
+            "--per_device_train_batch_size 2.5 is invalid: expected an integer",
+        ),
     ],
 )
 def test_malformed_config_file_is_named(tmp_path, capsys, text, suffix, message):
@@ -135,8 +145,15 @@ def test_greater_is_better_only_for_scores(metric, greater):
 # --- values that used to crash instead of being refused -----------------------------------------------------
 
 
-@pytest.mark.parametrize("text, key", [("1: 2\n", "1"), ("null: 3\n", "None"), ("True: 3\n", "True"),
-                                       ("learning_rate: 1.0e-4\n2020-01-01: x\n", "datetime.date(2020, 1, 1)")])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("1: 2\n", "1"),
+        ("null: 3\n", "None"),
+        ("True: 3\n", "True"),
+        ("learning_rate: 1.0e-4\n2020-01-01: x\n", "datetime.date(2020, 1, 1)"),
+    ],
+)
 def test_config_file_keys_that_are_not_text_are_named(tmp_path, capsys, text, key):
     """YAML reads unquoted 1, null, true and dates as such, not as text: no flag has that name."""
     path = tmp_path / "run.yaml"
@@ -150,8 +167,11 @@ def test_config_file_keys_that_are_not_text_are_named(tmp_path, capsys, text, ke
 @pytest.mark.parametrize("steps", ["²", "٣", "+5", " 5", "99999999999", "1" * 5000])
 def test_checkpointing_steps_are_ascii_digits_in_range(steps):
     """str.isdigit() takes '²' (which int() refuses) and '٣' (which int() reads as 3); a step count is ASCII digits."""
-    with pytest.raises(UserError, match=r"^--checkpointing_steps .+ is invalid: expected a number of steps from 1 to "
-                                        r"2147483647 \(2\*\*31 - 1\), 'epoch' or 'no'$"):  # fmt: skip
+    with pytest.raises(
+        UserError,
+        match=r"^--checkpointing_steps .+ is invalid: expected a number of steps from 1 to "
+        r"2147483647 \(2\*\*31 - 1\), 'epoch' or 'no'$",
+    ):
         parse_config(["--checkpointing_steps", steps])
     assert parse_config(["--checkpointing_steps", "2147483647"]).checkpoint_every == 2**31 - 1
 
@@ -159,8 +179,11 @@ def test_checkpointing_steps_are_ascii_digits_in_range(steps):
 def test_ddp_timeout_is_bounded_below_what_timedelta_takes():
     from datetime import timedelta
 
-    with pytest.raises(UserError, match=r"^--ddp_timeout 100000000000000 is invalid: expected an integer number of "
-                                        r"seconds from 1 to 2147483647 \(2\*\*31 - 1\)$"):  # fmt: skip
+    with pytest.raises(
+        UserError,
+        match=r"^--ddp_timeout 100000000000000 is invalid: expected an integer number of "
+        r"seconds from 1 to 2147483647 \(2\*\*31 - 1\)$",
+    ):
         parse_config(["--ddp_timeout", "100000000000000"])
     largest = parse_config(["--ddp_timeout", "2147483647"]).ddp_timeout
     assert timedelta(seconds=largest)  # what launch.create_accelerator makes of it
@@ -171,12 +194,27 @@ def test_ddp_timeout_is_bounded_below_what_timedelta_takes():
 HUGE = "1000000000000000000000"  # > sys.maxsize: itertools.islice raised ValueError on such a batch size
 
 
-@pytest.mark.parametrize("flag, minimum", [
-    ("per_device_train_batch_size", 1), ("per_device_eval_batch_size", 1), ("gradient_accumulation_steps", 1),
-    ("max_length", 1), ("logging_steps", 1), ("max_train_steps", 1), ("max_train_samples", 1), ("max_eval_samples", 1),
-    ("num_warmup_steps", 0), ("pad_to_multiple_of", 1), ("save_total_limit", 1), ("early_stopping_patience", 1),
-    ("profile_skip_steps", 0), ("profile_warmup_steps", 0), ("profile_steps", 1), ("dataloader_num_workers", 0),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flag, minimum",
+    [
+        ("per_device_train_batch_size", 1),
+        ("per_device_eval_batch_size", 1),
+        ("gradient_accumulation_steps", 1),
+        ("max_length", 1),
+        ("logging_steps", 1),
+        ("max_train_steps", 1),
+        ("max_train_samples", 1),
+        ("max_eval_samples", 1),
+        ("num_warmup_steps", 0),
+        ("pad_to_multiple_of", 1),
+        ("save_total_limit", 1),
+        ("early_stopping_patience", 1),
+        ("profile_skip_steps", 0),
+        ("profile_warmup_steps", 0),
+        ("profile_steps", 1),
+        ("dataloader_num_workers", 0),
+    ],
+)
 def test_huge_integers_are_refused_with_the_accepted_range(tmp_path, flag, minimum):
     message = rf"^--{flag} {HUGE} is invalid: expected an integer from {minimum} to 2147483647 \(2\*\*31 - 1\)$"
     with pytest.raises(UserError, match=message):
@@ -197,14 +235,19 @@ def test_seeds_keep_their_own_ranges():
 
 def test_huge_epoch_counts_are_refused():
     """1e308 epochs x a few steps per epoch is inf steps: math.ceil raised OverflowError in the middle of setup."""
-    with pytest.raises(UserError, match=r"^--num_train_epochs 1e\+308 is invalid: expected a number > 0 and at most "
-                                        r"2147483647 \(2\*\*31 - 1\)$"):  # fmt: skip
+    with pytest.raises(
+        UserError,
+        match=r"^--num_train_epochs 1e\+308 is invalid: expected a number > 0 and at most "
+        r"2147483647 \(2\*\*31 - 1\)$",
+    ):
         parse_config(["--num_train_epochs", "1e308"])
     assert parse_config(["--num_train_epochs", "2147483647"]).num_train_epochs == 2**31 - 1
 
 
-@pytest.mark.parametrize("suffix, text", [(".yaml", "seed: 7\nlearning_rate: 5.0e-5\n"),
-                                          (".json", '{\n  "seed": 7,\n  "learning_rate": 5e-5\n}\n')])  # fmt: skip
+@pytest.mark.parametrize(
+    "suffix, text",
+    [(".yaml", "seed: 7\nlearning_rate: 5.0e-5\n"), (".json", '{\n  "seed": 7,\n  "learning_rate": 5e-5\n}\n')],
+)
 @pytest.mark.parametrize("bom", ["\ufeff", "\ufeff\ufeff"], ids=["bom", "bom-twice"])
 def test_config_files_with_byte_order_marks_and_crlf_read_like_others(tmp_path, suffix, text, bom):
     """Notepad saves UTF-8 with a BOM and CRLF; a BOM file read as plain UTF-8 and saved again with one has two, and

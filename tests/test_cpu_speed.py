@@ -10,9 +10,10 @@ import shutil
 import pytest
 import torch
 
-from conftest import assert_error_after_loading, assert_one_line_error, run_cli, tiny_args
 from train_mrpc import cpu_speed
 from train_mrpc.errors import UserError
+
+from conftest import assert_error_after_loading, assert_one_line_error, run_cli, tiny_args
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
@@ -122,8 +123,15 @@ def test_run_says_what_it_used_and_resumes_only_with_the_same_choice(tmp_path, t
     # Another dropout random stream: resuming across the choice is a changed setting, refused by default.
     resumed = tmp_path / "resumed"
     shutil.copytree(out, resumed)
-    proc = run_cli([*tiny_args(tiny_model_dir, resumed, "--max_train_steps", "6", "--checkpointing_steps", "3"),
-                    "--resume_from_checkpoint", str(resumed / "checkpoints" / "step_000003"), "--cpu_speedups", "off"])
+    proc = run_cli(
+        [
+            *tiny_args(tiny_model_dir, resumed, "--max_train_steps", "6", "--checkpointing_steps", "3"),
+            "--resume_from_checkpoint",
+            str(resumed / "checkpoints" / "step_000003"),
+            "--cpu_speedups",
+            "off",
+        ]
+    )
     assert_error_after_loading(proc.returncode, proc.stderr, "cpu_speedups True -> False")
 
     proc = run_cli(tiny_args(tiny_model_dir, tmp_path / "compiled", "--cpu_speedups", "on", "--torch_compile", "true"))

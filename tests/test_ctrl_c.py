@@ -10,18 +10,28 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
-    ROOT, TEST_ENV, accelerate_launch, read_log, run_cli, start_job, stop_job, tiny_args, wait_for_log_lines,
-    workers_by_rank,
-)  # fmt: skip
 
 from train_mrpc.checkpointing import INTERRUPTED_EXIT_CODE, PreemptionHandler, validate_checkpoint
+
+from conftest import (
+    ROOT,
+    TEST_ENV,
+    accelerate_launch,
+    read_log,
+    run_cli,
+    start_job,
+    stop_job,
+    tiny_args,
+    wait_for_log_lines,
+    workers_by_rank,
+)
 
 
 def run_args(model_dir, out, *extra):
     """20 steps (160 pairs, batch 16, 2 epochs), a log line and a chance to stop at every step."""
-    return tiny_args(model_dir, out, "--max_train_samples", "160", "--logging_steps", "1", "--checkpointing_steps", "10",
-                     *extra)  # fmt: skip
+    return tiny_args(
+        model_dir, out, "--max_train_samples", "160", "--logging_steps", "1", "--checkpointing_steps", "10", *extra
+    )
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -32,8 +42,14 @@ def assert_same_run(a: Path, b: Path) -> None:
 def test_the_first_ctrl_c_saves_exits_130_and_the_resume_equals_the_uninterrupted_run(tmp_path, tiny_model_dir):
     full, stopped = tmp_path / "full", tmp_path / "stopped"
     assert run_cli(run_args(tiny_model_dir, full)).returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "train_mrpc", *run_args(tiny_model_dir, stopped)], cwd=ROOT,
-                            env={**os.environ, **TEST_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train_mrpc", *run_args(tiny_model_dir, stopped)],
+        cwd=ROOT,
+        env={**os.environ, **TEST_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_log_lines(stopped, 13)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=300)
@@ -42,9 +58,11 @@ def test_the_first_ctrl_c_saves_exits_130_and_the_resume_equals_the_uninterrupte
     assert 13 <= step < 20, "a checkpoint at the step the Ctrl-C came in, not only the periodic one at 10"
     assert validate_checkpoint(stopped / "checkpoints" / f"step_{step:06d}")["step"] == step
     assert "Ctrl-C: finishing this step, then saving a checkpoint" in stderr
-    assert stderr.strip().splitlines()[-1] == (f"train-mrpc: error: stopped by SIGINT at step {step}; checkpoint saved to "
-                                               f"{stopped / 'checkpoints' / f'step_{step:06d}'}. Resume with "
-                                               "--resume_from_checkpoint latest")  # fmt: skip
+    assert stderr.strip().splitlines()[-1] == (
+        f"train-mrpc: error: stopped by SIGINT at step {step}; checkpoint saved to "
+        f"{stopped / 'checkpoints' / f'step_{step:06d}'}. Resume with "
+        "--resume_from_checkpoint latest"
+    )
     assert "Traceback" not in stderr
     assert not (stopped / "preempted.json").exists(), "a Ctrl-C is the user's stop: no requeue marker"
 
@@ -96,10 +114,14 @@ def test_ctrl_c_to_a_launched_job_stops_every_process_at_one_step_and_resumes_ex
     assert job.returncode != 0
     step = max(int(p.name.split("_")[1]) for p in (stopped / "checkpoints").glob("step_*"))
     assert 5 <= step < 16
-    assert stderr.count(f"train-mrpc: error: stopped by SIGINT at step {step}; checkpoint saved to") == 1, stderr[-3000:]
+    assert stderr.count(f"train-mrpc: error: stopped by SIGINT at step {step}; checkpoint saved to") == 1, stderr[
+        -3000:
+    ]
     assert validate_checkpoint(stopped / "checkpoints" / f"step_{step:06d}")["step"] == step
 
-    resumed = run_cli(run_args(tiny_model_dir, stopped, "--max_train_samples", "256", "--resume_from_checkpoint", "latest"),
-                      launcher=launcher)  # fmt: skip
+    resumed = run_cli(
+        run_args(tiny_model_dir, stopped, "--max_train_samples", "256", "--resume_from_checkpoint", "latest"),
+        launcher=launcher,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(full, stopped)

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_MRPC, SHARED_TOKENIZER, requires_shared, small_tmpfs, write_glue_dir
 
 from train_mrpc.config import TrainConfig
 from train_mrpc.data import (
@@ -20,6 +19,8 @@ from train_mrpc.data import (
 from train_mrpc.errors import UserError
 from train_mrpc.synthetic import SPLIT_SIZES, generate_pairs
 
+from conftest import SHARED_MRPC, SHARED_TOKENIZER, requires_shared, small_tmpfs, write_glue_dir
+
 # --- real assets ------------------------------------------------------------------------------
 
 
@@ -29,7 +30,23 @@ def test_course_example_pair_tokenizes_like_bert_base_uncased():
 
     tokenizer = AutoTokenizer.from_pretrained(SHARED_TOKENIZER)
     encoded = tokenizer("This is the first sentence.", "This is the second one.")
-    assert encoded["input_ids"] == [101, 2023, 2003, 1996, 2034, 6251, 1012, 102, 2023, 2003, 1996, 2117, 2028, 1012, 102]
+    assert encoded["input_ids"] == [
+        101,
+        2023,
+        2003,
+        1996,
+        2034,
+        6251,
+        1012,
+        102,
+        2023,
+        2003,
+        1996,
+        2117,
+        2028,
+        1012,
+        102,
+    ]
     assert encoded["token_type_ids"] == [0] * 8 + [1] * 7
 
 
@@ -80,12 +97,21 @@ def test_unbalanced_quotes_survive_unchanged(tmp_path):
     "rows, message",
     [
         (["1\t1\t2\tOnly four fields."], "train.tsv: line 2 has 4 fields, expected 5"),
-        (["1\t1\t2\tA.\tB.", "2\t3\t4\tC.\tD."], "train.tsv: line 3: label '2' in column 'Quality' is invalid; expected 0 or 1"),
+        (
+            ["1\t1\t2\tA.\tB.", "2\t3\t4\tC.\tD."],
+            "train.tsv: line 3: label '2' in column 'Quality' is invalid; expected 0 or 1",
+        ),
         (["yes\t1\t2\tA.\tB."], "label 'yes' in column 'Quality' is invalid"),
         (["1\t1\t2\t\tB."], "train.tsv: line 2: column '#1 String' must be a non-empty string"),
         (["1\t1\t2\tA.\tB.", "0\t3\t4\tC.\t \t "], "train.tsv: line 3 has 6 fields"),
-        (["1\t1\t2\tA.\tB.", "0\t3\t4\tC.\t  "], "train.tsv: line 3: column '#2 String' must be a non-empty string, got only whitespace"),
-        (["1\t1\t2\tA.\tB.", "0\t3\t4\t\u200b\tD."], "train.tsv: line 3: column '#1 String' must be a non-empty string, got no visible characters"),
+        (
+            ["1\t1\t2\tA.\tB.", "0\t3\t4\tC.\t  "],
+            "train.tsv: line 3: column '#2 String' must be a non-empty string, got only whitespace",
+        ),
+        (
+            ["1\t1\t2\tA.\tB.", "0\t3\t4\t\u200b\tD."],
+            "train.tsv: line 3: column '#1 String' must be a non-empty string, got no visible characters",
+        ),
         (["1\t1\t2\tA.\tB.", "0_1\t3\t4\tC.\tD."], "train.tsv: line 3: label '0_1' in column 'Quality' is invalid"),
         ([], "train.tsv: no rows after the header"),
     ],
@@ -189,8 +215,10 @@ def write_pairs(folder: Path, fmt: str, bom: str, newline: str) -> Path:
         rows = "".join(f"{y}\t{i}\t{i + 1}\t{a}\t{b}\n" for i, (a, b, y) in enumerate(PAIRS))
         texts = {name: "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + rows for name in ("train.tsv", "dev.tsv")}
     elif fmt == "csv":
-        texts = {"t.csv": 'sentence1,sentence2,label\n"""Hi,"" he said.","Hello, he said.",1\nCafé crème.,Dogs bark.,0\n'
-                          "Cats purr.,A cat purrs.,1\n"}  # fmt: skip
+        texts = {
+            "t.csv": 'sentence1,sentence2,label\n"""Hi,"" he said.","Hello, he said.",1\nCafé crème.,Dogs bark.,0\n'
+            "Cats purr.,A cat purrs.,1\n"
+        }
     elif fmt == "tsv":
         texts = {"t.tsv": "sentence1\tsentence2\tlabel\n" + "".join(f"{a}\t{b}\t{y}\n" for a, b, y in PAIRS)}
     elif fmt == "json":
@@ -224,16 +252,37 @@ def test_a_glue_file_with_two_byte_order_marks_trains_through_the_cli(tmp_path, 
     from train_mrpc.cli import main
 
     data = write_pairs(tmp_path / "data", "glue", "\ufeff\ufeff", "\r\n") / "train.tsv"
-    main(["--model_name_or_path", "tiny-random-bert", "--train_file", str(data), "--validation_file", str(data),
-          "--sentence1_column", "#1 String", "--sentence2_column", "#2 String", "--label_column", "Quality",
-          "--output_dir", str(tmp_path / "run"), "--max_train_steps", "1", "--per_device_train_batch_size", "2"])  # fmt: skip
+    main(
+        [
+            "--model_name_or_path",
+            "tiny-random-bert",
+            "--train_file",
+            str(data),
+            "--validation_file",
+            str(data),
+            "--sentence1_column",
+            "#1 String",
+            "--sentence2_column",
+            "#2 String",
+            "--label_column",
+            "Quality",
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--max_train_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "2",
+        ]
+    )
     assert json.loads((tmp_path / "run" / "all_results.json").read_text())["eval_accuracy"] >= 0
 
 
 def test_label_names_are_accepted(tmp_path):
     path = tmp_path / "train.jsonl"
-    path.write_text('{"sentence1": "a.", "sentence2": "b.", "label": "equivalent"}\n'
-                    '{"sentence1": "c.", "sentence2": "d.", "label": "not_equivalent"}\n')  # fmt: skip
+    path.write_text(
+        '{"sentence1": "a.", "sentence2": "b.", "label": "equivalent"}\n'
+        '{"sentence1": "c.", "sentence2": "d.", "label": "not_equivalent"}\n'
+    )
     assert load_raw_splits(file_config(tmp_path, path, path))["train"]["label"] == [1, 0]
 
 
@@ -243,13 +292,29 @@ def test_label_names_are_accepted(tmp_path):
         ("t.csv", "sentence1,sentence2\na,b\n", "t.csv: missing column(s) 'label'; found 'sentence1', 'sentence2'"),
         ("t.csv", "sentence1,sentence2,label\na,b,1\nc,d\n", "t.csv: line 3 has 2 fields, expected 3"),
         ("t.csv", "sentence1,sentence2,label\na,b,3\n", "t.csv: line 2: label '3' in column 'label' is invalid"),
-        ("t.jsonl", '{"sentence1": "a", "sentence2": "b", "label": 1}\n{"sentence1": "a",\n', "t.jsonl: line 2 is not valid JSON"),
-        ("t.jsonl", '{"sentence1": "a", "sentence2": "b", "label": -1}\n', "t.jsonl: line 1: label -1 in column 'label' is invalid"),
+        (
+            "t.jsonl",
+            '{"sentence1": "a", "sentence2": "b", "label": 1}\n{"sentence1": "a",\n',
+            "t.jsonl: line 2 is not valid JSON",
+        ),
+        (
+            "t.jsonl",
+            '{"sentence1": "a", "sentence2": "b", "label": -1}\n',
+            "t.jsonl: line 1: label -1 in column 'label' is invalid",
+        ),
         ("t.json", '[{"sentence1": "a", "sentence2": "b", "label": 1},\n', "t.json: line 2 is not valid JSON"),
         ("t.json", "[" * 100_000, "t.json: line 1 is nested too deeply; expected a JSON list of objects"),
         ("t.json", "[" + "1" * 5000 + "]", "t.json: line 1 is not valid JSON (Exceeds the limit (4300 digits)"),
-        ("t.jsonl", '{"sentence1": "a", "sentence2": "b", "label": 1}\n' + "[" * 100_000, "t.jsonl: line 2 is nested too deeply"),
-        ("t.json", '[{"sentence1": "a", "sentence2": 5, "label": 1}]', "t.json: record 0: column 'sentence2' must be a non-empty string, got 5"),
+        (
+            "t.jsonl",
+            '{"sentence1": "a", "sentence2": "b", "label": 1}\n' + "[" * 100_000,
+            "t.jsonl: line 2 is nested too deeply",
+        ),
+        (
+            "t.json",
+            '[{"sentence1": "a", "sentence2": 5, "label": 1}]',
+            "t.json: record 0: column 'sentence2' must be a non-empty string, got 5",
+        ),
         ("t.parquet", "not parquet at all", "t.parquet: not a readable parquet file"),
         ("t.xlsx", "x", "unsupported file type '.xlsx'; expected one of .csv, .tsv, .json, .jsonl, .parquet"),
         ("t.csv", "", "t.csv: file is empty"),
@@ -295,11 +360,23 @@ def jsonl(*rows: dict) -> str:
 @pytest.mark.parametrize(
     "sentence",
     ["\u200b", "\u00ad", "\x00", "\ufeff", "\u0301", "\u2060\u200d", " \u200b\t\u00ad ", "\u202e", "\ue000"],
-    ids=["zero-width-space", "soft-hyphen", "nul", "bom", "combining-acute", "joiners", "with-whitespace", "bidi", "private-use"],
+    ids=[
+        "zero-width-space",
+        "soft-hyphen",
+        "nul",
+        "bom",
+        "combining-acute",
+        "joiners",
+        "with-whitespace",
+        "bidi",
+        "private-use",
+    ],
 )
 def test_sentences_without_visible_characters_are_refused(tmp_path, sentence):
     """They tokenize to no word at all, like whitespace: the pair would train as [CLS] [SEP] [SEP]."""
-    text = jsonl({"sentence1": "a.", "sentence2": "b.", "label": 1}, {"sentence1": "c.", "sentence2": sentence, "label": 0})
+    text = jsonl(
+        {"sentence1": "a.", "sentence2": "b.", "label": 1}, {"sentence1": "c.", "sentence2": sentence, "label": 0}
+    )
     with pytest.raises(UserError) as err:
         read_rows(tmp_path / "t.jsonl", text)
     assert "t.jsonl: line 2: column 'sentence2' must be a non-empty string, got no visible characters" in str(err.value)
@@ -307,8 +384,20 @@ def test_sentences_without_visible_characters_are_refused(tmp_path, sentence):
 
 
 def test_sentences_in_any_script_are_kept(tmp_path):
-    sentences = ["Café crème, s'il vous plaît.", "Cafe\u0301 with a combining accent.", "我们明天去北京。", "東京は晴れです",
-                 "مرحبا بالعالم", "Привет, мир!", "नमस्ते दुनिया", "🙂", "?", "42", "€", "\u200bleading zero-width space"]  # fmt: skip
+    sentences = [
+        "Café crème, s'il vous plaît.",
+        "Cafe\u0301 with a combining accent.",
+        "我们明天去北京。",
+        "東京は晴れです",
+        "مرحبا بالعالم",
+        "Привет, мир!",
+        "नमस्ते दुनिया",
+        "🙂",
+        "?",
+        "42",
+        "€",
+        "\u200bleading zero-width space",
+    ]
     text = jsonl(*({"sentence1": s, "sentence2": s, "label": i % 2} for i, s in enumerate(sentences)))
     out = read_rows(tmp_path / "t.jsonl", text)
     assert out["sentence1"] == out["sentence2"] == sentences
@@ -334,14 +423,18 @@ def test_a_lone_surrogate_in_json_is_refused(tmp_path, name, where, column, valu
 @pytest.mark.parametrize("field", ["label", "idx"])
 def test_a_lone_surrogate_in_a_label_or_row_id_is_shown_escaped(tmp_path, field):
     text = '{"sentence1": "a.", "sentence2": "b.", "label": 1, "idx": 0}\n'
-    text += '{"sentence1": "c.", "sentence2": "d.", "label": 0, "idx": 1}\n'.replace(f'"{field}": ', f'"{field}": "\\ud800", "x": ')
+    text += '{"sentence1": "c.", "sentence2": "d.", "label": 0, "idx": 1}\n'.replace(
+        f'"{field}": ', f'"{field}": "\\ud800", "x": '
+    )
     with pytest.raises(UserError) as err:
         read_rows(tmp_path / "t.jsonl", text)
     assert "t.jsonl: line 2: " in str(err.value) and "'\\ud800'" in str(err.value)
     str(err.value).encode("utf-8")
 
 
-@pytest.mark.parametrize("label", ["0_1", "1_0", "1_0.0", "\u0663", "\u0661", "\uff11", "1\u0660", "0x1", "nan", "1.5", "true"])
+@pytest.mark.parametrize(
+    "label", ["0_1", "1_0", "1_0.0", "\u0663", "\u0661", "\uff11", "1\u0660", "0x1", "nan", "1.5", "true"]
+)
 def test_labels_that_python_int_would_stretch_are_refused(tmp_path, label):
     """int() reads 0_1 as 1 and Arabic-Indic or full-width digits as numbers: a label file is plain ASCII."""
     with pytest.raises(UserError) as err:
@@ -366,12 +459,21 @@ def test_row_ids_are_plain_ascii_integers(tmp_path):
 @pytest.mark.parametrize(
     "name, text, message",
     [
-        ("t.jsonl", jsonl(*({"sentence1": "a.", "sentence2": "b.", "idx": i} for i in (4, 5, 4))),
-         "t.jsonl: line 3: row id 4 in column 'idx' repeats the one on line 1"),
-        ("t.json", json.dumps([{"sentence1": "a.", "sentence2": "b.", "idx": i} for i in (4, 5, 6, 5)]),
-         "t.json: record 3: row id 5 in column 'idx' repeats the one on record 1"),
-        ("t.csv", "sentence1,sentence2,idx\na.,b.,1\nc.,d.,2\ne.,f.,1.0\n",
-         "t.csv: line 4: row id '1.0' in column 'idx' repeats the one on line 2"),
+        (
+            "t.jsonl",
+            jsonl(*({"sentence1": "a.", "sentence2": "b.", "idx": i} for i in (4, 5, 4))),
+            "t.jsonl: line 3: row id 4 in column 'idx' repeats the one on line 1",
+        ),
+        (
+            "t.json",
+            json.dumps([{"sentence1": "a.", "sentence2": "b.", "idx": i} for i in (4, 5, 6, 5)]),
+            "t.json: record 3: row id 5 in column 'idx' repeats the one on record 1",
+        ),
+        (
+            "t.csv",
+            "sentence1,sentence2,idx\na.,b.,1\nc.,d.,2\ne.,f.,1.0\n",
+            "t.csv: line 4: row id '1.0' in column 'idx' repeats the one on line 2",
+        ),
     ],
 )
 def test_repeated_row_ids_are_named(tmp_path, name, text, message):
@@ -467,7 +569,9 @@ def test_a_full_disk_while_caching_tokenization_is_one_message_and_leaves_no_tem
     tokenizer, _ = build_tiny_model()
     raw = load_raw_splits(TrainConfig(dataset="synthetic", max_train_samples=2000, max_eval_samples=200))
     with small_tmpfs(tmp_path / "disk", "16k") as disk:
-        with pytest.raises(UserError, match="cannot write the tokenization cache .*/cache/train-.*: no space left on device") as err:
+        with pytest.raises(
+            UserError, match="cannot write the tokenization cache .*/cache/train-.*: no space left on device"
+        ) as err:
             tokenize_dataset(raw, tokenizer, max_length=64, cache_dir=disk / "cache")
         assert "HF_DATASETS_CACHE" in str(err.value)
         assert list((disk / "cache").iterdir()) == []
@@ -482,7 +586,9 @@ def test_tokenization_leaves_out_token_type_ids_for_models_without_them(tmp_path
     raw = load_raw_splits(TrainConfig(dataset="synthetic", max_train_samples=20, max_eval_samples=10))
     tokenized = tokenize_dataset(raw, tokenizer, max_length=64, cache_dir=tmp_path)
     assert set(tokenized["train"].column_names) == {"input_ids", "labels", "idx"}
-    expected = tokenizer(list(raw["train"]["sentence1"]), list(raw["train"]["sentence2"]), truncation=True, max_length=64)
+    expected = tokenizer(
+        list(raw["train"]["sentence1"]), list(raw["train"]["sentence2"]), truncation=True, max_length=64
+    )
     assert tokenized["train"]["input_ids"] == expected["input_ids"]
 
 

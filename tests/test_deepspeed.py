@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT, accelerate_launch, launch, read_log, run_cli, tiny_args, weights
 
 from train_mrpc.checkpointing import validate_checkpoint
 from train_mrpc.errors import UserError
+
+from conftest import ROOT, accelerate_launch, launch, read_log, run_cli, tiny_args, weights
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install -e '.[deepspeed]')")
 
@@ -30,9 +31,25 @@ STEPS = 16  # 128 pairs / (2 processes x 8) = 8 steps an epoch, 2 epochs
 
 def zero2_args(model_dir, out, *extra):
     """Dropout-free tiny model, a checkpoint every 4 steps, 101 validation pairs (uneven on 2 processes)."""
-    return tiny_args(model_dir, out, "--max_train_samples", "128", "--max_eval_samples", "101",
-                     "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--logging_steps", "1",
-                     "--warmup_ratio", "0.25", "--checkpointing_steps", "4", *extra)  # fmt: skip
+    return tiny_args(
+        model_dir,
+        out,
+        "--max_train_samples",
+        "128",
+        "--max_eval_samples",
+        "101",
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "16",
+        "--logging_steps",
+        "1",
+        "--warmup_ratio",
+        "0.25",
+        "--checkpointing_steps",
+        "4",
+        *extra,
+    )
 
 
 def results(out: Path) -> dict:
@@ -63,12 +80,16 @@ def optimizer_partitions(checkpoint: Path) -> list[dict]:
     for file in files:
         state = torch.load(file, map_location="cpu", weights_only=False)["optimizer_state_dict"]
         adam = state["base_optimizer_state"]["state"].values()
-        partitions.append({
-            "file": file.name, "zero_stage": int(state["zero_stage"]), "partition_count": state["partition_count"],
-            "fp32_numel": sum(t.numel() for t in state["single_partition_of_fp32_groups"]),
-            "fp32_dtypes": {str(t.dtype) for t in state["single_partition_of_fp32_groups"]},
-            "exp_avg_numel": sum(s["exp_avg"].numel() for s in adam),
-        })  # fmt: skip
+        partitions.append(
+            {
+                "file": file.name,
+                "zero_stage": int(state["zero_stage"]),
+                "partition_count": state["partition_count"],
+                "fp32_numel": sum(t.numel() for t in state["single_partition_of_fp32_groups"]),
+                "fp32_dtypes": {str(t.dtype) for t in state["single_partition_of_fp32_groups"]},
+                "exp_avg_numel": sum(s["exp_avg"].numel() for s in adam),
+            }
+        )
     return partitions
 
 
@@ -89,19 +110,32 @@ def test_the_yamls_run_is_zero2_in_bf16_with_partitioned_optimizer_state(zero2_b
         assert rank["fp32_numel"] < 0.6 * total and rank["exp_avg_numel"] < 0.6 * total
     assert sum(r["fp32_numel"] for r in ranks) == total  # between them, every parameter exactly once
     assert not (checkpoint / "optimizer.bin").exists()  # no unpartitioned optimizer state
-    module = torch.load(checkpoint / "pytorch_model" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    module = torch.load(
+        checkpoint / "pytorch_model" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+    )
     assert {str(v.dtype) for v in module["module"].values() if v.is_floating_point()} == {"torch.bfloat16"}
 
     record = results(zero2_bf16)
     assert record["launch"] == {
-        "num_processes": 2, "distributed_type": "DEEPSPEED", "device_type": "cpu", "mixed_precision": "bf16",
-        "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "global_batch_size": 16,
-    }  # fmt: skip
+        "num_processes": 2,
+        "distributed_type": "DEEPSPEED",
+        "device_type": "cpu",
+        "mixed_precision": "bf16",
+        "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "global_batch_size": 16,
+    }
     assert record["sharding"] == {
-        "kind": "DeepSpeed ZeRO", "zero_stage": 2, "offload_optimizer": "none", "offload_param": "none",
-        "precision": "bf16", "gradient_clipping": 1.0, "train_micro_batch_size_per_gpu": 8,
-        "gradient_accumulation_steps": 1, "backend": "gloo",
-    }  # fmt: skip
+        "kind": "DeepSpeed ZeRO",
+        "zero_stage": 2,
+        "offload_optimizer": "none",
+        "offload_param": "none",
+        "precision": "bf16",
+        "gradient_clipping": 1.0,
+        "train_micro_batch_size_per_gpu": 8,
+        "gradient_accumulation_steps": 1,
+        "backend": "gloo",
+    }
     assert record["speed"]["precision"] == "bf16" and record["speed"]["precision_reason"] == "launch config"
 
 
@@ -126,8 +160,9 @@ def test_check_deepspeed_refuses_a_run_set_up_otherwise_and_fills_clipping():
 
     def engine(ds_config):
         plugin = types.SimpleNamespace(deepspeed_config=ds_config)
-        return types.SimpleNamespace(distributed_type=DistributedType.DEEPSPEED,
-                                     state=types.SimpleNamespace(deepspeed_plugin=plugin))  # fmt: skip
+        return types.SimpleNamespace(
+            distributed_type=DistributedType.DEEPSPEED, state=types.SimpleNamespace(deepspeed_plugin=plugin)
+        )
 
     auto = {"gradient_clipping": "auto"}
     check_deepspeed(engine(auto), 0.5)
@@ -151,8 +186,9 @@ def test_without_deepspeed_installed_the_run_says_how_to_install(tmp_path, tiny_
     hide.mkdir()
     (hide / "sitecustomize.py").write_text('import sys\nsys.modules["deepspeed"] = None\n')
     env = {"PYTHONPATH": str(hide)}
-    proc = run_cli(tiny_args(tiny_model_dir, tmp_path / "a"), env={**env, "ACCELERATE_USE_DEEPSPEED": "true"},
-                   own_process=True)  # sitecustomize hides deepspeed at start-up  # fmt: skip
+    proc = run_cli(
+        tiny_args(tiny_model_dir, tmp_path / "a"), env={**env, "ACCELERATE_USE_DEEPSPEED": "true"}, own_process=True
+    )  # sitecustomize hides deepspeed at start-up
     assert proc.returncode == 2
     assert "asks for DeepSpeed, which is not installed: pip install deepspeed" in proc.stderr
     proc = run_cli(tiny_args(tiny_model_dir, tmp_path / "b"), launcher=accelerate_launch(*ZERO2), env=env)
@@ -172,10 +208,14 @@ def test_zero2_ends_with_the_weights_of_ddp_on_the_same_batches(tmp_path, tiny_m
             torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=2e-6, msg=f"{folder}: {name}")
     assert [r["step"] for r in read_log(zero2_fp32)] == [r["step"] for r in read_log(ddp)] == list(range(1, STEPS + 1))
     # The schedule steps as under DDP (a scheduler prepared apart from the model is wrapped under DeepSpeed too).
-    assert [r["learning_rate"] for r in read_log(zero2_fp32)] == pytest.approx([r["learning_rate"] for r in read_log(ddp)], rel=1e-9)
+    assert [r["learning_rate"] for r in read_log(zero2_fp32)] == pytest.approx(
+        [r["learning_rate"] for r in read_log(ddp)], rel=1e-9
+    )
     assert [r["loss"] for r in read_log(zero2_fp32)] == pytest.approx([r["loss"] for r in read_log(ddp)], rel=1e-4)
     # The logged gradient norm (the engine's own) is the whole model's, not one partition's.
-    assert [r["grad_norm"] for r in read_log(zero2_fp32)] == pytest.approx([r["grad_norm"] for r in read_log(ddp)], rel=1e-4)
+    assert [r["grad_norm"] for r in read_log(zero2_fp32)] == pytest.approx(
+        [r["grad_norm"] for r in read_log(ddp)], rel=1e-4
+    )
     zero2, plain = results(zero2_fp32), results(ddp)
     assert zero2["eval_examples"] == plain["eval_examples"] == 101
     assert zero2["eval_loss"] == pytest.approx(plain["eval_loss"], rel=1e-4)
@@ -186,13 +226,27 @@ def test_zero2_ends_with_the_weights_of_ddp_on_the_same_batches(tmp_path, tiny_m
     assert [r["file"] for r in ranks] == [f"zero_pp_rank_{i}_mp_rank_00_optim_states.pt" for i in (0, 1)]
 
 
-def test_zero2_with_gradient_accumulation_ends_with_the_weights_of_the_larger_batch(tmp_path, tiny_model_no_dropout, zero2_fp32):
+def test_zero2_with_gradient_accumulation_ends_with_the_weights_of_the_larger_batch(
+    tmp_path, tiny_model_no_dropout, zero2_fp32
+):
     """Micro-batches of 4 accumulated twice on 2 processes: the same 16 pairs per optimizer step as batches of 8,
     so the same weights, losses, schedule and gradient norms (DeepSpeed's engine counts the micro-batches itself;
     a loss scaled twice, or a schedule stepped per micro-batch, would show here)."""
     out = tmp_path / "accumulated"
-    launch(ZERO2[0], zero2_args(tiny_model_no_dropout, out, "--precision", "fp32", "--per_device_train_batch_size", "4",
-                                "--gradient_accumulation_steps", "2"), *ZERO2[1:])  # fmt: skip
+    launch(
+        ZERO2[0],
+        zero2_args(
+            tiny_model_no_dropout,
+            out,
+            "--precision",
+            "fp32",
+            "--per_device_train_batch_size",
+            "4",
+            "--gradient_accumulation_steps",
+            "2",
+        ),
+        *ZERO2[1:],
+    )
     for folder in (".", "best_model"):
         a, b = weights(out / folder), weights(zero2_fp32 / folder)
         for name in a:
@@ -204,9 +258,15 @@ def test_zero2_with_gradient_accumulation_ends_with_the_weights_of_the_larger_ba
     assert [r["grad_norm"] for r in accumulated] == pytest.approx([r["grad_norm"] for r in plain], rel=1e-4)
     record = results(out)
     assert record["global_step"] == STEPS
-    assert (record["launch"]["per_device_train_batch_size"], record["launch"]["gradient_accumulation_steps"],
-            record["launch"]["global_batch_size"]) == (4, 2, 16)  # fmt: skip
-    assert (record["sharding"]["train_micro_batch_size_per_gpu"], record["sharding"]["gradient_accumulation_steps"]) == (4, 2)
+    assert (
+        record["launch"]["per_device_train_batch_size"],
+        record["launch"]["gradient_accumulation_steps"],
+        record["launch"]["global_batch_size"],
+    ) == (4, 2, 16)
+    assert (
+        record["sharding"]["train_micro_batch_size_per_gpu"],
+        record["sharding"]["gradient_accumulation_steps"],
+    ) == (4, 2)
 
 
 def test_zero2_with_the_optimizer_offloaded_to_the_cpu_ends_with_the_same_weights(tmp_path, tiny_model_no_dropout):
@@ -219,13 +279,20 @@ def test_zero2_with_the_optimizer_offloaded_to_the_cpu_ends_with_the_same_weight
     runs = {}
     for name, offload in (("device", "none"), ("offload", "cpu")):
         runs[name] = tmp_path / name
-        launch(ZERO2[0], zero2_args(tiny_model_no_dropout, runs[name], *settings), *ZERO2[1:],
-               "--offload_optimizer_device", offload)  # fmt: skip
+        launch(
+            ZERO2[0],
+            zero2_args(tiny_model_no_dropout, runs[name], *settings),
+            *ZERO2[1:],
+            "--offload_optimizer_device",
+            offload,
+        )
         assert results(runs[name])["sharding"]["offload_optimizer"] == offload
     a, b = weights(runs["offload"]), weights(runs["device"])
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=2e-6, msg=name)
-    assert [r["loss"] for r in read_log(runs["offload"])] == pytest.approx([r["loss"] for r in read_log(runs["device"])], rel=1e-4)
+    assert [r["loss"] for r in read_log(runs["offload"])] == pytest.approx(
+        [r["loss"] for r in read_log(runs["device"])], rel=1e-4
+    )
 
 
 # --- 3. full weights that from_pretrained and pipeline load --------------------------------------------
@@ -263,10 +330,12 @@ def scores_of_saved_model(folder: Path, out: Path) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     assert model.dtype == torch.float32
     with torch.inference_mode():
-        logits = torch.cat([
-            model(**tokenizer(a, b, truncation=True, max_length=config.max_length, return_tensors="pt")).logits
-            for a, b in zip(pairs["sentence1"], pairs["sentence2"])
-        ])  # fmt: skip
+        logits = torch.cat(
+            [
+                model(**tokenizer(a, b, truncation=True, max_length=config.max_length, return_tensors="pt")).logits
+                for a, b in zip(pairs["sentence1"], pairs["sentence2"])
+            ]
+        )
     return score(logits, torch.tensor(pairs["label"]), load_metric())
 
 
@@ -286,8 +355,11 @@ def test_reported_scores_are_those_of_the_saved_bf16_model(zero2_bf16):
     assert (final["accuracy"], final["f1"]) == (record["eval_accuracy"], record["eval_f1"])
     assert final["loss"] == pytest.approx(record["eval_loss"], rel=1e-6)
     assert evals[-1]["step"] == record["global_step"] == STEPS
-    assert (evals[-1]["eval_accuracy"], evals[-1]["eval_f1"], evals[-1]["eval_loss"]) == \
-        (record["eval_accuracy"], record["eval_f1"], record["eval_loss"])  # fmt: skip
+    assert (evals[-1]["eval_accuracy"], evals[-1]["eval_f1"], evals[-1]["eval_loss"]) == (
+        record["eval_accuracy"],
+        record["eval_f1"],
+        record["eval_loss"],
+    )
     best = scores_of_saved_model(zero2_bf16 / "best_model", zero2_bf16)
     logged = next(e for e in evals if e["step"] == record["best_step"])
     assert best["accuracy"] == logged["eval_accuracy"] == record["best_accuracy"]
@@ -309,8 +381,11 @@ def test_zero2_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path, tiny_mo
     kept = weights(out)
     for name in ("model.safetensors", "best_model"):
         shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
-    proc = launch(ZERO2[0], zero2_args(tiny_model_no_dropout, out, "--precision", "fp32", "--resume_from_checkpoint",
-                                       "latest"), *ZERO2[1:])  # fmt: skip
+    proc = launch(
+        ZERO2[0],
+        zero2_args(tiny_model_no_dropout, out, "--precision", "fp32", "--resume_from_checkpoint", "latest"),
+        *ZERO2[1:],
+    )
     assert "resumed from" in proc.stdout and "step_000004" in proc.stdout
     resumed = weights(out)
     assert resumed.keys() == kept.keys()
@@ -325,9 +400,13 @@ def test_checkpoint_checksums_cover_deepspeeds_folder(tmp_path, zero2_fp32):
     checkpoint = tmp_path / "step_000004"
     shutil.copytree(zero2_fp32 / "checkpoints" / "step_000004", checkpoint)
     files = set(validate_checkpoint(checkpoint)["files"])
-    assert {"latest", "scheduler.bin", "pytorch_model/mp_rank_00_model_states.pt",
-            "pytorch_model/zero_pp_rank_0_mp_rank_00_optim_states.pt",
-            "pytorch_model/zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= files  # fmt: skip
+    assert {
+        "latest",
+        "scheduler.bin",
+        "pytorch_model/mp_rank_00_model_states.pt",
+        "pytorch_model/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "pytorch_model/zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    } <= files
     shard = checkpoint / "pytorch_model" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -352,7 +431,9 @@ def deepspeed_config_of(path: Path):
     if unknown := set(ds) - known:
         raise ValueError(f"unknown deepspeed_config keys: {sorted(unknown)}")
     fields = {f.name for f in dataclasses.fields(DeepSpeedPlugin)}
-    plugin = DeepSpeedPlugin(**{k: v for k, v in ds.items() if k in fields}, hf_ds_config=ds.get("deepspeed_config_file"))
+    plugin = DeepSpeedPlugin(
+        **{k: v for k, v in ds.items() if k in fields}, hf_ds_config=ds.get("deepspeed_config_file")
+    )
     plugin.set_mixed_precision(launch.get("mixed_precision", "no"))  # the bf16/fp16 sections, as Accelerator adds them
     config = plugin.deepspeed_config
     # The "auto" values Accelerate fills at prepare() time (one process offline).
@@ -369,11 +450,14 @@ def test_the_yaml_is_a_valid_deepspeed_config():
     assert config.zero_config.offload_optimizer is None or config.zero_config.offload_optimizer.device == "none"
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("zero_stage", 5, "stage Input should be 0, 1, 2, 3"),
-    ("offload_optimizer_device", "gpu", "offload_optimizer.device Input should be 'none', 'cpu' or 'nvme'"),
-    ("zero_stag", 2, "unknown deepspeed_config keys: ['zero_stag']"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("zero_stage", 5, "stage Input should be 0, 1, 2, 3"),
+        ("offload_optimizer_device", "gpu", "offload_optimizer.device Input should be 'none', 'cpu' or 'nvme'"),
+        ("zero_stag", 2, "unknown deepspeed_config keys: ['zero_stag']"),
+    ],
+)
 def test_an_invalid_deepspeed_setting_fails_validation(tmp_path, key, value, message):
     launch = yaml.safe_load(YAML.read_text())
     launch["deepspeed_config"][key] = value

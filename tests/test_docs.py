@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT
 
 README = ROOT / "README.md"
@@ -148,7 +149,9 @@ def check_train_mrpc(args: list[str]) -> list[str]:
     sub = args[0] if args and args[0] in SUBCOMMANDS else None
     rest = args[1:] if sub else args
     if sub == "plot":
-        return [] if len(rest) == 1 and not rest[0].startswith("-") else [f"train-mrpc plot takes one folder, got {rest}"]
+        return (
+            [] if len(rest) == 1 and not rest[0].startswith("-") else [f"train-mrpc plot takes one folder, got {rest}"]
+        )
     if sub == "bench":
         from train_mrpc.bench import COMMANDS
 
@@ -241,8 +244,15 @@ def check_doc(path: Path) -> list[str]:
 def test_readme_is_a_front_door():
     lines = README.read_text().splitlines()
     assert len(lines) <= 200, len(lines)
-    for page in ("docs/launch.md", "docs/checkpoints.md", "docs/speed.md", "docs/reproduce-and-sweeps.md",
-                 "docs/offline.md", "docs/gpu-check.md", "benchmarks/README.md"):  # fmt: skip
+    for page in (
+        "docs/launch.md",
+        "docs/checkpoints.md",
+        "docs/speed.md",
+        "docs/reproduce-and-sweeps.md",
+        "docs/offline.md",
+        "docs/gpu-check.md",
+        "benchmarks/README.md",
+    ):
         assert f"]({page}" in README.read_text(), f"README links no {page}"
 
 
@@ -311,8 +321,18 @@ def test_every_relative_link_points_at_something_that_exists(path):
 
 # --- running the cheap commands ----------------------------------------------------------------------------
 
-QUICK = ["--max_train_samples", "64", "--max_eval_samples", "32", "--num_train_epochs", "1",
-         "--per_device_train_batch_size", "16", "--logging_steps", "2"]  # fmt: skip
+QUICK = [
+    "--max_train_samples",
+    "64",
+    "--max_eval_samples",
+    "32",
+    "--num_train_epochs",
+    "1",
+    "--per_device_train_batch_size",
+    "16",
+    "--logging_steps",
+    "2",
+]
 
 
 def runnable(words: list[str]) -> list[str] | None:
@@ -357,8 +377,11 @@ def substituted(args: list[str], tmp_path: Path, tiny_model_dir: Path) -> list[s
     return ["--model_name_or_path", str(tiny_model_dir), "--dataset", "synthetic", *QUICK, *out]
 
 
-@pytest.mark.parametrize("path", [README, ROOT / "docs" / "checkpoints.md", ROOT / "docs" / "setup.md"],
-                         ids=lambda p: str(p.relative_to(ROOT)))  # fmt: skip
+@pytest.mark.parametrize(
+    "path",
+    [README, ROOT / "docs" / "checkpoints.md", ROOT / "docs" / "setup.md"],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
 def test_the_cheap_commands_run(path, tmp_path, tiny_model_dir, capsys):
     """Each train-mrpc command of the page's ```bash blocks, in order, in this process: training runs (a resume
     after them continues their folder), `train-mrpc plot` on a folder an earlier command wrote, --help."""

@@ -33,19 +33,33 @@ def check_end_to_end(proc: subprocess.CompletedProcess, out: Path) -> dict:
 
 def test_quick_end_to_end_comparison_is_complete(tmp_path):
     command = [sys.executable, "-m", "train_mrpc", "bench", "end-to-end", "--quick", "--out", str(tmp_path)]
-    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **TEST_ENV}, cwd=ROOT, timeout=600)
+    proc = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, **TEST_ENV}, cwd=ROOT, timeout=600
+    )
     first = check_end_to_end(proc, tmp_path)
 
     # --previous keeps the earlier runs, except those --rerun names (variant:seed), which are measured again.
     previous = tmp_path / "previous.json"
     (tmp_path / "end_to_end.json").rename(previous)
-    proc = subprocess.run([*command, "--previous", str(previous), "--rerun", "defaults:42"], capture_output=True,
-                          text=True, env={**os.environ, **TEST_ENV}, cwd=ROOT, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [*command, "--previous", str(previous), "--rerun", "defaults:42"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **TEST_ENV},
+        cwd=ROOT,
+        timeout=600,
+    )
     kept, measured = check_end_to_end(proc, tmp_path)["runs"]
     assert kept == {**first["runs"][0], "kept_from": str(previous)} and "kept_from" not in measured
 
 
-FAKE_RUN = {"wall_s": 2.0, "train_runtime_s": 1.0, "eval_accuracy": 0.5, "eval_f1": 0.5, "train_tokens_per_second": 10.0}
+FAKE_RUN = {
+    "wall_s": 2.0,
+    "train_runtime_s": 1.0,
+    "eval_accuracy": 0.5,
+    "eval_f1": 0.5,
+    "train_tokens_per_second": 10.0,
+}
 
 
 @pytest.fixture
@@ -85,8 +99,17 @@ def previous_record(tmp_path, runs: list[dict], **setup) -> Path:
     """An end_to_end.json of a quick run (as --quick writes it, with ``setup`` changed) holding ``runs``."""
     from train_mrpc.bench.end_to_end import VARIANTS
 
-    record = {"benchmark": "end_to_end", "quick": True, "model_label": "tiny-random-bert", "data": "synthetic (128 pairs)",
-              "epochs": 1.0, "learning_rate": 1e-4, "variants": VARIANTS, **setup, "runs": runs}  # fmt: skip
+    record = {
+        "benchmark": "end_to_end",
+        "quick": True,
+        "model_label": "tiny-random-bert",
+        "data": "synthetic (128 pairs)",
+        "epochs": 1.0,
+        "learning_rate": 1e-4,
+        "variants": VARIANTS,
+        **setup,
+        "runs": runs,
+    }
     path = tmp_path / "previous.json"
     path.write_text(json.dumps(record))
     return path
@@ -96,26 +119,56 @@ def run_record(variant: str = "defaults", seed: int = 42, **figures) -> dict:
     return {"variant": variant, "seed": seed, **FAKE_RUN, **figures}
 
 
-@pytest.mark.parametrize("runs, setup, extra, fragments", [
-    ([run_record(wall_s=float("nan"))], {}, [], ["runs[0].wall_s is nan; expected a number > 0"]),
-    ([run_record(wall_s=0)], {}, [], ["runs[0].wall_s is 0; expected a number > 0"]),
-    ([run_record(), run_record("reference", eval_accuracy=1.5)], {}, [], ["runs[1].eval_accuracy is 1.5; expected a "
-                                                                          "number from 0 to 1"]),
-    ([run_record()], {"model_label": "all-MiniLM-L6-v2"}, [],
-     ["its runs measured another setup (model_label 'all-MiniLM-L6-v2', this run 'tiny-random-bert')"]),
-    ([run_record()], {"epochs": 3.0, "learning_rate": 2e-5}, [], ["epochs 3.0, this run 1.0; learning_rate 2e-05"]),
-    ([run_record()], {"variants": {"reference": ["--precision", "fp32"], "defaults": []}}, [], ["variants {'reference'"]),
-    ([run_record()], {}, ["--rerun", "defaults:43"], ["--rerun defaults:43: seed 43 is not one of this run's seeds (42)"]),
-], ids=["nan", "zero-seconds", "accuracy-above-1", "other-model", "other-epochs-and-lr", "other-reference-flags",
-        "rerun-of-no-run"])  # fmt: skip
-def test_previous_runs_that_cannot_be_kept_are_refused_before_any_run(tmp_path, fake_runs, capsys, runs, setup,
-                                                                       extra, fragments):
+@pytest.mark.parametrize(
+    "runs, setup, extra, fragments",
+    [
+        ([run_record(wall_s=float("nan"))], {}, [], ["runs[0].wall_s is nan; expected a number > 0"]),
+        ([run_record(wall_s=0)], {}, [], ["runs[0].wall_s is 0; expected a number > 0"]),
+        (
+            [run_record(), run_record("reference", eval_accuracy=1.5)],
+            {},
+            [],
+            ["runs[1].eval_accuracy is 1.5; expected a number from 0 to 1"],
+        ),
+        (
+            [run_record()],
+            {"model_label": "all-MiniLM-L6-v2"},
+            [],
+            ["its runs measured another setup (model_label 'all-MiniLM-L6-v2', this run 'tiny-random-bert')"],
+        ),
+        ([run_record()], {"epochs": 3.0, "learning_rate": 2e-5}, [], ["epochs 3.0, this run 1.0; learning_rate 2e-05"]),
+        (
+            [run_record()],
+            {"variants": {"reference": ["--precision", "fp32"], "defaults": []}},
+            [],
+            ["variants {'reference'"],
+        ),
+        (
+            [run_record()],
+            {},
+            ["--rerun", "defaults:43"],
+            ["--rerun defaults:43: seed 43 is not one of this run's seeds (42)"],
+        ),
+    ],
+    ids=[
+        "nan",
+        "zero-seconds",
+        "accuracy-above-1",
+        "other-model",
+        "other-epochs-and-lr",
+        "other-reference-flags",
+        "rerun-of-no-run",
+    ],
+)
+def test_previous_runs_that_cannot_be_kept_are_refused_before_any_run(
+    tmp_path, fake_runs, capsys, runs, setup, extra, fragments
+):
     """A kept run's NaN (or 0 s) stopped the command with a ValueError (ZeroDivisionError) after every new run; runs of
     another model, epochs or reference flags were mixed into the comparison without a word; and --rerun of a
     seed this command does not run was ignored."""
-    from conftest import assert_one_line_error
-
     from train_mrpc.cli import main
+
+    from conftest import assert_one_line_error
 
     previous = previous_record(tmp_path, runs, **setup)
     with pytest.raises(SystemExit) as info:
@@ -132,21 +185,35 @@ def test_previous_of_the_same_setup_elsewhere_is_kept(tmp_path, fake_runs, capsy
     previous = previous_record(tmp_path, [run_record(wall_s=3.0)], data="synthetic (elsewhere)")
     main(["bench", "end-to-end", "--quick", "--previous", str(previous), "--out", str(tmp_path / "out")])
     runs = json.loads((tmp_path / "out" / "end_to_end.json").read_text())["runs"]
-    assert [(r["variant"], r["wall_s"], r.get("kept_from")) for r in runs] == [("reference", 2.0, None),
-                                                                               ("defaults", 3.0, str(previous))]
+    assert [(r["variant"], r["wall_s"], r.get("kept_from")) for r in runs] == [
+        ("reference", 2.0, None),
+        ("defaults", 3.0, str(previous)),
+    ]
     capsys.readouterr()
 
 
 def test_bad_input_a_training_run_finds_is_this_commands_one_line(tmp_path, capsys):
     """--model a folder without a model: the first training run said so in one line and exit status 2, and the
     benchmark turned that into "reference seed 42 failed:" and the child's stderr, with exit status 1."""
-    from conftest import assert_one_line_error
-
     from train_mrpc.cli import main
+
+    from conftest import assert_one_line_error
 
     (tmp_path / "not-a-model").mkdir()
     with pytest.raises(SystemExit) as info:
-        main(["bench", "end-to-end", "--model", str(tmp_path / "not-a-model"), "--data_dir", "synthetic", "--seeds", "1",
-              "--out", str(tmp_path / "out")])  # fmt: skip
+        main(
+            [
+                "bench",
+                "end-to-end",
+                "--model",
+                str(tmp_path / "not-a-model"),
+                "--data_dir",
+                "synthetic",
+                "--seeds",
+                "1",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
     line = assert_one_line_error(info.value.code, capsys.readouterr().err, "not-a-model", "config.json")
     assert line.startswith("train-mrpc: error: reference seed 42: ")

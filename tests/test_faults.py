@@ -16,14 +16,21 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
-    accelerate_launch, run_cli, seconds_until_ended, start_job, stop_job, wait_for_log_lines, workers_by_rank,
-)  # fmt: skip
 from test_checkpointing import STEPS, assert_identical_runs, run_args
 
 import train_mrpc
 from train_mrpc.checkpointing import validate_checkpoint
 from train_mrpc.errors import JobFailure, UserError, distributed_failure, job_failure
+
+from conftest import (
+    accelerate_launch,
+    run_cli,
+    seconds_until_ended,
+    start_job,
+    stop_job,
+    wait_for_log_lines,
+    workers_by_rank,
+)
 
 # What gloo (torch 2.13) raised in this project's runs when the other process was SIGKILLed or SIGSTOPped.
 GLOO_CLOSED = "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:63184. This is typically caused by a remote worker crashing. Check the logs of the remote worker before reporting an error. GLHF! 🏖️"
@@ -74,8 +81,12 @@ def test_collective_failures_are_told_apart_from_other_errors():
     assert distributed_failure(RuntimeError(GLOO_RESET))[0] == "lost"
     assert distributed_failure(RuntimeError(GLOO_TIMEOUT))[0] == "timeout"
     # Other errors, also those that sound alike but do not come from the communication library.
-    for other in (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), RuntimeError("read error in data.bin"),
-                  ValueError(GLOO_CLOSED), OSError(32, "Broken pipe")):  # fmt: skip
+    for other in (
+        RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
+        RuntimeError("read error in data.bin"),
+        ValueError(GLOO_CLOSED),
+        OSError(32, "Broken pipe"),
+    ):
         assert distributed_failure(other) is None, other
     # A checkpoint save turns its failure into a UserError "from None": the collective is still found.
     try:
@@ -90,9 +101,11 @@ def test_collective_failures_are_told_apart_from_other_errors():
 
 def test_the_job_failure_line_says_what_happened_what_is_kept_and_how_to_go_on():
     line = str(job_failure(RuntimeError(GLOO_CLOSED), 1800, "runs/x/checkpoints/step_000010"))
-    assert line == ("another process of this job died or lost its connection (Connection closed by peer "
-                    "[127.0.0.1]:63184); the last good checkpoint, runs/x/checkpoints/step_000010, is kept: "
-                    "--resume_from_checkpoint latest continues the run")  # fmt: skip
+    assert line == (
+        "another process of this job died or lost its connection (Connection closed by peer "
+        "[127.0.0.1]:63184); the last good checkpoint, runs/x/checkpoints/step_000010, is kept: "
+        "--resume_from_checkpoint latest continues the run"
+    )
     line = str(job_failure(RuntimeError(GLOO_TIMEOUT), 30, None))
     assert "took no part in a collective for --ddp_timeout 30 s" in line and "no checkpoint was saved yet" in line
     line = str(job_failure(RuntimeError(GLOO_RESET), 1800, "c/step_000010", restart=0, max_restarts=2))
@@ -105,15 +118,19 @@ def test_the_line_names_the_failed_process_where_it_is_known():
 
     dead = [FailedProcess(1, "node-a", 4242, "died")]
     line = str(job_failure(RuntimeError(GLOO_CLOSED), 1800, "c/step_000010", failed=dead))
-    assert line.startswith("rank 1 (pid 4242 on host node-a) of this job died (Connection closed by peer "
-                           "[127.0.0.1]:63184); the last good checkpoint, c/step_000010, is kept")  # fmt: skip
+    assert line.startswith(
+        "rank 1 (pid 4242 on host node-a) of this job died (Connection closed by peer "
+        "[127.0.0.1]:63184); the last good checkpoint, c/step_000010, is kept"
+    )
     two = dead + [FailedProcess(3, "node-b", 77, "died")]
     assert str(job_failure(RuntimeError(GLOO_RESET), 1800, failed=two)).startswith(
-        "rank 1 (pid 4242 on host node-a) and rank 3 (pid 77 on host node-b) of this job died (Read error")
+        "rank 1 (pid 4242 on host node-a) and rank 3 (pid 77 on host node-b) of this job died (Read error"
+    )
     stopped = [FailedProcess(1, "node-a", 4242, "stopped")]
     assert str(job_failure(RuntimeError(GLOO_TIMEOUT), 30, failed=stopped)).startswith(
         "rank 1 (pid 4242 on host node-a) of this job is stopped (SIGSTOP or a debugger) and took no part in a "
-        "collective for --ddp_timeout 30 s;")  # fmt: skip
+        "collective for --ddp_timeout 30 s;"
+    )
     # Where nothing is known, the line says what it knows, as before.
     assert str(job_failure(RuntimeError(GLOO_CLOSED), 1800, failed=[])).startswith("another process of this job died")
 
@@ -126,9 +143,14 @@ def job_store(monkeypatch):
     from torch.distributed import TCPStore
 
     store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=5))
-    for key, value in {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
-                       "TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RUN_ID": "test",
-                       "TORCHELASTIC_RESTART_COUNT": "0"}.items():  # fmt: skip
+    for key, value in {
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(store.port),
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+        "TORCHELASTIC_RUN_ID": "test",
+        "TORCHELASTIC_RESTART_COUNT": "0",
+    }.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("TRAIN_MRPC_AGENT_STORE", raising=False)
     return store
@@ -144,7 +166,10 @@ def test_each_error_line_is_printed_once_per_job(job_store, monkeypatch, capsys)
         return capsys.readouterr().err
 
     # Bad input every process finds: the first to report it prints it, the others do not.
-    assert report(1, "--learning_rate x: expected a number", OWN) == "train-mrpc: error: --learning_rate x: expected a number\n"
+    assert (
+        report(1, "--learning_rate x: expected a number", OWN)
+        == "train-mrpc: error: --learning_rate x: expected a number\n"
+    )
     assert report(0, "--learning_rate x: expected a number", OWN) == ""
     # The other processes then lose their connection to it: nothing more to say.
     assert report(0, "another process of this job died", CONSEQUENCE) == ""
@@ -153,7 +178,10 @@ def test_each_error_line_is_printed_once_per_job(job_store, monkeypatch, capsys)
 
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # the restarted job reports afresh
     # A SIGKILLed process says nothing: the first survivor says it, once.
-    assert report(1, "another process of this job died", CONSEQUENCE) == "train-mrpc: error: another process of this job died\n"
+    assert (
+        report(1, "another process of this job died", CONSEQUENCE)
+        == "train-mrpc: error: another process of this job died\n"
+    )
     assert report(2, "another process of this job died", CONSEQUENCE) == ""
     # A stop every process agreed on: the main process speaks for all.
     assert report(1, "stopped by SIGTERM at step 20", TOGETHER) == ""
@@ -161,7 +189,10 @@ def test_each_error_line_is_printed_once_per_job(job_store, monkeypatch, capsys)
 
     # No store to ask (a launcher other than torchrun): each process prints rather than none.
     monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE")
-    assert report(1, "another process of this job died", CONSEQUENCE) == "train-mrpc: error: another process of this job died\n"
+    assert (
+        report(1, "another process of this job died", CONSEQUENCE)
+        == "train-mrpc: error: another process of this job died\n"
+    )
 
 
 def exited_pid() -> int:
@@ -193,8 +224,10 @@ def test_a_survivor_finds_the_registered_process_that_is_gone(job_store, monkeyp
     # A survivor on another host finds rank 1 through the mark this one left, and rank 3 once node-b's says so.
     job_store.set("train_mrpc/processes/test/0/3/gone", "node-b")
     monkeypatch.setattr(socket, "gethostname", lambda: "node-c")
-    assert faults.failed_processes("lost", wait_s=0.1) == [FailedProcess(1, here, dead, "died"),
-                                                          FailedProcess(3, "node-b", 77, "died")]  # fmt: skip
+    assert faults.failed_processes("lost", wait_s=0.1) == [
+        FailedProcess(1, here, dead, "died"),
+        FailedProcess(3, "node-b", 77, "died"),
+    ]
 
 
 def test_after_a_timeout_a_stopped_process_of_this_host_is_named(job_store, monkeypatch):
@@ -243,8 +276,10 @@ def test_a_restart_without_resume_is_told_to_pass_it(tmp_path, tiny_model_dir, m
         main(job_args(tiny_model_dir, out))
     assert stop.value.code == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("train-mrpc: error: restart 1 of this job found the checkpoints") and \
-        "--resume_from_checkpoint latest" in line  # fmt: skip
+    assert (
+        line.startswith("train-mrpc: error: restart 1 of this job found the checkpoints")
+        and "--resume_from_checkpoint latest" in line
+    )
 
 
 # --- real 2-process jobs --------------------------------------------------------------------------------
@@ -271,8 +306,13 @@ def main_process_killed(tmp_path_factory, tiny_model_dir) -> dict:
     finally:
         stop_job(launcher, out)
     print(f"rank 1 ended {survivor_s:.2f} s after rank 0 was SIGKILLed")
-    return {"out": out, "stderr": output(logs)[1], "survivor_s": survivor_s, "status": launcher.returncode,
-            "killed_pid": ranks[0]}
+    return {
+        "out": out,
+        "stderr": output(logs)[1],
+        "survivor_s": survivor_s,
+        "status": launcher.returncode,
+        "killed_pid": ranks[0],
+    }
 
 
 def test_sigkill_of_the_main_process_stops_the_other_at_once_with_one_line(main_process_killed):
@@ -293,8 +333,10 @@ def test_sigkill_of_the_main_process_stops_the_other_at_once_with_one_line(main_
     # The line names the killed process, as the launcher's report does after it.
     killed = f"rank 0 (pid {main_process_killed['killed_pid']} on host {socket.gethostname()})"
     assert lines[0].startswith(f"train-mrpc: error: {killed} of this job died ("), lines[0]
-    assert lines[0].endswith(f"; the last good checkpoint, {out / 'checkpoints' / kept[-1]}, is kept: "
-                             "--resume_from_checkpoint latest continues the run")  # fmt: skip
+    assert lines[0].endswith(
+        f"; the last good checkpoint, {out / 'checkpoints' / kept[-1]}, is kept: "
+        "--resume_from_checkpoint latest continues the run"
+    )
     assert not OUR_TRACEBACK.search(stderr), stderr[-3000:]
     assert not (out / "preempted.json").exists()  # nobody claims a preemption checkpoint that was never saved
 
@@ -324,8 +366,9 @@ def test_sigkill_of_rank_1_is_named_by_the_main_process(tmp_path, tiny_model_dir
 
 
 @pytest.mark.slow  # with the uninterrupted reference run: ~70 s here
-def test_resume_after_the_main_process_was_killed_is_exact(tmp_path, tiny_model_dir, main_process_killed,
-                                                           two_process_reference):
+def test_resume_after_the_main_process_was_killed_is_exact(
+    tmp_path, tiny_model_dir, main_process_killed, two_process_reference
+):
     out = tmp_path / "run"
     shutil.copytree(main_process_killed["out"], out)  # the killed run stays as it was for the other test
     latest = out / "checkpoints" / sorted(p.name for p in (out / "checkpoints").iterdir())[-1]
@@ -336,8 +379,9 @@ def test_resume_after_the_main_process_was_killed_is_exact(tmp_path, tiny_model_
 
 
 @pytest.mark.slow  # with the uninterrupted reference run: ~70 s here
-def test_elastic_restart_after_a_sigkill_resumes_and_ends_like_the_uninterrupted_run(tmp_path, tiny_model_dir,
-                                                                                     two_process_reference):
+def test_elastic_restart_after_a_sigkill_resumes_and_ends_like_the_uninterrupted_run(
+    tmp_path, tiny_model_dir, two_process_reference
+):
     """accelerate launch --max_restarts 1: rank 1 is SIGKILLed mid-epoch, the launcher restarts both processes,
     which resume from the last checkpoint (the lock, the folder checks, the logs trimmed to it) and end with the
     uninterrupted run's weights, losses and evaluations."""
@@ -362,8 +406,10 @@ def test_elastic_restart_after_a_sigkill_resumes_and_ends_like_the_uninterrupted
     lines = error_lines(stderr)  # the first attempt's survivor; the restarted attempt has nothing to report
     killed = f"rank 1 (pid {first[1]} on host {socket.gethostname()}) of this job died ("
     assert len(lines) == 1 and lines[0].startswith(f"train-mrpc: error: {killed}"), stderr[-3000:]
-    assert lines[0].endswith("is kept: the launcher restarts the job (restart 1 of 1), which continues from it with "
-                             "--resume_from_checkpoint latest")  # fmt: skip
+    assert lines[0].endswith(
+        "is kept: the launcher restarts the job (restart 1 of 1), which continues from it with "
+        "--resume_from_checkpoint latest"
+    )
     assert not OUR_TRACEBACK.search(stderr), stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     assert results["elastic_restarts"] == 1 and results["resumed_from"] == str(out / "checkpoints" / "step_000010")
@@ -377,7 +423,9 @@ def test_elastic_restart_after_a_sigkill_resumes_and_ends_like_the_uninterrupted
 def test_bad_input_every_process_finds_is_one_line(tmp_path, tiny_model_dir):
     out, missing = tmp_path / "run", tmp_path / "no-such-checkpoint"
     start = time.monotonic()
-    proc = run_cli(job_args(tiny_model_dir, out, "--resume_from_checkpoint", missing), launcher=two_process(), timeout=120)
+    proc = run_cli(
+        job_args(tiny_model_dir, out, "--resume_from_checkpoint", missing), launcher=two_process(), timeout=120
+    )
     took = time.monotonic() - start
     assert proc.returncode == 1 and took < 90, proc.stderr[-3000:]  # accelerate launch's status for any failure
     assert error_lines(proc.stderr) == [f"train-mrpc: error: checkpoint {missing} does not exist"], proc.stderr[-3000:]
@@ -399,8 +447,10 @@ def test_an_error_of_the_main_process_alone_is_not_followed_by_a_lost_process_li
     assert proc.returncode == 1, proc.stderr[-3000:]
     holder = f"pid {os.getpid()} on {os.uname().nodename}"
     assert error_lines(proc.stderr) == [
-        (f"train-mrpc: error: --output_dir {out} is in use by another run ({holder}); wait for it to finish or "
-         "choose another --output_dir")
+        (
+            f"train-mrpc: error: --output_dir {out} is in use by another run ({holder}); wait for it to finish or "
+            "choose another --output_dir"
+        )
     ], proc.stderr[-3000:]
     assert not OUR_TRACEBACK.search(proc.stderr), proc.stderr[-3000:]
 
@@ -428,11 +478,13 @@ def test_a_stalled_process_fails_the_job_after_ddp_timeout(tmp_path, tiny_model_
     assert DDP_TIMEOUT - 1 <= survivor_s < DDP_TIMEOUT + 20, stderr[-3000:]
     latest = out / "checkpoints" / "step_000010"
     assert error_lines(stderr) == [  # the stopped process is named: its state on this host says it is stopped
-        (f"train-mrpc: error: rank 1 (pid {ranks[1]} on host {socket.gethostname()}) of this job is stopped (SIGSTOP "
-         f"or a debugger) and took no part in a collective for --ddp_timeout {DDP_TIMEOUT} s; the last good "
-         f"checkpoint, {latest}, is kept: "
-         "--resume_from_checkpoint latest continues the run (raise --ddp_timeout if a process is legitimately "
-         "that slow)")
+        (
+            f"train-mrpc: error: rank 1 (pid {ranks[1]} on host {socket.gethostname()}) of this job is stopped (SIGSTOP "
+            f"or a debugger) and took no part in a collective for --ddp_timeout {DDP_TIMEOUT} s; the last good "
+            f"checkpoint, {latest}, is kept: "
+            "--resume_from_checkpoint latest continues the run (raise --ddp_timeout if a process is legitimately "
+            "that slow)"
+        )
     ], stderr[-3000:]
     assert not OUR_TRACEBACK.search(stderr), stderr[-3000:]
     validate_checkpoint(latest)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, launch, read_log, run_cli, table_text, tiny_args, weights
 
 from train_mrpc.checkpointing import is_checkpoint_file_name, validate_checkpoint
 from train_mrpc.errors import UserError
+
+from conftest import ROOT, launch, read_log, run_cli, table_text, tiny_args, weights
 
 FSDP = ("fsdp.yaml", "--num_processes", "2")
 STEPS = 16  # 128 pairs / (2 processes x 8) = 8 steps an epoch, 2 epochs
@@ -25,9 +26,27 @@ STEPS = 16  # 128 pairs / (2 processes x 8) = 8 steps an epoch, 2 epochs
 def fsdp_args(model_dir, out, *extra):
     """Dropout-free tiny model in fp32 (so FSDP and DDP must agree up to float reduction order), a checkpoint
     every 4 steps, 101 validation pairs (uneven on 2 processes)."""
-    return tiny_args(model_dir, out, "--max_train_samples", "128", "--max_eval_samples", "101",
-                     "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16", "--logging_steps", "1",
-                     "--warmup_ratio", "0.25", "--precision", "fp32", "--checkpointing_steps", "4", *extra)  # fmt: skip
+    return tiny_args(
+        model_dir,
+        out,
+        "--max_train_samples",
+        "128",
+        "--max_eval_samples",
+        "101",
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "16",
+        "--logging_steps",
+        "1",
+        "--warmup_ratio",
+        "0.25",
+        "--precision",
+        "fp32",
+        "--checkpointing_steps",
+        "4",
+        *extra,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +98,17 @@ def test_the_loops_model_and_optimizer_state_are_sharded_in_the_yamls_precision(
     (no --precision): layers compute in bf16 from fp32 master shards."""
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(ROOT / "accelerate_configs" / "fsdp.yaml"), "--num_processes", "2", str(probe), str(tmp_path)]  # fmt: skip
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / "fsdp.yaml"),
+        "--num_processes",
+        "2",
+        str(probe),
+        str(tmp_path),
+    ]
     proc = run_cli(tiny_args(tiny_model_dir, tmp_path / "out"), launcher=launcher)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1)]
@@ -105,7 +133,9 @@ def test_a_launch_for_fsdp_that_accelerate_set_up_otherwise_is_refused(monkeypat
     from train_mrpc.launch import check_fsdp_on_cpu
 
     ddp = types.SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, device=torch.device("cpu"))
-    with pytest.raises(UserError, match="asks for FSDP, but Accelerate set this CPU run up as MULTI_CPU.*multi_cpu.yaml"):
+    with pytest.raises(
+        UserError, match="asks for FSDP, but Accelerate set this CPU run up as MULTI_CPU.*multi_cpu.yaml"
+    ):
         check_fsdp_on_cpu(ddp)
     check_fsdp_on_cpu(types.SimpleNamespace(distributed_type=DistributedType.FSDP, device=torch.device("cpu")))
 
@@ -124,20 +154,32 @@ def test_fsdp_ends_with_the_weights_of_ddp_on_the_same_batches(tmp_path, tiny_mo
     assert [r["step"] for r in read_log(fsdp_run)] == [r["step"] for r in read_log(ddp)] == list(range(1, STEPS + 1))
     assert [r["loss"] for r in read_log(fsdp_run)] == pytest.approx([r["loss"] for r in read_log(ddp)], rel=1e-4)
     # The logged gradient norm is the whole model's, not one shard's.
-    assert [r["grad_norm"] for r in read_log(fsdp_run)] == pytest.approx([r["grad_norm"] for r in read_log(ddp)], rel=1e-4)
+    assert [r["grad_norm"] for r in read_log(fsdp_run)] == pytest.approx(
+        [r["grad_norm"] for r in read_log(ddp)], rel=1e-4
+    )
     fsdp_results = json.loads((fsdp_run / "all_results.json").read_text())
     ddp_results = json.loads((ddp / "all_results.json").read_text())
     assert fsdp_results["eval_examples"] == ddp_results["eval_examples"] == 101
     assert fsdp_results["eval_loss"] == pytest.approx(ddp_results["eval_loss"], rel=1e-4)
-    assert fsdp_results["launch"]["distributed_type"] == "FSDP" and ddp_results["launch"]["distributed_type"] == "MULTI_CPU"
+    assert (
+        fsdp_results["launch"]["distributed_type"] == "FSDP"
+        and ddp_results["launch"]["distributed_type"] == "MULTI_CPU"
+    )
     assert fsdp_results["launch"]["global_batch_size"] == ddp_results["launch"]["global_batch_size"] == 16
     assert ddp_results["sharding"] == "none"
     assert fsdp_results["sharding"] == {
-        "kind": "FSDP", "fsdp_version": 2, "reshard_after_forward": True, "state_dict_type": "SHARDED_STATE_DICT",
-        "auto_wrap_policy": "transformer_auto_wrap_policy", "layers_wrapped": ["BertLayer"],
-        "cpu_ram_efficient_loading": True, "offload_params": False,
-        "param_dtype": "float32", "reduce_dtype": "float32", "backend": "gloo",  # --precision fp32 overrides bf16
-    }  # fmt: skip
+        "kind": "FSDP",
+        "fsdp_version": 2,
+        "reshard_after_forward": True,
+        "state_dict_type": "SHARDED_STATE_DICT",
+        "auto_wrap_policy": "transformer_auto_wrap_policy",
+        "layers_wrapped": ["BertLayer"],
+        "cpu_ram_efficient_loading": True,
+        "offload_params": False,
+        "param_dtype": "float32",
+        "reduce_dtype": "float32",
+        "backend": "gloo",  # --precision fp32 overrides bf16
+    }
 
 
 # --- 3. full weights that from_pretrained and pipeline load ----------------------------------------
@@ -214,11 +256,21 @@ def test_checkpoint_checksums_cover_the_sharded_folders(tmp_path, fsdp_run):
         validate_checkpoint(checkpoint)
 
 
-@pytest.mark.parametrize("name, ok", [
-    ("model.safetensors", True), ("optimizer_0/.metadata", True), ("pytorch_model_fsdp_0/__1_0.distcp", True),
-    ("../model.safetensors", False), ("/etc/passwd", False), ("a/../../b", False), ("a//b", False), ("a/./b", False),
-    (".tmp-step/x", False), ("", False),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, ok",
+    [
+        ("model.safetensors", True),
+        ("optimizer_0/.metadata", True),
+        ("pytorch_model_fsdp_0/__1_0.distcp", True),
+        ("../model.safetensors", False),
+        ("/etc/passwd", False),
+        ("a/../../b", False),
+        ("a//b", False),
+        ("a/./b", False),
+        (".tmp-step/x", False),
+        ("", False),
+    ],
+)
 def test_checkpoint_file_names_stay_inside_the_checkpoint(name, ok):
     assert is_checkpoint_file_name(name) is ok
 
@@ -230,8 +282,11 @@ def test_a_model_without_the_configs_layer_class_is_refused_in_one_line(tmp_path
     from train_mrpc.model import load_tokenizer_and_model
 
     config = parse_config(tiny_args(tiny_model_dir, tmp_path))
-    for key, value in {"ACCELERATE_USE_FSDP": "true", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
-                       "FSDP_TRANSFORMER_CLS_TO_WRAP": "RobertaLayer"}.items():  # fmt: skip
+    for key, value in {
+        "ACCELERATE_USE_FSDP": "true",
+        "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+        "FSDP_TRANSFORMER_CLS_TO_WRAP": "RobertaLayer",
+    }.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(UserError, match="wraps RobertaLayer, which model .* does not have \\(its layers: BertLayer\\)"):
         load_tokenizer_and_model(config)

@@ -23,16 +23,28 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT, TEST_ENV, accelerate_launch, run_cli, tiny_args
 
 torch = pytest.importorskip("torch")
 
 CUDA = torch.cuda.is_available()
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU: run pytest -m gpu on a GPU machine")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU: run pytest -m gpu on a GPU machine"),
+]
 
 # What every run writes into --output_dir (README, "What a run writes").
-OUTPUTS = ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "all_results.json",
-           "eval_results.jsonl", "train_log.jsonl", "train_config.json"]  # fmt: skip
+OUTPUTS = [
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "all_results.json",
+    "eval_results.jsonl",
+    "train_log.jsonl",
+    "train_config.json",
+]
 PREDICTIONS = ["MRPC.tsv", "test_probabilities.tsv"]
 
 LAUNCHER = r"""
@@ -82,8 +94,15 @@ def tiny_batch(tokenizer, size: int = 16, seed: int = 0, multiple: int | None = 
     from train_mrpc.synthetic import generate_pairs
 
     pairs = generate_pairs("train", seed=seed, size=size)
-    batch = tokenizer(pairs["sentence1"], pairs["sentence2"], padding=True, pad_to_multiple_of=multiple,
-                      truncation=True, max_length=128, return_tensors="pt")  # fmt: skip
+    batch = tokenizer(
+        pairs["sentence1"],
+        pairs["sentence2"],
+        padding=True,
+        pad_to_multiple_of=multiple,
+        truncation=True,
+        max_length=128,
+        return_tensors="pt",
+    )
     batch["labels"] = torch.tensor(pairs["label"])
     return {k: v.cuda() for k, v in batch.items()}
 
@@ -147,7 +166,9 @@ def test_fp16_grad_scaler_scale_moves_and_no_nan(tmp_path):
     before = [p.detach().clone() for p in model.parameters()]
     scales, losses = [accelerator.scaler.get_scale()], []
     for step in range(40):
-        loss, _ = training_step(accelerator, model, optimizer, scheduler, tiny_batch(tokenizer, seed=step), config.max_grad_norm)
+        loss, _ = training_step(
+            accelerator, model, optimizer, scheduler, tiny_batch(tokenizer, seed=step), config.max_grad_norm
+        )
         losses.append(loss.float().item())
         scales.append(accelerator.scaler.get_scale())
     # A skipped step is one whose scale was halved. (Accelerate's optimizer_step_was_skipped cannot tell with a
@@ -230,7 +251,9 @@ def test_tf32_flag_is_honoured(tmp_path, restore_tf32):
 def test_cli_end_to_end_on_one_gpu_writes_every_output(tmp_path, tiny_model_dir):
     """The README's GPU launch (accelerate launch with single_gpu.yaml), default precision."""
     out = tmp_path / "run"
-    proc = run_cli(tiny_args(tiny_model_dir, out, "--do_predict", "true"), launcher=accelerate_launch("single_gpu.yaml"))
+    proc = run_cli(
+        tiny_args(tiny_model_dir, out, "--do_predict", "true"), launcher=accelerate_launch("single_gpu.yaml")
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in OUTPUTS + PREDICTIONS:
         assert (out / name).is_file(), name
@@ -308,8 +331,14 @@ def test_saved_model_reloads_with_the_same_logits(precision_runs, restore_tf32):
         chunks = []
         with torch.inference_mode():
             for i in range(0, len(pairs["label"]), 64):
-                batch = tokenizer(pairs["sentence1"][i : i + 64], pairs["sentence2"][i : i + 64], padding=True,
-                                  truncation=True, max_length=128, return_tensors="pt").to("cuda")  # fmt: skip
+                batch = tokenizer(
+                    pairs["sentence1"][i : i + 64],
+                    pairs["sentence2"][i : i + 64],
+                    padding=True,
+                    truncation=True,
+                    max_length=128,
+                    return_tensors="pt",
+                ).to("cuda")
                 chunks.append(model(**batch).logits.float().cpu())
         return torch.cat(chunks), torch.tensor(pairs["label"])
 
@@ -329,8 +358,21 @@ def test_saved_model_reloads_with_the_same_logits(precision_runs, restore_tf32):
 def resume_args(model_dir: Path, out: Path, *extra) -> list[str]:
     # 1600 pairs / batch 16 = 100 steps an epoch, 2 epochs, a checkpoint every 50 steps; fp16, so the grad
     # scaler's state must survive the resume too. Enough steps that a SIGTERM lands mid-run on a fast GPU.
-    return tiny_args(model_dir, out, "--max_train_samples", "1600", "--max_eval_samples", "100", "--logging_steps", "1",
-                     "--checkpointing_steps", "50", "--precision", "fp16", *extra)  # fmt: skip
+    return tiny_args(
+        model_dir,
+        out,
+        "--max_train_samples",
+        "1600",
+        "--max_eval_samples",
+        "100",
+        "--logging_steps",
+        "1",
+        "--checkpointing_steps",
+        "50",
+        "--precision",
+        "fp16",
+        *extra,
+    )
 
 
 def test_resume_after_sigterm_gives_the_same_final_weights(tmp_path, tiny_model_dir):
@@ -352,8 +394,14 @@ def test_resume_after_sigterm_gives_the_same_final_weights(tmp_path, tiny_model_
 
     out = tmp_path / "preempted"
     command = INSTRUMENTED + resume_args(tiny_model_dir, out)
-    child = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **TEST_ENV, **DETERMINISTIC},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    child = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, **TEST_ENV, **DETERMINISTIC},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log, deadline = out / "train_log.jsonl", time.monotonic() + 300
     while time.monotonic() < deadline and child.poll() is None:
         if log.exists() and len(log.read_text().splitlines()) >= 60:
@@ -361,12 +409,15 @@ def test_resume_after_sigterm_gives_the_same_final_weights(tmp_path, tiny_model_
             break
         time.sleep(0.001)
     _, stderr = child.communicate(timeout=300)
-    assert child.returncode == 75, f"exit {child.returncode} (the run may have ended before the signal)\n{stderr[-2000:]}"
+    assert child.returncode == 75, (
+        f"exit {child.returncode} (the run may have ended before the signal)\n{stderr[-2000:]}"
+    )
     stopped = max(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
     assert 60 <= stopped < steps and stopped % 50, f"checkpoint at step {stopped}: not written at the signal"
 
-    resumed = run_cli(resume_args(tiny_model_dir, out, "--resume_from_checkpoint", "latest"), launcher=INSTRUMENTED,
-                      env=DETERMINISTIC)  # fmt: skip
+    resumed = run_cli(
+        resume_args(tiny_model_dir, out, "--resume_from_checkpoint", "latest"), launcher=INSTRUMENTED, env=DETERMINISTIC
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"step_{stopped:06d}" in resumed.stdout
     same_weights = (out / "model.safetensors").read_bytes() == (reference / "model.safetensors").read_bytes()
@@ -376,9 +427,14 @@ def test_resume_after_sigterm_gives_the_same_final_weights(tmp_path, tiny_model_
         a, b = load_file(out / "model.safetensors"), load_file(reference / "model.safetensors")
         worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
         warnings = [line for line in (proc.stderr + stderr + resumed.stderr).splitlines() if "deterministic" in line]
-        pytest.fail(f"resumed weights differ from the uninterrupted run's (max abs difference {worst:.3e}); "
-                    f"non-deterministic ops reported: {warnings[:5] or 'none'}")  # fmt: skip
-    losses = lambda run: [(r["step"], r["loss"]) for r in read_log(run)]
+        pytest.fail(
+            f"resumed weights differ from the uninterrupted run's (max abs difference {worst:.3e}); "
+            f"non-deterministic ops reported: {warnings[:5] or 'none'}"
+        )
+
+    def losses(run):
+        return [(r["step"], r["loss"]) for r in read_log(run)]
+
     assert losses(out) == losses(reference)
 
 
@@ -390,11 +446,30 @@ def test_torch_compile_with_bucketed_lengths_recompiles_nothing_after_warm_up(tm
     (training and evaluation), epoch 2 compiles nothing (TORCH_LOGS=recompiles prints each recompilation,
     in order with the run's own output)."""
     out = tmp_path / "compiled"
-    args = tiny_args(tiny_model_dir, out, "--torch_compile", "true", "--max_train_samples", "640",
-                     "--per_device_train_batch_size", "32", "--checkpointing_steps", "no", "--logging_steps", "5")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "train_mrpc", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=900, check=False,
-                          env={**os.environ, **TEST_ENV, "TORCH_LOGS": "recompiles"})  # fmt: skip
+    args = tiny_args(
+        tiny_model_dir,
+        out,
+        "--torch_compile",
+        "true",
+        "--max_train_samples",
+        "640",
+        "--per_device_train_batch_size",
+        "32",
+        "--checkpointing_steps",
+        "no",
+        "--logging_steps",
+        "5",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "train_mrpc", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+        check=False,
+        env={**os.environ, **TEST_ENV, "TORCH_LOGS": "recompiles"},
+    )
     text = proc.stdout
     assert proc.returncode == 0, text[-4000:]
     results = results_of(out)

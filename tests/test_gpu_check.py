@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT, SHARED_MRPC, SHARED_TOKENIZER, TEST_ENV
 
 GPU_CHECK = ROOT / "gpu_check"
@@ -33,8 +34,15 @@ def load(name: str):
 def run_script(*args, timeout: float = 600) -> subprocess.CompletedProcess:
     import os
 
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env={**os.environ, **TEST_ENV},
-                          capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=ROOT,
+        env={**os.environ, **TEST_ENV},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def minilm_dir() -> Path:
@@ -43,7 +51,8 @@ def minilm_dir() -> Path:
 
 
 requires_assets = pytest.mark.skipif(
-    not (SHARED_MRPC.is_dir() and SHARED_TOKENIZER.is_dir()), reason="../shared (MRPC, bert-base-uncased files) is absent"
+    not (SHARED_MRPC.is_dir() and SHARED_TOKENIZER.is_dir()),
+    reason="../shared (MRPC, bert-base-uncased files) is absent",
 )
 
 
@@ -137,7 +146,7 @@ def test_pytest_outcomes_are_read_from_junit_and_from_a_cut_log(tmp_path):
         '<testcase classname="tests.test_gpu" name="test_b[fp16]" time="0.2"><failure message="assert 1 == 2">tb</failure></testcase>'
         '<testcase classname="tests.test_gpu" name="test_c" time="0"><skipped message="needs a CUDA GPU"/></testcase>'
         "</testsuite></testsuites>"
-    )  # fmt: skip
+    )
     tests = check.parse_junit(junit)
     assert [(t["name"], t["outcome"], t["reason"]) for t in tests] == [
         ("tests/test_gpu.py::test_a", "passed", None),
@@ -146,8 +155,9 @@ def test_pytest_outcomes_are_read_from_junit_and_from_a_cut_log(tmp_path):
     ]
     log = "collected 3 items\n\ntests/test_gpu.py::test_a PASSED   [ 33%]\ntests/test_gpu.py::test_b[fp16] FAILED  [ 66%]\n"
     assert [(t["name"], t["outcome"]) for t in check.parse_verbose(log)] == [
-        ("tests/test_gpu.py::test_a", "passed"), ("tests/test_gpu.py::test_b[fp16]", "failed")
-    ]  # fmt: skip
+        ("tests/test_gpu.py::test_a", "passed"),
+        ("tests/test_gpu.py::test_b[fp16]", "failed"),
+    ]
 
 
 def test_check_dry_run_runs_every_stage_and_reports_each(tmp_path):
@@ -160,7 +170,12 @@ def test_check_dry_run_runs_every_stage_and_reports_each(tmp_path):
     assert record["dry_run"] is True and record["finished"] is True and record["stopped"] is None
     stages = record["stages"]
     assert list(stages) == ["environment", "tests", "finetune", "bench"]
-    assert {name: s["status"] for name, s in stages.items()} == {"environment": "ok", "tests": "ok", "finetune": "ok", "bench": "ok"}
+    assert {name: s["status"] for name, s in stages.items()} == {
+        "environment": "ok",
+        "tests": "ok",
+        "finetune": "ok",
+        "bench": "ok",
+    }
 
     probe = stages["environment"]["probe"]
     assert probe["versions"]["torch"] and probe["imports"] == {"datasets": "ok", "evaluate": "ok", "train_mrpc": "ok"}
@@ -185,7 +200,11 @@ def test_check_dry_run_runs_every_stage_and_reports_each(tmp_path):
     assert bench["max_batch"]["result"]["max_batch"] == 16
     assert [r["name"] for r in bench["runs"]] == [spec["name"] for spec in check.BENCH_RUNS]
     cells = [c for r in bench["runs"] for c in r["cells"]]
-    assert [sorted({c["batch_size"] for c in r["cells"]}) for r in bench["runs"]] == [[32], [16], [32]]  # 16: largest found
+    assert [sorted({c["batch_size"] for c in r["cells"]}) for r in bench["runs"]] == [
+        [32],
+        [16],
+        [32],
+    ]  # 16: largest found
     assert any(c["compile"] for c in bench["runs"][2]["cells"])
     assert bench["runs"][0]["cells"][0]["accelerate_overhead_ratio"] > 0  # bare-loop baseline at batch 32
     assert all(c["mfu"] > 0 and c["samples_per_s"] > 0 and c["step_ms_median"] > 0 for c in cells)
@@ -194,21 +213,42 @@ def test_check_dry_run_runs_every_stage_and_reports_each(tmp_path):
     report = (out / "report.md").read_text()
     for heading in ("# GPU check", "DRY RUN", "## Tests", "## Fine-tunes", "## Step benchmark", "MFU %"):
         assert heading in report, heading
-    for name in [spec["name"] for spec in check.FINETUNES if not spec.get("gpu_only")] + ["test_resume_after_sigterm_gives_the_same_final_weights"]:
+    for name in [spec["name"] for spec in check.FINETUNES if not spec.get("gpu_only")] + [
+        "test_resume_after_sigterm_gives_the_same_final_weights"
+    ]:
         assert name in report, name
     assert report in proc.stdout  # the report is also the end of the command's output
-    assert all((out / "logs" / f"{name}.log").is_file() for name in ("environment", "tests", "finetune-minilm", "bench-b32-eager"))
+    assert all(
+        (out / "logs" / f"{name}.log").is_file()
+        for name in ("environment", "tests", "finetune-minilm", "bench-b32-eager")
+    )
 
 
 def test_check_runs_only_the_tests_finetunes_and_benchmarks_asked_for(tmp_path):
     """A short device call re-runs what is still owed: -k for the GPU tests, named fine-tunes and benchmark runs."""
     out = tmp_path / "out"
-    proc = run_script(GPU_CHECK / "check.py", "--dry_run", "--out", out, "--budget_s", "300", "--stages", "tests",
-                      "finetune", "--tests_k", "fp16_grad_scaler", "--finetunes", "bert-base-random", timeout=300)  # fmt: skip
+    proc = run_script(
+        GPU_CHECK / "check.py",
+        "--dry_run",
+        "--out",
+        out,
+        "--budget_s",
+        "300",
+        "--stages",
+        "tests",
+        "finetune",
+        "--tests_k",
+        "fp16_grad_scaler",
+        "--finetunes",
+        "bert-base-random",
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     stages = json.loads((out / "report.json").read_text())["stages"]
     assert list(stages) == ["environment", "tests", "finetune"]
-    assert [t["name"].split("::")[-1] for t in stages["tests"]["tests"]] == ["test_fp16_grad_scaler_scale_moves_and_no_nan"]
+    assert [t["name"].split("::")[-1] for t in stages["tests"]["tests"]] == [
+        "test_fp16_grad_scaler_scale_moves_and_no_nan"
+    ]
     assert [r["name"] for r in stages["finetune"]["runs"]] == ["bert-base-random"]
     assert list(stages["finetune"]["models"]) == ["bert-base"]  # MiniLM not even upcast
     assert "-k 'fp16_grad_scaler'" in (out / "report.md").read_text()
@@ -234,8 +274,13 @@ def test_check_stops_on_sigterm_and_takes_its_stage_down(tmp_path):
     import time
 
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, GPU_CHECK / "check.py", "--dry_run", "--out", out, "--budget_s", "600"],
-                            cwd=ROOT, env={**os.environ, **TEST_ENV}, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, GPU_CHECK / "check.py", "--dry_run", "--out", out, "--budget_s", "600"],
+        cwd=ROOT,
+        env={**os.environ, **TEST_ENV},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     report, deadline = out / "report.json", time.monotonic() + 120
     while time.monotonic() < deadline and not (report.is_file() and "environment" in report.read_text()):
         time.sleep(0.2)
@@ -274,13 +319,23 @@ def test_prepare_with_wheels_fits_the_carry_limit(tmp_path):
     for wheel in wheels:
         tags = wheel[:-4].split("-")[-3:]
         assert tags[0] in ("py3", "py2.py3", "py312", "cp312", "cp38") and tags[1] in ("none", "abi3", "cp312"), wheel
-    environment = {"python_version": "3.12", "python_full_version": "3.12.0", "platform_machine": "x86_64",
-                   "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
-                   "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}  # fmt: skip
+    environment = {
+        "python_version": "3.12",
+        "python_full_version": "3.12.0",
+        "platform_machine": "x86_64",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "os_name": "posix",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "extra": "",
+    }
     for wheel in kept.values():
         for text in wheel["requires"]:
             requirement = Requirement(text)
             if requirement.marker and not Marker(str(requirement.marker)).evaluate(environment):
                 continue
             name = canonicalize_name(requirement.name)
-            assert name in kept or prepare.excluded_reason(name), f"{wheel['name']} needs {text}: neither carried nor in the image"
+            assert name in kept or prepare.excluded_reason(name), (
+                f"{wheel['name']} needs {text}: neither carried nor in the image"
+            )

@@ -6,18 +6,25 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT
 
 LOCK = ROOT / "constraints.txt"
 
 
 def compare(lock: Path) -> str:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_lock.py"), str(lock)], capture_output=True,
-                          text=True, check=True).stdout  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "compare_lock.py"), str(lock)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
-@pytest.mark.skipif(Path(sys.prefix).resolve() != (ROOT / ".venv").resolve(),
-                    reason="not the project's own environment (make setup's .venv)")  # fmt: skip
+@pytest.mark.skipif(
+    Path(sys.prefix).resolve() != (ROOT / ".venv").resolve(),
+    reason="not the project's own environment (make setup's .venv)",
+)
 def test_the_project_environment_holds_the_locked_versions():
     assert compare(LOCK).endswith("the same versions, every package\n"), compare(LOCK)
 
@@ -39,11 +46,15 @@ def test_the_report_names_each_package_that_differs_from_the_lock(tmp_path):
 def test_every_direct_dependency_is_locked():
     """A dependency added to pyproject.toml without re-locking would install its newest release in CI."""
     import re
+
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
     names = {re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in wanted}
-    locked = {line.split("==")[0].strip().lower().replace("_", "-") for line in LOCK.read_text().splitlines()
-              if "==" in line and not line.startswith("#")}  # fmt: skip
+    locked = {
+        line.split("==")[0].strip().lower().replace("_", "-")
+        for line in LOCK.read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
     assert names <= locked, f"not in constraints.txt: {sorted(names - locked)}"

@@ -10,24 +10,45 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import ROOT, TEST_ENV, accelerate_launch, launch, run_cli, table_text, tiny_args
 
 CONFIGS = sorted((ROOT / "accelerate_configs").glob("*.yaml"))
 EXPECTED = {  # file -> (distributed_type, mixed_precision, use_cpu)
-    "cpu.yaml": ("NO", "no", True), "multi_cpu.yaml": ("MULTI_GPU", "no", False),
-    "single_gpu.yaml": ("NO", "no", False), "multi_gpu.yaml": ("MULTI_GPU", "bf16", False),
-    "bf16.yaml": ("NO", "bf16", False), "fp16.yaml": ("NO", "fp16", False),
-    "multi_node.yaml": ("MULTI_GPU", "bf16", False), "fsdp.yaml": ("FSDP", "bf16", False),
+    "cpu.yaml": ("NO", "no", True),
+    "multi_cpu.yaml": ("MULTI_GPU", "no", False),
+    "single_gpu.yaml": ("NO", "no", False),
+    "multi_gpu.yaml": ("MULTI_GPU", "bf16", False),
+    "bf16.yaml": ("NO", "bf16", False),
+    "fp16.yaml": ("NO", "fp16", False),
+    "multi_node.yaml": ("MULTI_GPU", "bf16", False),
+    "fsdp.yaml": ("FSDP", "bf16", False),
     "deepspeed_zero2.yaml": ("DEEPSPEED", "bf16", False),
-}  # fmt: skip
+}
 
 
 def equivalence_args(model_dir, out, batch, *extra):
     """Dropout-free tiny model in fp32, 128 training pairs (even split), 101 validation pairs (uneven on 2
     processes), length-grouped batches (the default)."""
-    return tiny_args(model_dir, out, "--max_train_samples", "128", "--max_eval_samples", "101",
-                     "--per_device_train_batch_size", str(batch), "--per_device_eval_batch_size", "16",
-                     "--logging_steps", "1", "--warmup_ratio", "0.25", "--precision", "fp32", *extra)  # fmt: skip
+    return tiny_args(
+        model_dir,
+        out,
+        "--max_train_samples",
+        "128",
+        "--max_eval_samples",
+        "101",
+        "--per_device_train_batch_size",
+        str(batch),
+        "--per_device_eval_batch_size",
+        "16",
+        "--logging_steps",
+        "1",
+        "--warmup_ratio",
+        "0.25",
+        "--precision",
+        "fp32",
+        *extra,
+    )
 
 
 def outputs(out: Path):
@@ -67,9 +88,14 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path, tiny_mod
     _, log, _ = outputs(out)
     assert log[0]["learning_rate"] == pytest.approx(1e-3 / 4)  # 16 steps, 4 of warmup: step 1 = 1/4 of peak
     assert two["launch"] == {
-        "num_processes": 2, "distributed_type": "MULTI_CPU", "device_type": "cpu", "mixed_precision": "no",
-        "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "global_batch_size": 16,
-    }  # fmt: skip
+        "num_processes": 2,
+        "distributed_type": "MULTI_CPU",
+        "device_type": "cpu",
+        "mixed_precision": "no",
+        "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "global_batch_size": 16,
+    }
     assert one["launch"]["num_processes"] == 1 and one["launch"]["global_batch_size"] == 16
     # One process measured the CPU's peak while its sibling waited: not mistaken for a busy machine.
     assert two["peak_flops_source"] == "measured fp32 matmul on this CPU"
@@ -122,8 +148,10 @@ def test_the_loops_model_computes_in_the_precision_asked(tmp_path, tiny_model_di
 
 def test_multi_cpu_mode_that_starts_one_process_is_refused(tmp_path, tiny_model_dir):
     trap = tmp_path / "accelerate_multi_cpu.yaml"
-    trap.write_text("distributed_type: MULTI_CPU\nnum_processes: 2\nnum_machines: 1\nmachine_rank: 0\n"
-                    "mixed_precision: 'no'\nuse_cpu: true\n")  # fmt: skip
+    trap.write_text(
+        "distributed_type: MULTI_CPU\nnum_processes: 2\nnum_machines: 1\nmachine_rank: 0\n"
+        "mixed_precision: 'no'\nuse_cpu: true\n"
+    )
     for launcher in (
         ["--config_file", trap],
         ["--config_file", ROOT / "accelerate_configs" / "cpu.yaml", "--cpu", "--num_processes", "2"],
@@ -163,7 +191,9 @@ def test_a_gpu_config_on_a_machine_without_gpus_is_refused(tmp_path, tiny_model_
         pytest.skip("this machine has a GPU")
     proc = run_cli(tiny_args(tiny_model_dir, tmp_path), launcher=accelerate_launch("single_gpu.yaml"))
     assert proc.returncode != 0
-    assert "train-mrpc: error: the launch config asks for GPU 0 (gpu_ids), but this machine has no CUDA GPU" in proc.stderr
+    assert (
+        "train-mrpc: error: the launch config asks for GPU 0 (gpu_ids), but this machine has no CUDA GPU" in proc.stderr
+    )
 
 
 def test_gpu_ids_on_the_launch_command_line_are_refused_without_gpus(tmp_path, tiny_model_dir):
@@ -173,22 +203,37 @@ def test_gpu_ids_on_the_launch_command_line_are_refused_without_gpus(tmp_path, t
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    accelerate = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", "accelerate_configs/bf16.yaml"]
+    accelerate = [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--config_file",
+        "accelerate_configs/bf16.yaml",
+    ]
     proc = run_cli(tiny_args(tiny_model_dir, tmp_path), launcher=[*accelerate, "--gpu_ids", "1", "-m", "train_mrpc"])
     assert proc.returncode != 0
-    assert "train-mrpc: error: the launch config asks for GPU 1 (gpu_ids), but this machine has no CUDA GPU" in proc.stderr
+    assert (
+        "train-mrpc: error: the launch config asks for GPU 1 (gpu_ids), but this machine has no CUDA GPU" in proc.stderr
+    )
 
 
-@pytest.mark.parametrize("launch_args, expected", [
-    (["--config_file", "accelerate_configs/single_gpu.yaml"], "0"),
-    (["--config_file", "accelerate_configs/single_gpu.yaml", "--cpu"], None),  # --cpu wins, as in the launcher
-    (["--config_file", "accelerate_configs/single_gpu.yaml", "--gpu_ids", "2,3"], "2,3"),
-    (["--config_file", "accelerate_configs/cpu.yaml", "--gpu_ids", "0"], None),  # use_cpu: true
-    (["--config_file", "accelerate_configs/bf16.yaml"], None),  # no gpu_ids: trains where it can
-    (["--config_file", "accelerate_configs/multi_gpu.yaml"], None),  # gpu_ids: all (CPU processes here)
-    (["--config_file", "accelerate_configs/fp16.yaml", "-m", "x", "--gpu_ids", "9"], "0"),  # the script's flags are not the launcher's
-])  # fmt: skip
-def test_the_gpus_a_launch_asks_for_are_read_from_its_arguments_and_config(launch_args, expected, monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    "launch_args, expected",
+    [
+        (["--config_file", "accelerate_configs/single_gpu.yaml"], "0"),
+        (["--config_file", "accelerate_configs/single_gpu.yaml", "--cpu"], None),  # --cpu wins, as in the launcher
+        (["--config_file", "accelerate_configs/single_gpu.yaml", "--gpu_ids", "2,3"], "2,3"),
+        (["--config_file", "accelerate_configs/cpu.yaml", "--gpu_ids", "0"], None),  # use_cpu: true
+        (["--config_file", "accelerate_configs/bf16.yaml"], None),  # no gpu_ids: trains where it can
+        (["--config_file", "accelerate_configs/multi_gpu.yaml"], None),  # gpu_ids: all (CPU processes here)
+        (
+            ["--config_file", "accelerate_configs/fp16.yaml", "-m", "x", "--gpu_ids", "9"],
+            "0",
+        ),  # the script's flags are not the launcher's
+    ],
+)
+def test_the_gpus_a_launch_asks_for_are_read_from_its_arguments_and_config(
+    launch_args, expected, monkeypatch, tmp_path
+):
     from train_mrpc.launch import gpu_ids_of_launch
 
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # no default config file of the user's
@@ -200,8 +245,14 @@ def test_the_launcher_of_this_process_is_found_in_proc(tmp_path):
     code = "import json; from train_mrpc.launch import accelerate_launcher; print(json.dumps(accelerate_launcher()))"
     script = tmp_path / "probe.py"
     script.write_text(code)
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", str(script)],
-                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **TEST_ENV}, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **TEST_ENV},
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     argv, cwd = json.loads(proc.stdout.strip().splitlines()[-1])
     assert argv == ["--cpu", "--num_processes", "1", str(script)] and cwd == str(tmp_path)
@@ -215,7 +266,9 @@ def test_deepspeed_without_deepspeed_says_how_to_install(tmp_path, tiny_model_di
     proc = run_cli(tiny_args(tiny_model_dir, tmp_path), env={"ACCELERATE_USE_DEEPSPEED": "true"})
     assert proc.returncode == 2
     assert "asks for DeepSpeed, which is not installed: pip install deepspeed" in proc.stderr
-    proc = run_cli(tiny_args(tiny_model_dir, tmp_path), launcher=accelerate_launch("deepspeed_zero2.yaml", "--num_processes", "2"))
+    proc = run_cli(
+        tiny_args(tiny_model_dir, tmp_path), launcher=accelerate_launch("deepspeed_zero2.yaml", "--num_processes", "2")
+    )
     assert proc.returncode != 0 and "DeepSpeed is not installed" in proc.stderr
 
 
@@ -235,8 +288,16 @@ def test_every_config_is_shipped_and_loads_with_accelerate():
     multi_node = load_config_from_file(str(ROOT / "accelerate_configs" / "multi_node.yaml"))
     assert multi_node.num_machines == 2 and multi_node.num_processes % 2 == 0
     assert load_config_from_file(str(ROOT / "accelerate_configs" / "multi_cpu.yaml")).num_processes == 2
-    assert load_config_from_file(str(ROOT / "accelerate_configs" / "deepspeed_zero2.yaml")).deepspeed_config["zero_stage"] == 2
-    assert load_config_from_file(str(ROOT / "accelerate_configs" / "fsdp.yaml")).fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "BertLayer"
+    assert (
+        load_config_from_file(str(ROOT / "accelerate_configs" / "deepspeed_zero2.yaml")).deepspeed_config["zero_stage"]
+        == 2
+    )
+    assert (
+        load_config_from_file(str(ROOT / "accelerate_configs" / "fsdp.yaml")).fsdp_config[
+            "fsdp_transformer_layer_cls_to_wrap"
+        ]
+        == "BertLayer"
+    )
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -260,5 +321,8 @@ def test_config_has_launch_command_comments_and_no_hyperparameters(path):
             if isinstance(value, dict):
                 yield from keys(value)
 
-    hyperparameters = {f.name for f in dataclasses.fields(TrainConfig)} | {"gradient_clipping", "gradient_accumulation_steps"}
+    hyperparameters = {f.name for f in dataclasses.fields(TrainConfig)} | {
+        "gradient_clipping",
+        "gradient_accumulation_steps",
+    }
     assert not set(keys(yaml.safe_load(path.read_text()))) & hyperparameters

@@ -8,16 +8,27 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TEST_ENV, run_cli, table_text
 
 from train_mrpc.synthetic import SPLIT_SIZES, generate_pairs
+
+from conftest import ROOT, TEST_ENV, run_cli, table_text
 
 
 def test_quickstart_learns_beyond_the_majority_class(tmp_path):
     """The README's first command, unchanged: the tiny random BERT on generated pairs, offline."""
     out = tmp_path / "smoke"
-    proc = run_cli(["--dataset", "synthetic", "--model_name_or_path", "tiny-random-bert", "--learning_rate", "3e-3",
-                    "--output_dir", out])  # fmt: skip
+    proc = run_cli(
+        [
+            "--dataset",
+            "synthetic",
+            "--model_name_or_path",
+            "tiny-random-bert",
+            "--learning_rate",
+            "3e-3",
+            "--output_dir",
+            out,
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     labels = generate_pairs("validation")["label"]
@@ -35,9 +46,13 @@ def test_make_demo_fine_tunes_minilm_beyond_the_majority_class(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run(
         # One epoch instead of the demo's three: the same command and code path, a third of the time.
-        ["make", "--no-print-directory", "demo", f"VENV={sys.prefix}", f"ARGS=--num_train_epochs 1 --output_dir {out}"], cwd=ROOT,
-        env={**os.environ, **TEST_ENV}, capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
+        ["make", "--no-print-directory", "demo", f"VENV={sys.prefix}", f"ARGS=--num_train_epochs 1 --output_dir {out}"],
+        cwd=ROOT,
+        env={**os.environ, **TEST_ENV},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
     assert results["eval_accuracy"] > results["eval_majority_accuracy"] + 0.1, results

@@ -5,11 +5,12 @@ import json
 import re
 
 import pytest
-from conftest import assert_one_line_error, run_cli, tiny_args
 
 from train_mrpc.config import TrainConfig, parse_config
 from train_mrpc.errors import UserError
 from train_mrpc.recipes import RECIPES
+
+from conftest import assert_one_line_error, run_cli, tiny_args
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
@@ -72,14 +73,19 @@ def test_unknown_recipe_is_one_line_error(tmp_path):
     assert_one_line_error(proc.returncode, proc.stderr, "--recipe", "invalid choice: 'bert-paper'", "google-bert")
 
 
-@pytest.mark.parametrize("value, shown", [("nope", "'nope'"), ("5", "5"), ("[1]", "[1]"), ("{a: 1}", "{'a': 1}"),
-                                          ("false", "False"), ("''", "''")])  # fmt: skip
+@pytest.mark.parametrize(
+    "value, shown",
+    [("nope", "'nope'"), ("5", "5"), ("[1]", "[1]"), ("{a: 1}", "{'a': 1}"), ("false", "False"), ("''", "''")],
+)
 def test_recipe_in_a_config_file_is_checked_like_the_flag(tmp_path, value, shown):
     """The --recipe flag is checked by argparse; a config file's recipe (KeyError, unhashable TypeError) too."""
     path = tmp_path / "run.yaml"
     path.write_text(f"recipe: {value}\n")
-    with pytest.raises(UserError, match=rf"^config file {re.escape(str(path))}: --recipe {re.escape(shown)} is invalid: "
-                                        "expected one of google-bert, mosbach-stable$"):  # fmt: skip
+    with pytest.raises(
+        UserError,
+        match=rf"^config file {re.escape(str(path))}: --recipe {re.escape(shown)} is invalid: "
+        "expected one of google-bert, mosbach-stable$",
+    ):
         parse_config(["--config", str(path)])
     # A valid recipe on the command line replaces the file's, as it replaces any file value.
     assert parse_config(["--config", str(path), "--recipe", "google-bert"]).recipe == "google-bert"

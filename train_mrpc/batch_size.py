@@ -64,17 +64,23 @@ def find_batch_size(accelerator, model, per_device: int, accumulation: int, max_
         while True:
             ok = fits(accelerator, model, per_device, max_length)
             # Every process trains with the same batch: the smallest answer wins.
-            ok = bool(accelerator.reduce(torch.tensor(int(ok), device=accelerator.device), reduction="sum").item()
-                      == accelerator.num_processes)  # fmt: skip
+            ok = bool(
+                accelerator.reduce(torch.tensor(int(ok), device=accelerator.device), reduction="sum").item()
+                == accelerator.num_processes
+            )
             if ok:
                 return per_device, accumulation
             if per_device == 1:
-                raise UserError(f"--auto_find_batch_size: not even a batch of 1 x {max_length} tokens fits in the "
-                                f"{accelerator.device.type} memory; lower --max_length or use a smaller model")  # fmt: skip
+                raise UserError(
+                    f"--auto_find_batch_size: not even a batch of 1 x {max_length} tokens fits in the "
+                    f"{accelerator.device.type} memory; lower --max_length or use a smaller model"
+                )
             if per_device % 2:
-                raise UserError(f"--auto_find_batch_size: a batch of {per_device} does not fit and cannot be halved "
-                                "without changing the global batch; pass an even --per_device_train_batch_size "
-                                "(a power of two halves down to 1)")  # fmt: skip
+                raise UserError(
+                    f"--auto_find_batch_size: a batch of {per_device} does not fit and cannot be halved "
+                    "without changing the global batch; pass an even --per_device_train_batch_size "
+                    "(a power of two halves down to 1)"
+                )
             per_device, accumulation = per_device // 2, accumulation * 2
     finally:
         model.train(was_training)
@@ -87,12 +93,16 @@ def with_batch_size_that_fits(accelerator, model, config):
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise UserError("--auto_find_batch_size probes the memory of an unsharded model; under FSDP or DeepSpeed set "
-                        "--per_device_train_batch_size (and --gradient_accumulation_steps) yourself")  # fmt: skip
+        raise UserError(
+            "--auto_find_batch_size probes the memory of an unsharded model; under FSDP or DeepSpeed set "
+            "--per_device_train_batch_size (and --gradient_accumulation_steps) yourself"
+        )
     asked = config.per_device_train_batch_size, config.gradient_accumulation_steps
     per_device, accumulation = find_batch_size(accelerator, model, *asked, config.max_length)
     accelerator.gradient_accumulation_steps = accumulation
     global_batch = per_device * accumulation * accelerator.num_processes
-    accelerator.print(f"--auto_find_batch_size: per-device batch {per_device} x {accumulation} accumulation steps "
-                      f"(global batch {global_batch}, as asked{'' if (per_device, accumulation) == asked else '; ' + str(asked[0]) + ' did not fit'})")  # fmt: skip
+    accelerator.print(
+        f"--auto_find_batch_size: per-device batch {per_device} x {accumulation} accumulation steps "
+        f"(global batch {global_batch}, as asked{'' if (per_device, accumulation) == asked else '; ' + str(asked[0]) + ' did not fit'})"
+    )
     return dataclasses.replace(config, per_device_train_batch_size=per_device, gradient_accumulation_steps=accumulation)

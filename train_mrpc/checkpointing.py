@@ -119,8 +119,12 @@ class PreemptionHandler:
             self._first_ctrl_c = now
             self.received = self.received or "SIGINT"
             if os.environ.get("RANK", "0") == "0":
-                print("train-mrpc: Ctrl-C: finishing this step, then saving a checkpoint and stopping "
-                      "(Ctrl-C again to stop at once, without one)", file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    "train-mrpc: Ctrl-C: finishing this step, then saving a checkpoint and stopping "
+                    "(Ctrl-C again to stop at once, without one)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -151,8 +155,12 @@ def checkpoint_files(folder: Path) -> list[str]:
 def is_checkpoint_file_name(name: str) -> bool:
     """A relative path that stays inside the checkpoint folder (a state file naming ../x or /x is damaged)."""
     parts = name.split("/")
-    return bool(name) and not name.startswith("/") and all(part not in ("", ".", "..") for part in parts) \
-        and not parts[0].startswith(".")  # fmt: skip
+    return (
+        bool(name)
+        and not name.startswith("/")
+        and all(part not in ("", ".", "..") for part in parts)
+        and not parts[0].startswith(".")
+    )
 
 
 STATE_CHECKSUM = "state_xxh3_64"
@@ -181,7 +189,9 @@ def validate_checkpoint(path: Path) -> dict:
     """
     state_file = path / STATE_FILE
     if path.exists() and not path.is_dir():
-        raise UserError(f"checkpoint {path} is a file; expected a checkpoint folder (output_dir/checkpoints/step_N) or 'latest'")
+        raise UserError(
+            f"checkpoint {path} is a file; expected a checkpoint folder (output_dir/checkpoints/step_N) or 'latest'"
+        )
     if not path.is_dir():
         raise UserError(f"checkpoint {path} does not exist")
     if not state_file.is_file():
@@ -205,7 +215,9 @@ def validate_checkpoint(path: Path) -> dict:
         if file.stat().st_size != size:
             raise UserError(f"checkpoint {path} is damaged: {name} has {file.stat().st_size} bytes, expected {size}")
         if checksum is not None and file_checksum(file) != checksum:
-            raise UserError(f"checkpoint {path} is damaged: the content of {name} differs from what was saved (checksum)")
+            raise UserError(
+                f"checkpoint {path} is damaged: the content of {name} differs from what was saved (checksum)"
+            )
     return record
 
 
@@ -217,8 +229,9 @@ def _state_problem(record) -> str | None:
     if not isinstance(files, dict) or not files:
         return "lists no files"
     for name, entry in files.items():
-        ok = isinstance(entry, int) or (isinstance(entry, dict) and isinstance(entry.get("size"), int)
-                                         and isinstance(entry.get("xxh3_64"), str))  # fmt: skip
+        ok = isinstance(entry, int) or (
+            isinstance(entry, dict) and isinstance(entry.get("size"), int) and isinstance(entry.get("xxh3_64"), str)
+        )
         if not ok or not is_checkpoint_file_name(name):
             return f"has a bad entry for file {name!r}"
     for name, f in TrainState.__dataclass_fields__.items():
@@ -286,8 +299,14 @@ def resolve_resume(resume_from: str | None, output_dir: str | Path) -> Path | No
     return path
 
 
-def save_checkpoint(accelerator, output_dir: str | Path, state: TrainState, meters: dict, eval_metrics: dict | None,
-                    run: dict | None = None) -> Path:
+def save_checkpoint(
+    accelerator,
+    output_dir: str | Path,
+    state: TrainState,
+    meters: dict,
+    eval_metrics: dict | None,
+    run: dict | None = None,
+) -> Path:
     """Write a checkpoint atomically: temporary directory, then rename. Every process must call this.
 
     ``meters`` (the loss and token counts since the last logging step) make the resumed run log exactly
@@ -306,10 +325,17 @@ def save_checkpoint(accelerator, output_dir: str | Path, state: TrainState, mete
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            files = {name: {"size": (tmp / name).stat().st_size, "xxh3_64": file_checksum(tmp / name)}
-                     for name in checkpoint_files(tmp)}  # fmt: skip
-            record = {**asdict(state), "meters": meters, "eval_metrics": eval_metrics or {}, "run": run or {},
-                      "files": files}  # fmt: skip
+            files = {
+                name: {"size": (tmp / name).stat().st_size, "xxh3_64": file_checksum(tmp / name)}
+                for name in checkpoint_files(tmp)
+            }
+            record = {
+                **asdict(state),
+                "meters": meters,
+                "eval_metrics": eval_metrics or {},
+                "run": run or {},
+                "files": files,
+            }
             with open(tmp / STATE_FILE, "w") as f:
                 json.dump(sealed(record), f, indent=2, allow_nan=False)
                 f.flush()
@@ -331,8 +357,11 @@ def save_error(path: Path, err: Exception, kept: Path | None) -> UserError:
 
     free = shutil.disk_usage(path.parent).free if path.parent.exists() else None
     full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < 64 * 2**20)
-    reason = f"no space left on the device ({free // 2**20 if free is not None else '?'} MiB free)" if full else \
-        " ".join(str(err).split())[:200]  # fmt: skip
+    reason = (
+        f"no space left on the device ({free // 2**20 if free is not None else '?'} MiB free)"
+        if full
+        else " ".join(str(err).split())[:200]
+    )
     previous = f"the last good checkpoint, {kept}, is kept" if kept else "no earlier checkpoint exists"
     return UserError(f"saving checkpoint {path} failed: {reason}; the partial save was removed and {previous}")
 
@@ -341,9 +370,11 @@ def check_same_run(path: Path, saved: dict, current: dict, allow_changes: bool) 
     """Refuse to resume from a checkpoint made with other result-deciding settings (model, data, seed, ...)."""
     changed = [f"{k} {saved[k]!r} -> {current[k]!r}" for k in current if k in saved and saved[k] != current[k]]
     if changed and not allow_changes:
-        raise UserError(f"checkpoint {path} was made by a run with other settings ({'; '.join(changed)}): "
-                        "resuming would mix two runs. Use another --output_dir, --overwrite_output_dir true to "
-                        "start fresh here, or --resume_with_changed_settings true to continue with the new settings")  # fmt: skip
+        raise UserError(
+            f"checkpoint {path} was made by a run with other settings ({'; '.join(changed)}): "
+            "resuming would mix two runs. Use another --output_dir, --overwrite_output_dir true to "
+            "start fresh here, or --resume_with_changed_settings true to continue with the new settings"
+        )
     if changed:
         logger.warning("resuming %s with changed settings: %s", path, "; ".join(changed))
 
@@ -361,8 +392,9 @@ class OutputDirLock:
 
     def _open(self):
         if self.path.exists() and not self.path.is_file():  # a pipe would fail seek(); a folder, open()
-            raise UserError(f"{self.path} is not a regular file, but the run locks its folder with a file of that "
-                            "name: remove it")  # fmt: skip
+            raise UserError(
+                f"{self.path} is not a regular file, but the run locks its folder with a file of that name: remove it"
+            )
         return open(self.path, "a+")
 
     def __enter__(self) -> OutputDirLock:
@@ -385,8 +417,10 @@ class OutputDirLock:
             self.file.seek(0)
             holder = self.file.read().strip() or "another process"
             self.file.close()
-            raise UserError(f"--output_dir {self.path.parent} is in use by another run ({holder}); wait for it to "
-                            "finish or choose another --output_dir") from None  # fmt: skip
+            raise UserError(
+                f"--output_dir {self.path.parent} is in use by another run ({holder}); wait for it to "
+                "finish or choose another --output_dir"
+            ) from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(f"pid {os.getpid()} on {os.uname().nodename}")
@@ -432,11 +466,16 @@ def check_same_layout(path: Path, record: dict, accelerator) -> None:
     saved_by_fsdp = any(name.startswith("pytorch_model_fsdp") for name in record["files"])
     fsdp_now = accelerator.distributed_type == DistributedType.FSDP
     if saved_by_fsdp != fsdp_now:
-        made, now = ("an FSDP run", f"this run is {accelerator.distributed_type.value}") if saved_by_fsdp else \
-            ("a run without FSDP", "this run is FSDP")  # fmt: skip
-        raise UserError(f"checkpoint {path} was saved by {made} and {now}: their checkpoints hold the model in "
-                        "different layouts. Resume with the launch config that made it, or start fresh in another "
-                        "--output_dir")  # fmt: skip
+        made, now = (
+            ("an FSDP run", f"this run is {accelerator.distributed_type.value}")
+            if saved_by_fsdp
+            else ("a run without FSDP", "this run is FSDP")
+        )
+        raise UserError(
+            f"checkpoint {path} was saved by {made} and {now}: their checkpoints hold the model in "
+            "different layouts. Resume with the launch config that made it, or start fresh in another "
+            "--output_dir"
+        )
 
 
 def rotate_checkpoints(output_dir: str | Path, keep_last: int | None, metric: str, greater_is_better: bool) -> None:

@@ -248,9 +248,21 @@ def run_command(argv: list[str]) -> None:
         # other OSError (no errno, a network error) is a bug to see whole, so it is raised again.
         import errno
 
-        user_path_errors = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS, errno.EACCES,
-                            errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
-                            errno.ELOOP, errno.EIO, errno.EFBIG, errno.EEXIST}  # fmt: skip
+        user_path_errors = {
+            errno.ENOSPC,
+            getattr(errno, "EDQUOT", errno.ENOSPC),
+            errno.EROFS,
+            errno.EACCES,
+            errno.EPERM,
+            errno.ENOENT,
+            errno.ENOTDIR,
+            errno.EISDIR,
+            errno.ENAMETOOLONG,
+            errno.ELOOP,
+            errno.EIO,
+            errno.EFBIG,
+            errno.EEXIST,
+        }
         if err.errno not in user_path_errors:
             raise
         cause = os.strerror(err.errno).lower()

@@ -25,8 +25,15 @@ from train_mrpc.schema import TRAIN_CONFIG
 
 SYNTHETIC = "synthetic"
 # Accelerate's tracker name -> the module it needs.
-TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
-            "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}  # fmt: skip
+TRACKERS = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "comet_ml": "comet_ml",
+    "aim": "aim",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+}
 # numpy's legacy seeding, which accelerate.utils.set_seed calls, takes exactly this range.
 MAX_SEED = 2**32 - 1
 # The largest value of an integer setting that has no rule of its own (see check_types): a larger batch, step
@@ -105,9 +112,7 @@ class TrainConfig:
         default=False,
     )
     learning_rate: float = _help("Peak learning rate of AdamW.", default=2e-5)
-    weight_decay: float = _help(
-        "AdamW weight decay (not applied to biases and LayerNorm weights).", default=0.01
-    )
+    weight_decay: float = _help("AdamW weight decay (not applied to biases and LayerNorm weights).", default=0.01)
     adam_beta1: float = _help("AdamW beta1.", default=0.9)
     adam_beta2: float = _help("AdamW beta2.", default=0.999)
     adam_epsilon: float = _help("AdamW epsilon.", default=1e-8)
@@ -239,18 +244,25 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value.startswith("~") and value != "latest":
                 setattr(self, name, os.path.expanduser(value))
-        columns = {"sentence1_column": self.sentence1_column, "sentence2_column": self.sentence2_column,
-                   "label_column": self.label_column}  # fmt: skip
+        columns = {
+            "sentence1_column": self.sentence1_column,
+            "sentence2_column": self.sentence2_column,
+            "label_column": self.label_column,
+        }
         for name, column in columns.items():
             same = next(other for other in columns if columns[other] == column)
             if same != name:  # the same column twice trains every sentence paired with itself, or its text as labels
-                raise UserError(f"--{name} {shown_value(column)} names the same column as --{same}; expected three "
-                                "different columns (first sentence, second sentence, label)")  # fmt: skip
+                raise UserError(
+                    f"--{name} {shown_value(column)} names the same column as --{same}; expected three "
+                    "different columns (first sentence, second sentence, label)"
+                )
         check_value(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"an integer from 0 to {MAX_SEED} (2**32 - 1)")
         try:
             self.output_dir.encode("utf-8")
         except UnicodeEncodeError:
-            raise UserError(f"--output_dir {self.output_dir!r} holds bytes that are not UTF-8; choose another name") from None
+            raise UserError(
+                f"--output_dir {self.output_dir!r} holds bytes that are not UTF-8; choose another name"
+            ) from None
         check_value(self.learning_rate > 0, "learning_rate", self.learning_rate, "a number > 0")
         check_value(self.num_train_epochs > 0, "num_train_epochs", self.num_train_epochs, "a number > 0")
         # 1e308 epochs of a few steps each is inf steps, which math.ceil refuses while the run sets up.
@@ -262,16 +274,22 @@ class TrainConfig:
             check_value(0 <= getattr(self, name) < 1, name, getattr(self, name), "a number in [0, 1)")
         check_value(self.adam_epsilon > 0, "adam_epsilon", self.adam_epsilon, "a number > 0")
         if self.cpu_speedups == "on" and self.torch_compile:
-            raise UserError("--cpu_speedups on is for eager CPU training, and --torch_compile generates its own "
-                            "dropout kernels: use one of them (--cpu_speedups auto chooses)")  # fmt: skip
+            raise UserError(
+                "--cpu_speedups on is for eager CPU training, and --torch_compile generates its own "
+                "dropout kernels: use one of them (--cpu_speedups auto chooses)"
+            )
         if self.peak_tflops is not None:
             check_value(self.peak_tflops > 0, "peak_tflops", self.peak_tflops, "a number > 0 (TFLOP/s)")
         check_value(
             self.checkpointing_steps in ("epoch", "no") or _step_count(self.checkpointing_steps) is not None,
-            "checkpointing_steps", self.checkpointing_steps, CHECKPOINTING_EXPECTED,
-        )  # fmt: skip
+            "checkpointing_steps",
+            self.checkpointing_steps,
+            CHECKPOINTING_EXPECTED,
+        )
         unknown = set(self.trackers) - set(TRACKERS)
-        check_value(not unknown, "report_to", self.report_to, f"a comma-separated list of {', '.join(TRACKERS)}, all or none")
+        check_value(
+            not unknown, "report_to", self.report_to, f"a comma-separated list of {', '.join(TRACKERS)}, all or none"
+        )
         files = [f for f in ("train_file", "validation_file", "test_file") if getattr(self, f)]
         if self.data_dir and files:
             raise UserError(f"--data_dir and --{files[0]} both name training data; pass one source, not both")
@@ -324,12 +342,19 @@ class TrainConfig:
 
 # The settings that name a file, folder, column or Hub entry, and what each expects: none may be empty.
 NAME_FIELDS = {
-    "model_name_or_path": "a Hub model id or a model folder", "dataset": "a Hub dataset id or 'synthetic'",
-    "dataset_config": "a Hub dataset config name", "data_dir": "a folder", "train_file": "a file path",
-    "validation_file": "a file path", "test_file": "a file path", "sentence1_column": "a column name",
-    "sentence2_column": "a column name", "label_column": "a column name", "output_dir": "a folder path",
+    "model_name_or_path": "a Hub model id or a model folder",
+    "dataset": "a Hub dataset id or 'synthetic'",
+    "dataset_config": "a Hub dataset config name",
+    "data_dir": "a folder",
+    "train_file": "a file path",
+    "validation_file": "a file path",
+    "test_file": "a file path",
+    "sentence1_column": "a column name",
+    "sentence2_column": "a column name",
+    "label_column": "a column name",
+    "output_dir": "a folder path",
     "resume_from_checkpoint": "a checkpoint folder or 'latest'",
-}  # fmt: skip
+}
 # The settings that are local paths, where a leading ~ means the home folder (model_name_or_path: hub.py).
 PATH_FIELDS = ("data_dir", "train_file", "validation_file", "test_file", "output_dir", "resume_from_checkpoint")
 
@@ -344,16 +369,30 @@ class IntRange(typing.NamedTuple):
 # The range of each of TrainConfig's integer fields, checked by check_types: a field missing here takes any integer
 # up to MAX_INT; one named with None has a rule of its own.
 INT_RANGES = {
-    **dict.fromkeys(("max_length", "per_device_train_batch_size", "per_device_eval_batch_size",
-                     "gradient_accumulation_steps", "logging_steps", "max_train_steps", "max_train_samples",
-                     "max_eval_samples", "pad_to_multiple_of", "profile_steps", "save_total_limit",
-                     "early_stopping_patience"), IntRange(1)),
-    **dict.fromkeys(("num_warmup_steps", "profile_skip_steps", "profile_warmup_steps", "dataloader_num_workers"),
-                    IntRange(0)),
+    **dict.fromkeys(
+        (
+            "max_length",
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+            "max_train_steps",
+            "max_train_samples",
+            "max_eval_samples",
+            "pad_to_multiple_of",
+            "profile_steps",
+            "save_total_limit",
+            "early_stopping_patience",
+        ),
+        IntRange(1),
+    ),
+    **dict.fromkeys(
+        ("num_warmup_steps", "profile_skip_steps", "profile_warmup_steps", "dataloader_num_workers"), IntRange(0)
+    ),
     "ddp_timeout": IntRange(1, "an integer number of seconds"),  # launch.py: timedelta(seconds=...)
     "seed": None,  # 0 to MAX_SEED, checked in __post_init__
     "synthetic_seed": None,  # any integer: random.Random takes it as text
-}  # fmt: skip
+}
 EPOCHS_EXPECTED = f"a number > 0 and at most {MAX_INT_TEXT}"
 
 
@@ -368,7 +407,9 @@ def _step_count(text: str) -> int | None:
 
 def check_seeds(seed: int, num_seeds: int) -> list[int]:
     """The seeds --seed, --seed + 1, ... of a run over ``num_seeds`` seeds, every one checked before the first runs."""
-    check_value(seed + num_seeds - 1 <= MAX_SEED, "num_seeds", num_seeds, f"at most {MAX_SEED - seed + 1} from --seed {seed}")
+    check_value(
+        seed + num_seeds - 1 <= MAX_SEED, "num_seeds", num_seeds, f"at most {MAX_SEED - seed + 1} from --seed {seed}"
+    )
     return list(range(seed, seed + num_seeds))
 
 
@@ -426,8 +467,12 @@ def check_types(config, int_ranges: dict[str, IntRange | None]) -> None:
 def _check_int_range(name: str, value: int, rule: IntRange) -> None:
     if rule.minimum is not None:
         check_value(value >= rule.minimum, name, value, f"{rule.kind} >= {rule.minimum}")
-    check_value(value <= MAX_INT, name, value,
-                f"{rule.kind} {'<=' if rule.minimum is None else f'from {rule.minimum} to'} {MAX_INT_TEXT}")  # fmt: skip
+    check_value(
+        value <= MAX_INT,
+        name,
+        value,
+        f"{rule.kind} {'<=' if rule.minimum is None else f'from {rule.minimum} to'} {MAX_INT_TEXT}",
+    )
 
 
 def build_parser(prog: str = "train-mrpc", extra_types: tuple = ()):
@@ -469,29 +514,46 @@ def load_config_file(path: str, types: tuple = (TrainConfig,)) -> dict:
         kind = "JSON" if file.suffix == ".json" else "YAML"
         reason = " ".join(str(err).split())
         raise UserError(f"config file {path} is not valid {kind}: {reason}") from None
-    if values is None:  # an empty file (cut short, or not saved yet) ran every default silently; `{}` says "none" on purpose
-        raise UserError(f"config file {path} holds no settings (it is empty, or only comments or null); expected a "
-                        "mapping of flag names to values, such as 'learning_rate: 2.0e-5' ({} for none)")  # fmt: skip
+    if (
+        values is None
+    ):  # an empty file (cut short, or not saved yet) ran every default silently; `{}` says "none" on purpose
+        raise UserError(
+            f"config file {path} holds no settings (it is empty, or only comments or null); expected a "
+            "mapping of flag names to values, such as 'learning_rate: 2.0e-5' ({} for none)"
+        )
     if not isinstance(values, dict):
         raise UserError(f"config file {path} must hold a mapping of flag names to values, got {type(values).__name__}")
     for key in values:
         if not isinstance(key, str):  # YAML reads unquoted 1, null, true and dates as such
-            kind = ("null" if key is None else "true/false" if isinstance(key, bool)
-                    else "a number" if isinstance(key, (int, float)) else f"a {type(key).__name__}")  # fmt: skip
-            raise UserError(f"config file {path}: key {shown_value(key)} ({kind}, not text) is not a flag name; "
-                            "run train-mrpc --help for the valid names")  # fmt: skip
+            kind = (
+                "null"
+                if key is None
+                else "true/false"
+                if isinstance(key, bool)
+                else "a number"
+                if isinstance(key, (int, float))
+                else f"a {type(key).__name__}"
+            )
+            raise UserError(
+                f"config file {path}: key {shown_value(key)} ({kind}, not text) is not a flag name; "
+                "run train-mrpc --help for the valid names"
+            )
     known = {f.name for t in types for f in dataclasses.fields(t)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise UserError(f"config file {path}: unknown key(s) {', '.join(unknown)}; run train-mrpc --help for the valid names")
+        raise UserError(
+            f"config file {path}: unknown key(s) {', '.join(unknown)}; run train-mrpc --help for the valid names"
+        )
     return values
 
 
 def _repeated_key(path: str, key, line: int | None, first: int | None = None) -> UserError:
     where = f"line {line} " if line else ""
     before = f" (first on line {first})" if first else ""
-    return UserError(f"config file {path}: {where}repeats the key {shown_value(key)}{before}; "
-                     "a later value would silently replace the earlier one: keep one")  # fmt: skip
+    return UserError(
+        f"config file {path}: {where}repeats the key {shown_value(key)}{before}; "
+        "a later value would silently replace the earlier one: keep one"
+    )
 
 
 def _yaml_without_repeated_keys(path: str, text: str):
@@ -520,9 +582,11 @@ def _yaml_without_repeated_keys(path: str, text: str):
         text = node.value.replace("_", "").lstrip("+-")
         kind = "base 60" if ":" in text else "octal" if re.fullmatch(r"0[0-7]+", text) else None
         if kind:
-            raise UserError(f"config file {path}: line {node.start_mark.line + 1}: {node.value} is read by YAML as "
-                            f"{kind} ({shown_value(value)}); write the number as you mean it ('{node.value}' in quotes "
-                            "for text)")  # fmt: skip
+            raise UserError(
+                f"config file {path}: line {node.start_mark.line + 1}: {node.value} is read by YAML as "
+                f"{kind} ({shown_value(value)}); write the number as you mean it ('{node.value}' in quotes "
+                "for text)"
+            )
         return value
 
     Loader.add_constructor("tag:yaml.org,2002:int", number)
@@ -553,11 +617,15 @@ def parse_config(argv: list[str] | None = None, prog: str = "train-mrpc", extra_
     parser = build_parser(prog, extra_types)
     config_paths = parser.parse_known_args(argv)[0].config or []
     if len(config_paths) > 1:
-        raise UserError(f"--config is given {len(config_paths)} times ({', '.join(map(shown_value, config_paths))}); "
-                        "expected one file (a later one would silently replace the earlier): merge them into one")  # fmt: skip
+        raise UserError(
+            f"--config is given {len(config_paths)} times ({', '.join(map(shown_value, config_paths))}); "
+            "expected one file (a later one would silently replace the earlier): merge them into one"
+        )
     config_path = config_paths[0] if config_paths else None
     if config_path is not None and not config_path.strip():  # an unset shell variable: the file was skipped silently
-        raise UserError(f"--config {shown_value(config_path)} is invalid: expected a YAML or JSON file path, not an empty string")
+        raise UserError(
+            f"--config {shown_value(config_path)} is invalid: expected a YAML or JSON file path, not an empty string"
+        )
     file_values = load_config_file(config_path, (TrainConfig, *extra_types)) if config_path else {}
     if config_path:
         # File values become the parser's defaults, so flags on the command line override them.
@@ -565,8 +633,10 @@ def parse_config(argv: list[str] | None = None, prog: str = "train-mrpc", extra_
     recipe = parser.parse_known_args(argv)[0].recipe  # from a flag or from the file
     if recipe is not None and not (isinstance(recipe, str) and recipe in RECIPE_NAMES):
         # argparse checks the flag's choices, never a default's: this one came from the file.
-        raise UserError(f"config file {config_path}: --recipe {shown_value(recipe)} is invalid: "
-                        f"expected one of {', '.join(RECIPE_NAMES)}")  # fmt: skip
+        raise UserError(
+            f"config file {config_path}: --recipe {shown_value(recipe)} is invalid: "
+            f"expected one of {', '.join(RECIPE_NAMES)}"
+        )
     if recipe:
         from train_mrpc.recipes import recipe_values
 

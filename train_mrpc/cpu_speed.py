@@ -74,12 +74,19 @@ def cpu_attention_forward(module, query, key, value, attention_mask, dropout: fl
     """Bidirectional attention with dropout on a CPU (the math of BERT's eager attention); SDPA otherwise."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    plain = (dropout == 0.0 or query.device.type != "cpu" or getattr(module, "is_causal", False)
-             or getattr(module, "num_key_value_groups", 1) > 1 or kwargs.get("position_bias") is not None
-             or kwargs.get("softcap") is not None or key.shape[-2] != query.shape[-2])  # fmt: skip
+    plain = (
+        dropout == 0.0
+        or query.device.type != "cpu"
+        or getattr(module, "is_causal", False)
+        or getattr(module, "num_key_value_groups", 1) > 1
+        or kwargs.get("position_bias") is not None
+        or kwargs.get("softcap") is not None
+        or key.shape[-2] != query.shape[-2]
+    )
     if plain:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)  # fmt: skip
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
     if attention_mask is not None:
@@ -87,7 +94,8 @@ def cpu_attention_forward(module, query, key, value, attention_mask, dropout: fl
             # An additive mask the size of one head: adding it costs 0.16 ms for 32 x 12 x 56 x 56 scores in
             # bf16, where masked_fill_ costs 0.78 ms and again in the backward pass (~12 ms a step in all).
             attention_mask = torch.zeros(attention_mask.shape, dtype=scores.dtype).masked_fill_(
-                ~attention_mask, torch.finfo(scores.dtype).min)  # fmt: skip
+                ~attention_mask, torch.finfo(scores.dtype).min
+            )
         scores.add_(attention_mask)
     with torch.autocast("cpu", enabled=False):  # softmax reads and writes bf16 and sums in fp32 inside
         probs = torch.softmax(scores, dim=-1)
@@ -148,8 +156,10 @@ def resolve_cpu_speedups(requested: str, device_type: str, torch_compile: bool) 
         return False, "--cpu_speedups off"
     if requested == "on":
         if device_type != "cpu":
-            raise UserError(f"--cpu_speedups on speeds up CPU training, and this run trains on {device_type}, "
-                            "whose dropout kernels are already fused: drop the flag (auto chooses)")  # fmt: skip
+            raise UserError(
+                f"--cpu_speedups on speeds up CPU training, and this run trains on {device_type}, "
+                "whose dropout kernels are already fused: drop the flag (auto chooses)"
+            )
         return True, "--cpu_speedups on"
     if device_type != "cpu":
         return False, f"auto: torch's dropout on {device_type}"

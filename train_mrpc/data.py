@@ -65,8 +65,10 @@ def read_delimited(path: Path, delimiter: str) -> tuple[Columns, list[str]]:
             if [row[0].lstrip("\ufeff"), *row[1:]] == header:
                 # Files joined with cat (GLUE's own BOM ones too) keep each one's header: in a labelled file its
                 # label cell was named as invalid, in a test file it became one more pair to predict.
-                raise UserError(f"{path}: line {line} repeats the header line ({', '.join(header)}); expected it "
-                                "once, at the top (were files joined with cat?)")  # fmt: skip
+                raise UserError(
+                    f"{path}: line {line} repeats the header line ({', '.join(header)}); expected it "
+                    "once, at the top (were files joined with cat?)"
+                )
             if len(row) != len(header):
                 raise UserError(
                     f"{path}: line {line} has {len(row)} fields, expected {len(header)} like the header "
@@ -76,7 +78,9 @@ def read_delimited(path: Path, delimiter: str) -> tuple[Columns, list[str]]:
                 columns[name].append(value)
             locations.append(f"line {line}")
     except csv.Error as err:
-        raise UserError(f"{path}: line {reader.line_num}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({err})") from None
+        raise UserError(
+            f"{path}: line {reader.line_num}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({err})"
+        ) from None
     finally:
         csv.field_size_limit(limit)
     if len(header) != len(set(header)):
@@ -133,8 +137,10 @@ def read_json(path: Path) -> tuple[Columns, list[str]]:
         if not isinstance(record, dict):
             raise UserError(f"{path}: {where} is not a JSON object with named fields")
         if record.repeated is not None:
-            raise UserError(f"{path}: {where} repeats the key {shown_value(record.repeated)}; JSON readers keep the "
-                            "last value silently: keep one")  # fmt: skip
+            raise UserError(
+                f"{path}: {where} repeats the key {shown_value(record.repeated)}; JSON readers keep the "
+                "last value silently: keep one"
+            )
         for name in record:
             columns.setdefault(name, [None] * len(locations))
     for i, record in enumerate(records):
@@ -206,7 +212,9 @@ def _as_integer(value) -> int | None:
 def _parse_label(value, path: Path, where: str, column: str) -> int:
     expected = f"expected 0 or 1 (or {LABEL_NAMES[0]}/{LABEL_NAMES[1]})"
     if isinstance(value, bool):
-        raise UserError(f"{path}: {where}: label {_shown(value)} in column '{column}' is a boolean, not a label; {expected}")
+        raise UserError(
+            f"{path}: {where}: label {_shown(value)} in column '{column}' is a boolean, not a label; {expected}"
+        )
     if isinstance(value, str):
         value = value.strip()
         if value in LABEL_NAMES:
@@ -260,8 +268,10 @@ def normalise(columns: Columns, locations: list[str], path: Path, names: dict[st
         for value, where in zip(columns[names[key]], locations):
             surrogate = _lone_surrogate(value) if isinstance(value, str) else None
             if surrogate:
-                raise UserError(f"{path}: {where}: column '{names[key]}' is not valid Unicode (a lone surrogate "
-                                f"{surrogate}); expected text that UTF-8 can hold")  # fmt: skip
+                raise UserError(
+                    f"{path}: {where}: column '{names[key]}' is not valid Unicode (a lone surrogate "
+                    f"{surrogate}); expected text that UTF-8 can hold"
+                )
             got = _sentence_problem(value)
             if got is not None:
                 raise UserError(f"{path}: {where}: column '{names[key]}' must be a non-empty string, got {got}")
@@ -296,9 +306,11 @@ def to_dataset(columns: Columns):
     from datasets import ClassLabel, Dataset, Features, Value
 
     features = Features(
-        sentence1=Value("string"), sentence2=Value("string"),
-        label=ClassLabel(names=LABEL_NAMES), idx=Value("int32"),
-    )  # fmt: skip
+        sentence1=Value("string"),
+        sentence2=Value("string"),
+        label=ClassLabel(names=LABEL_NAMES),
+        idx=Value("int32"),
+    )
     return Dataset.from_dict(columns, features=features)
 
 
@@ -326,7 +338,9 @@ def read_glue_dir(data_dir: str | Path) -> dict[str, Columns]:
         if split == "test" and not _may_exist(path):
             continue
         if not _may_exist(path):
-            raise UserError(f"{path}: file not found; --data_dir must hold {GLUE_FILES['train']} and {GLUE_FILES['validation']}")
+            raise UserError(
+                f"{path}: file not found; --data_dir must hold {GLUE_FILES['train']} and {GLUE_FILES['validation']}"
+            )
         columns, locations = read_delimited(path, "\t")
         if "#1 String" not in columns:
             raise UserError(f"{path}: header is not GLUE MRPC's; expected '{GLUE_HEADER}'")
@@ -336,9 +350,11 @@ def read_glue_dir(data_dir: str | Path) -> dict[str, Columns]:
 
 def read_files(config: TrainConfig) -> dict[str, Columns]:
     names = {
-        "sentence1": config.sentence1_column, "sentence2": config.sentence2_column,
-        "label": config.label_column, "idx": "idx",
-    }  # fmt: skip
+        "sentence1": config.sentence1_column,
+        "sentence2": config.sentence2_column,
+        "label": config.label_column,
+        "idx": "idx",
+    }
     files = {"train": config.train_file, "validation": config.validation_file, "test": config.test_file}
     splits = {}
     for split, file in files.items():
@@ -391,8 +407,10 @@ def load_raw_splits(config: TrainConfig):
 def _rust_backend(tokenizer):
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise UserError(f"tokenizer {type(tokenizer).__name__} has no Rust `tokenizers` backend; train_mrpc "
-                        "tokenizes with the backend's batch encoder (every BERT-family tokenizer has one)")  # fmt: skip
+        raise UserError(
+            f"tokenizer {type(tokenizer).__name__} has no Rust `tokenizers` backend; train_mrpc "
+            "tokenizes with the backend's batch encoder (every BERT-family tokenizer has one)"
+        )
     return backend
 
 
@@ -472,8 +490,10 @@ def tokenize_dataset(raw, tokenizer, max_length: int, cache_dir: str | Path | No
     cache_dir.mkdir(parents=True, exist_ok=True)
     with_type_ids = "token_type_ids" in tokenizer.model_input_names
     tokenizer_key = _tokenizer_fingerprint(tokenizer, max_length, with_type_ids)
-    cache_files = {split: cache_dir / f"{split}-{split_fingerprint(dataset)}-{tokenizer_key}.arrow"
-                   for split, dataset in raw.items()}  # fmt: skip
+    cache_files = {
+        split: cache_dir / f"{split}-{split_fingerprint(dataset)}-{tokenizer_key}.arrow"
+        for split, dataset in raw.items()
+    }
     encoder = None if all(path.exists() for path in cache_files.values()) else pair_encoder(tokenizer, max_length)
     # Declared output types: without them datasets scans every token in Python to infer them (a third of the
     # cold time). Ids fit int32 for any vocabulary; type ids are 0/1.
@@ -494,7 +514,9 @@ def tokenize_dataset(raw, tokenizer, max_length: int, cache_dir: str | Path | No
                 features=Features(kept | token_features),
                 cache_file_name=str(cache_files[split]),
                 load_from_cache_file=True,
-                new_fingerprint=cache_files[split].stem,  # our key covers the inputs: spares datasets hashing the encoder
+                new_fingerprint=cache_files[
+                    split
+                ].stem,  # our key covers the inputs: spares datasets hashing the encoder
                 desc=f"Tokenizing {split}",
             )
 
@@ -508,16 +530,22 @@ def tokenize_dataset(raw, tokenizer, max_length: int, cache_dir: str | Path | No
                     # cache, so it is rebuilt. Failing to write one is the user's to see (below).
                     if not cached:
                         raise
-                    logger.warning("tokenization cache %s is unreadable (%s): tokenizing %s again", cache_files[split],
-                                   " ".join(str(err).split()), split)  # fmt: skip
+                    logger.warning(
+                        "tokenization cache %s is unreadable (%s): tokenizing %s again",
+                        cache_files[split],
+                        " ".join(str(err).split()),
+                        split,
+                    )
                     cache_files[split].unlink()
                     encoder = encoder or pair_encoder(tokenizer, max_length)
                     tokenized[split] = tokenize(encoder)
         except OSError as err:
             if err.errno is None:
                 raise
-            raise UserError(f"cannot write the tokenization cache {cache_files[split]}: {os_reason(err)}; free space "
-                            "there, or set HF_DATASETS_CACHE to a folder with room") from None  # fmt: skip
+            raise UserError(
+                f"cannot write the tokenization cache {cache_files[split]}: {os_reason(err)}; free space "
+                "there, or set HF_DATASETS_CACHE to a folder with room"
+            ) from None
         tokenized[split] = tokenized[split].rename_column("label", "labels")
     return DatasetDict(tokenized)
 
@@ -547,8 +575,14 @@ class LengthGroupedSampler:
         return iter(get_length_grouped_indices(self.lengths, self.global_batch_size, generator=generator))
 
 
-def build_dataloaders(tokenized, tokenizer, config: TrainConfig, pad_to_multiple_of: int | None,
-                      num_processes: int = 1, pin_memory: bool = False):  # fmt: skip
+def build_dataloaders(
+    tokenized,
+    tokenizer,
+    config: TrainConfig,
+    pad_to_multiple_of: int | None,
+    num_processes: int = 1,
+    pin_memory: bool = False,
+):
     """Train, validation and (with --do_predict) test dataloaders; padding is dynamic, per batch."""
     import torch
     from torch.utils.data import DataLoader
@@ -565,13 +599,20 @@ def build_dataloaders(tokenized, tokenizer, config: TrainConfig, pad_to_multiple
     common = {"collate_fn": collator, "num_workers": config.dataloader_num_workers, "pin_memory": pin_memory}
     # Each loader gets its own generator: without one, every new iterator draws its base seed from the
     # global RNG, so a resumed run (one extra iterator) would shift every dropout mask after it.
-    train_loader = DataLoader(train, batch_size=config.per_device_train_batch_size, **order, **common,
-                              generator=torch.Generator().manual_seed(config.seed))  # fmt: skip
-    eval_loader = DataLoader(validation, batch_size=config.per_device_eval_batch_size, shuffle=False, **common,
-                             generator=torch.Generator())  # fmt: skip
+    train_loader = DataLoader(
+        train,
+        batch_size=config.per_device_train_batch_size,
+        **order,
+        **common,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    eval_loader = DataLoader(
+        validation, batch_size=config.per_device_eval_batch_size, shuffle=False, **common, generator=torch.Generator()
+    )
     test_loader = None
     if config.do_predict and "test" in tokenized:
         test = tokenized["test"].remove_columns(["idx", "labels"])  # GLUE's test labels are hidden (-1)
-        test_loader = DataLoader(test, batch_size=config.per_device_eval_batch_size, shuffle=False, **common,
-                                 generator=torch.Generator())  # fmt: skip
+        test_loader = DataLoader(
+            test, batch_size=config.per_device_eval_batch_size, shuffle=False, **common, generator=torch.Generator()
+        )
     return train_loader, eval_loader, test_loader

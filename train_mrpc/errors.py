@@ -73,8 +73,10 @@ def read_text_file(path, name: str, expected: str) -> str:
     except UnicodeDecodeError as err:
         offset = err.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)  # utf-8-sig counts after the BOM
         line = data[:offset].count(b"\n") + 1
-        raise UserError(f"{name}: line {line} is not valid UTF-8 (byte 0x{data[offset]:02x} at offset {offset}); "
-                        "expected a UTF-8 text file") from None  # fmt: skip
+        raise UserError(
+            f"{name}: line {line} is not valid UTF-8 (byte 0x{data[offset]:02x} at offset {offset}); "
+            "expected a UTF-8 text file"
+        ) from None
 
 
 def json_kind(value) -> str:
@@ -93,7 +95,9 @@ def parse_json(text: str, name: str, expected: str, first_line: int = 1, object_
         return json.loads(text, object_pairs_hook=object_pairs_hook)
     except ValueError as err:  # json.JSONDecodeError; or, without a line, an integer of over 4,300 digits
         line = first_line + getattr(err, "lineno", 1) - 1
-        raise UserError(f"{name}: line {line} is not valid JSON ({getattr(err, 'msg', err)}); expected {expected}") from None
+        raise UserError(
+            f"{name}: line {line} is not valid JSON ({getattr(err, 'msg', err)}); expected {expected}"
+        ) from None
     except RecursionError:
         raise UserError(f"{name}: line {first_line} is nested too deeply; expected {expected}") from None
 
@@ -109,9 +113,18 @@ def read_json_object(path, name: str, expected: str) -> dict:
 # What gloo (and NCCL) say when the other end of a collective is gone: the process was killed or crashed, its
 # host went down, or it closed the process group early. Matched, lower-cased, on RuntimeErrors that come from
 # the communication library (the message names gloo or NCCL, or torch.distributed raised a DistError).
-_LOST_PEER = ("connection closed by peer", "connection reset by peer", "broken pipe", "socket closed",
-              "connection refused", "read error", "write error", "no route to host", "ncclremoteerror",
-              "communicator was aborted")  # fmt: skip
+_LOST_PEER = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "socket closed",
+    "connection refused",
+    "read error",
+    "write error",
+    "no route to host",
+    "ncclremoteerror",
+    "communicator was aborted",
+)
 # What a collective says when another process did not arrive within the process group's timeout.
 _TIMED_OUT = ("timed out waiting", "wait timeout", "watchdog caught collective operation timeout")
 
@@ -143,8 +156,14 @@ def named_processes(failed) -> str:
     return " and ".join(f"rank {p.rank} (pid {p.pid} on host {p.host})" for p in failed)
 
 
-def job_failure(err: BaseException, ddp_timeout: int | None, latest_checkpoint=None, restart: int = 0,
-                max_restarts: int = 0, failed=None) -> JobFailure:
+def job_failure(
+    err: BaseException,
+    ddp_timeout: int | None,
+    latest_checkpoint=None,
+    restart: int = 0,
+    max_restarts: int = 0,
+    failed=None,
+) -> JobFailure:
     """The one line for ``err``, a collective that failed because of another process (see distributed_failure).
 
     ``restart`` and ``max_restarts``: torchrun's TORCHELASTIC_RESTART_COUNT and TORCHELASTIC_MAX_RESTARTS.
@@ -161,10 +180,14 @@ def job_failure(err: BaseException, ddp_timeout: int | None, latest_checkpoint=N
         stopped = [p for p in failed if p.how == "stopped"]
         if stopped:
             verb = "is" if len(stopped) == 1 else "are"
-            what = (f"{named_processes(stopped)} of this job {verb} stopped (SIGSTOP or a debugger) and took no part "
-                    f"in a collective for {limit}")  # fmt: skip
+            what = (
+                f"{named_processes(stopped)} of this job {verb} stopped (SIGSTOP or a debugger) and took no part "
+                f"in a collective for {limit}"
+            )
         else:
-            what = f"another process of this job took no part in a collective for {limit} (stalled, stopped or far slower)"
+            what = (
+                f"another process of this job took no part in a collective for {limit} (stalled, stopped or far slower)"
+            )
         advice = " (raise --ddp_timeout if a process is legitimately that slow)"
     else:
         # gloo's message: "[.../pair.cc:553] Connection closed by peer [127.0.0.1]:63184. This is typically ..."
@@ -178,10 +201,16 @@ def job_failure(err: BaseException, ddp_timeout: int | None, latest_checkpoint=N
         else:
             what = f"another process of this job died or lost its connection ({said})"
         advice = ""
-    kept = f"the last good checkpoint, {latest_checkpoint}, is kept" if latest_checkpoint else "no checkpoint was saved yet"
+    kept = (
+        f"the last good checkpoint, {latest_checkpoint}, is kept"
+        if latest_checkpoint
+        else "no checkpoint was saved yet"
+    )
     if restart < max_restarts:
-        then = (f"the launcher restarts the job (restart {restart + 1} of {max_restarts}), which continues from it "
-                "with --resume_from_checkpoint latest")  # fmt: skip
+        then = (
+            f"the launcher restarts the job (restart {restart + 1} of {max_restarts}), which continues from it "
+            "with --resume_from_checkpoint latest"
+        )
     else:
         then = "--resume_from_checkpoint latest continues the run" if latest_checkpoint else "start the run again"
     return JobFailure(f"{what}; {kept}: {then}{advice}")

@@ -98,8 +98,10 @@ def register_this_process() -> None:
         store = agent_store(timeout_s=10)
         if store is None:
             return
-        store.set(f"{job_key('processes')}/{env.get('RANK', '0')}",
-                  json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))  # fmt: skip
+        store.set(
+            f"{job_key('processes')}/{env.get('RANK', '0')}",
+            json.dumps({"host": socket.gethostname(), "pid": os.getpid()}),
+        )
         _registered = job_key("processes")
     except Exception:
         pass
@@ -212,8 +214,9 @@ def fresh_store_after_restart(timeout_s: int) -> None:
     agent = TCPStore(host, agent_port, is_master=False, timeout=timedelta(seconds=timeout_s))
     key = f"train_mrpc/{env.get('TORCHELASTIC_RUN_ID', '')}/restart_{restart}/store_port"
     if env.get("RANK", "0") == "0":
-        _restart_store = TCPStore("0.0.0.0", 0, is_master=True, wait_for_workers=False,
-                                  timeout=timedelta(seconds=timeout_s))  # fmt: skip
+        _restart_store = TCPStore(
+            "0.0.0.0", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=timeout_s)
+        )
         agent.set(key, str(_restart_store.port))
     port = int(agent.get(key))  # waits for rank 0
     env["TRAIN_MRPC_AGENT_STORE"] = f"{host}:{agent_port}"

@@ -35,11 +35,18 @@ def count_parameters(model) -> dict:
 
     embedding = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters())
     per_sequence = sum(
-        p.numel() for name, m in model.named_modules()
-        if name.split(".")[-1] in ("pooler", "classifier") and name.count(".") <= 1 for p in m.parameters()
-    )  # fmt: skip
+        p.numel()
+        for name, m in model.named_modules()
+        if name.split(".")[-1] in ("pooler", "classifier") and name.count(".") <= 1
+        for p in m.parameters()
+    )
     total = sum(p.numel() for p in model.parameters())
-    return {"total": total, "embedding": embedding, "per_sequence": per_sequence, "per_token": total - embedding - per_sequence}
+    return {
+        "total": total,
+        "embedding": embedding,
+        "per_sequence": per_sequence,
+        "per_token": total - embedding - per_sequence,
+    }
 
 
 def training_flops(params: dict, config, lengths: list[int]) -> float:
@@ -51,8 +58,11 @@ def training_flops(params: dict, config, lengths: list[int]) -> float:
 
 def batch_flops(params: dict, config, batch_size: int, length: int) -> float:
     """``training_flops`` of one padded batch (the work the device does, padding included)."""
-    return batch_size * (6 * params["per_token"] * length + 6 * params["per_sequence"]
-                         + 12 * config.num_hidden_layers * config.hidden_size * length * length)  # fmt: skip
+    return batch_size * (
+        6 * params["per_token"] * length
+        + 6 * params["per_sequence"]
+        + 12 * config.num_hidden_layers * config.hidden_size * length * length
+    )
 
 
 def compute_precision(device_type: str, mixed_precision: str, tf32: bool) -> str:
@@ -134,7 +144,9 @@ def device_peak(device, precision: str, override_tflops: float | None = None) ->
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = gpu_peak(name, precision)
-        return peak, (f"datasheet {name} {precision}" if peak else f"{name} is not in the peak table: pass --peak_tflops")
+        return peak, (
+            f"datasheet {name} {precision}" if peak else f"{name} is not in the peak table: pass --peak_tflops"
+        )
     if device.type == "cpu":
         peak, other_cores = cpu_peak(precision)
         source = f"measured {precision} matmul on this CPU"

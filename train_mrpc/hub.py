@@ -62,7 +62,12 @@ def is_hub_name(name: str) -> bool:
 
 
 # What from_pretrained loads PyTorch weights from (a single file, or an index of shards).
-MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+MODEL_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def check_model_dir(name: str, trust_remote_code: bool = False) -> Path:
@@ -79,7 +84,9 @@ def check_model_dir(name: str, trust_remote_code: bool = False) -> Path:
                 "(config.json, weights, tokenizer files) or a Hub id such as bert-base-uncased"
             )
         if not path.is_dir():
-            raise UserError(f"--model_name_or_path {name}: is a file; expected a model folder (config.json, weights, tokenizer files)")
+            raise UserError(
+                f"--model_name_or_path {name}: is a file; expected a model folder (config.json, weights, tokenizer files)"
+            )
     except OSError as err:  # a folder on the way cannot be entered
         raise UserError(f"--model_name_or_path {name}: cannot read ({(err.strerror or str(err)).lower()})") from None
     values = _read_model_config(path)
@@ -94,8 +101,10 @@ def _read_model_config(path: Path):
     config = path / "config.json"
     try:
         if not config.is_file():
-            return ("it has no config.json; expected a folder saved with save_pretrained "
-                    "(config.json, model.safetensors, tokenizer files)")  # fmt: skip
+            return (
+                "it has no config.json; expected a folder saved with save_pretrained "
+                "(config.json, model.safetensors, tokenizer files)"
+            )
         values = json.loads(config.read_bytes())
     except json.JSONDecodeError as err:
         return f"config.json is not valid JSON ({err.msg} at line {err.lineno})"

@@ -108,8 +108,10 @@ def check_deepspeed(accelerator, max_grad_norm: float) -> None:
     if clipping == "auto":
         ds_config["gradient_clipping"] = max_grad_norm
     elif float(clipping) != max_grad_norm:
-        raise UserError(f"the DeepSpeed config clips gradients at {clipping}, but --max_grad_norm is {max_grad_norm}: "
-                        "leave gradient_clipping out of the DeepSpeed config (or \"auto\") and set --max_grad_norm")
+        raise UserError(
+            f"the DeepSpeed config clips gradients at {clipping}, but --max_grad_norm is {max_grad_norm}: "
+            'leave gradient_clipping out of the DeepSpeed config (or "auto") and set --max_grad_norm'
+        )
 
 
 def has_fast_bf16(cuda: bool) -> bool:
@@ -163,7 +165,9 @@ def check_trackers(trackers: list[str]) -> None:
 
     for name in trackers:
         if importlib.util.find_spec(TRACKERS[name]) is None:
-            raise UserError(f"--report_to {name} needs the {TRACKERS[name]} package, which is not installed: pip install {TRACKERS[name]}")
+            raise UserError(
+                f"--report_to {name} needs the {TRACKERS[name]} package, which is not installed: pip install {TRACKERS[name]}"
+            )
 
 
 def check_launch(accelerator) -> None:
@@ -246,10 +250,10 @@ def accelerate_launcher() -> tuple[list[str], str] | None:
             return None
         for i, word in enumerate(argv):
             name = os.path.basename(word)
-            if name == "accelerate" and argv[i + 1:i + 2] == ["launch"]:
-                return argv[i + 2:], cwd
-            if name == "accelerate-launch" or (word == "-m" and argv[i + 1:i + 2] == ["accelerate.commands.launch"]):
-                return argv[i + (1 if name == "accelerate-launch" else 2):], cwd
+            if name == "accelerate" and argv[i + 1 : i + 2] == ["launch"]:
+                return argv[i + 2 :], cwd
+            if name == "accelerate-launch" or (word == "-m" and argv[i + 1 : i + 2] == ["accelerate.commands.launch"]):
+                return argv[i + (1 if name == "accelerate-launch" else 2) :], cwd
         pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the command name: the parent's pid
         if pid <= 1:
             return None
@@ -292,7 +296,13 @@ def describe_deepspeed(ds_config: dict) -> dict:
     import torch
 
     zero = ds_config.get("zero_optimization", {})
-    precision = "bf16" if ds_config.get("bf16", {}).get("enabled") else "fp16" if ds_config.get("fp16", {}).get("enabled") else "fp32"
+    precision = (
+        "bf16"
+        if ds_config.get("bf16", {}).get("enabled")
+        else "fp16"
+        if ds_config.get("fp16", {}).get("enabled")
+        else "fp32"
+    )
     return {
         "kind": "DeepSpeed ZeRO",
         "zero_stage": zero.get("stage", 0),
@@ -339,15 +349,17 @@ def describe_sharding(accelerator) -> dict | str:
         "auto_wrap_policy": wrap,
         "layers_wrapped": plugin.transformer_cls_names_to_wrap if wrap == "transformer_auto_wrap_policy" else None,
         "cpu_ram_efficient_loading": bool(plugin.cpu_ram_efficient_loading),
-        "offload_params": type(offload).__name__ == "CPUOffloadPolicy" or getattr(offload, "offload_params", False) is True,
+        "offload_params": type(offload).__name__ == "CPUOffloadPolicy"
+        or getattr(offload, "offload_params", False) is True,
         "param_dtype": str(param_dtype).removeprefix("torch."),
         "reduce_dtype": str(reduce_dtype).removeprefix("torch."),
         "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
     }
 
 
-def describe_speed_choices(accelerator, config: TrainConfig, pad_to: int | None,
-                           cpu_speedups: tuple[bool, str] = (False, "")) -> dict:  # fmt: skip
+def describe_speed_choices(
+    accelerator, config: TrainConfig, pad_to: int | None, cpu_speedups: tuple[bool, str] = (False, "")
+) -> dict:
     """The choices that set this run's speed, so the summary can say what made it fast or slow."""
     return {
         "cpu_speedups": cpu_speedups[0],

@@ -15,8 +15,15 @@ class Meters:
     """Loss and gradient norms since the last logging step, real tokens and samples trained on, model FLOPs,
     and where the wall-clock time went (waiting for data, saving checkpoints, evaluating, the steps themselves)."""
 
-    def __init__(self, device, samples: int, record: dict | None = None, rank: int = 0,
-                 prior_train_seconds: float = 0.0, prior_eval_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        device,
+        samples: int,
+        record: dict | None = None,
+        rank: int = 0,
+        prior_train_seconds: float = 0.0,
+        prior_eval_seconds: float = 0.0,
+    ) -> None:
         import torch
 
         record = record or {}
@@ -28,7 +35,9 @@ class Meters:
         self.last_loss = float("nan") if self.last_loss is None else float(self.last_loss)
         # The window's pre-clip gradient norms: [sum of the finite ones, their count, their max, non-finite count].
         # Every process holds the same global norm, so one list serves all of them.
-        self.grad_norms = torch.tensor(record.get("grad_norms", [0.0, 0.0, 0.0, 0.0]), device=device, dtype=torch.float32)
+        self.grad_norms = torch.tensor(
+            record.get("grad_norms", [0.0, 0.0, 0.0, 0.0]), device=device, dtype=torch.float32
+        )
         # Per-process totals of the whole run (earlier segments included), and the same since the last log.
         self.flops = float(_own(record.get("flops"), rank, 0.0))
         self.data_wait = float(_own(record.get("data_wait_s"), rank, 0.0))
@@ -77,8 +86,11 @@ class Meters:
         total, finite, largest, nonfinite = self.grad_norms.tolist()
         if finite + nonfinite == 0:
             return {"grad_norm": None, "grad_norm_max": None, "nonfinite_grad_norm_steps": 0}
-        return {"grad_norm": total / finite if finite else None, "grad_norm_max": largest if finite else None,
-                "nonfinite_grad_norm_steps": int(nonfinite)}  # fmt: skip
+        return {
+            "grad_norm": total / finite if finite else None,
+            "grad_norm_max": largest if finite else None,
+            "nonfinite_grad_norm_steps": int(nonfinite),
+        }
 
     def checkpointed(self, seconds: float) -> None:
         self.checkpointing += seconds
@@ -157,8 +169,11 @@ class Meters:
 
         loss_sums = accelerator.gather(self.loss_sum.reshape(1).float()).tolist()
         tokens = accelerator.gather(self.tokens.reshape(1)).tolist()
-        extra = accelerator.gather(torch.tensor([[self.flops, self.data_wait, self.checkpointing]],
-                                                device=self.loss_sum.device, dtype=torch.float64)).tolist()
+        extra = accelerator.gather(
+            torch.tensor(
+                [[self.flops, self.data_wait, self.checkpointing]], device=self.loss_sum.device, dtype=torch.float64
+            )
+        ).tolist()
         return {
             "flops": [row[0] for row in extra],
             "data_wait_s": [row[1] for row in extra],

@@ -6,9 +6,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from train_mrpc.config import TrainConfig
-from train_mrpc.schema import LABEL_NAMES
 from train_mrpc.errors import UserError
 from train_mrpc.hub import check_model_dir, is_hub_name, local_model_error, offline_error
+from train_mrpc.schema import LABEL_NAMES
 from train_mrpc.synthetic import TINY_MODEL, build_tiny_model
 
 
@@ -52,12 +52,16 @@ def load_tokenizer_and_model(config: TrainConfig):
                 if "attn_implementation" not in str(err) and "sdpa" not in str(err).lower():
                     raise
                 # Architectures without an SDPA path: fall back to the eager attention they do have.
-                model = AutoModelForSequenceClassification.from_pretrained(source, attn_implementation="eager", **kwargs)
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    source, attn_implementation="eager", **kwargs
+                )
         except Exception as err:
             if "ignore_mismatched_sizes" in str(err):  # a classification head for another label count
-                raise UserError(f"{where} '{name}' has a classification head for {head_labels(source, config)} labels, "
-                                f"MRPC has {len(LABEL_NAMES)}: pass --ignore_mismatched_sizes true to replace it by a "
-                                "new one (trained from scratch), or start from a model without that head") from None  # fmt: skip
+                raise UserError(
+                    f"{where} '{name}' has a classification head for {head_labels(source, config)} labels, "
+                    f"MRPC has {len(LABEL_NAMES)}: pass --ignore_mismatched_sizes true to replace it by a "
+                    "new one (trained from scratch), or start from a model without that head"
+                ) from None
             raise load_error(where, name, err) from None
     check_max_length(config.max_length, tokenizer, model, name)
     check_vocabulary(tokenizer, model, name)
@@ -81,18 +85,22 @@ def check_vocabulary(tokenizer, model, name: str) -> None:
     the first step: a tokenizer copied from another model)."""
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
-        raise UserError(f"the tokenizer of model {name} has {len(tokenizer)} tokens, but the model's embedding has "
-                        f"{rows} rows: ids from {rows} on have none (a tokenizer of another model?); use the "
-                        "tokenizer saved with the model")  # fmt: skip
+        raise UserError(
+            f"the tokenizer of model {name} has {len(tokenizer)} tokens, but the model's embedding has "
+            f"{rows} rows: ids from {rows} on have none (a tokenizer of another model?); use the "
+            "tokenizer saved with the model"
+        )
 
 
 def check_padding_token(tokenizer, model, name: str) -> None:
     """Batches of pairs are padded, so the tokenizer needs a padding token; a classifier that reads the last real
     token (GPT-2 and other decoders) finds it by the config's pad_token_id, which their configs often leave unset."""
     if tokenizer.pad_token_id is None:
-        raise UserError(f"the tokenizer of model {name} has no padding token, which batches of sentence pairs need: "
-                        "give it one (for a decoder such as GPT-2, tokenizer.pad_token = tokenizer.eos_token) and "
-                        "save it with the model")  # fmt: skip
+        raise UserError(
+            f"the tokenizer of model {name} has no padding token, which batches of sentence pairs need: "
+            "give it one (for a decoder such as GPT-2, tokenizer.pad_token = tokenizer.eos_token) and "
+            "save it with the model"
+        )
     if getattr(model.config, "pad_token_id", 0) is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # the id the batches are padded with: the same token
 
@@ -104,8 +112,10 @@ def check_padded_length(max_length: int, multiple: int | None, model, tokenizer,
     padded = -(-max_length // multiple) * multiple
     limit = position_limit(tokenizer, model)
     if padded > limit:
-        raise UserError(f"{why} pads batches of up to --max_length {max_length} tokens to {padded}, beyond the {limit} "
-                        f"positions model {name} has: use a multiple that divides {limit}, or a smaller --max_length")  # fmt: skip
+        raise UserError(
+            f"{why} pads batches of up to --max_length {max_length} tokens to {padded}, beyond the {limit} "
+            f"positions model {name} has: use a multiple that divides {limit}, or a smaller --max_length"
+        )
 
 
 def position_limit(tokenizer, model) -> int:
@@ -122,8 +132,11 @@ def check_fsdp_layer_classes(model, name: str) -> None:
     import os
 
     wanted = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "")
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true" or not wanted or \
-            os.environ.get("FSDP_AUTO_WRAP_POLICY", "").upper() != "TRANSFORMER_BASED_WRAP":  # fmt: skip
+    if (
+        os.environ.get("ACCELERATE_USE_FSDP", "").lower() != "true"
+        or not wanted
+        or os.environ.get("FSDP_AUTO_WRAP_POLICY", "").upper() != "TRANSFORMER_BASED_WRAP"
+    ):
         return
     present = {type(module).__name__ for module in model.modules()}
     missing = [cls for cls in wanted.split(",") if cls not in present]
@@ -163,9 +176,12 @@ def build_optimizer(model, config: TrainConfig, fused: bool = False):
         {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(
-        groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-        eps=config.adam_epsilon, fused=fused or None,
-    )  # fmt: skip
+        groups,
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
+        fused=fused or None,
+    )
 
 
 def deepspeed_master_weights(engine, state_dict: dict) -> dict:
@@ -199,8 +215,10 @@ def scored_weights(accelerator, model) -> str:
         return "saved"
     if deepspeed_zero_stage(accelerator) < 3:
         return "saved (the fp32 master weights; DeepSpeed trains with 16-bit copies of them)"
-    return ("not saved: DeepSpeed ZeRO-3's 16-bit copies of the saved fp32 master weights (the saved model, "
-            "reloaded, can score slightly differently)")
+    return (
+        "not saved: DeepSpeed ZeRO-3's 16-bit copies of the saved fp32 master weights (the saved model, "
+        "reloaded, can score slightly differently)"
+    )
 
 
 @contextmanager
@@ -274,8 +292,9 @@ def save_model(accelerator, model, tokenizer, output_dir: str | Path) -> None:
     if master_weights:
         state_dict = deepspeed_master_weights(model, state_dict)
     try:
-        unwrapped.save_pretrained(tmp, is_main_process=accelerator.is_main_process, state_dict=state_dict,
-                                  save_function=accelerator.save)  # fmt: skip
+        unwrapped.save_pretrained(
+            tmp, is_main_process=accelerator.is_main_process, state_dict=state_dict, save_function=accelerator.save
+        )
         if master_weights and accelerator.is_main_process:  # save_pretrained wrote the engine's 16-bit dtype
             unwrapped.config.dtype = "float32"
             unwrapped.config.save_pretrained(tmp)
@@ -288,13 +307,17 @@ def save_model(accelerator, model, tokenizer, output_dir: str | Path) -> None:
             for file in tmp.iterdir():
                 os.replace(file, output_dir / file.name)
     except OSError as err:
-        raise UserError(f"saving the model to {output_dir} failed: {(err.strerror or str(err)).lower()}; the "
-                        "checkpoints are kept (resume with --resume_from_checkpoint latest)") from None
+        raise UserError(
+            f"saving the model to {output_dir} failed: {(err.strerror or str(err)).lower()}; the "
+            "checkpoints are kept (resume with --resume_from_checkpoint latest)"
+        ) from None
     except Exception as err:  # safetensors reports a full disk as its own error type
         if "No space left" not in str(err):
             raise
-        raise UserError(f"saving the model to {output_dir} failed: no space left on the device; the checkpoints "
-                        "are kept (resume with --resume_from_checkpoint latest)") from None
+        raise UserError(
+            f"saving the model to {output_dir} failed: no space left on the device; the checkpoints "
+            "are kept (resume with --resume_from_checkpoint latest)"
+        ) from None
     finally:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -10,8 +10,13 @@ from pathlib import Path
 
 from train_mrpc.errors import UserError
 from train_mrpc.hub import model_display_name
-from train_mrpc.run_files import (ALL_RESULTS_FIELDS, EVAL_LOG_FIELDS, TRAIN_CONFIG_FIELDS, TRAIN_LOG_FIELDS,
-                                  read_run_file)
+from train_mrpc.run_files import (
+    ALL_RESULTS_FIELDS,
+    EVAL_LOG_FIELDS,
+    TRAIN_CONFIG_FIELDS,
+    TRAIN_LOG_FIELDS,
+    read_run_file,
+)
 from train_mrpc.schema import ALL_RESULTS, EVAL_LOG, TRAIN_CONFIG, TRAIN_LOG, TRAINING_CURVES
 
 
@@ -38,7 +43,9 @@ def plot_training_curves(output_dir: str | Path) -> Path:
     train_log = read_run_file(output_dir / TRAIN_LOG, TRAIN_LOG_FIELDS, lines=True, increasing=True)
     eval_log = read_run_file(output_dir / EVAL_LOG, EVAL_LOG_FIELDS, lines=True, increasing=True)
     if not train_log and not eval_log:
-        raise UserError(f"{output_dir} holds no {TRAIN_LOG} or {EVAL_LOG}: not a train-mrpc output folder (or nothing logged yet)")
+        raise UserError(
+            f"{output_dir} holds no {TRAIN_LOG} or {EVAL_LOG}: not a train-mrpc output folder (or nothing logged yet)"
+        )
     results = read_run_file(output_dir / ALL_RESULTS, ALL_RESULTS_FIELDS)
     threshold = read_run_file(output_dir / TRAIN_CONFIG, TRAIN_CONFIG_FIELDS).get("max_grad_norm")
     steps = [r["step"] for r in train_log]
@@ -46,8 +53,9 @@ def plot_training_curves(output_dir: str | Path) -> Path:
     (loss_ax, lr_ax, norm_ax), (eval_ax, speed_ax, time_ax) = axes
     loss_ax.plot(steps, [r["loss"] for r in train_log], color="#4c72b0", label="training (mean since last log)")
     if eval_log:
-        loss_ax.plot([r["step"] for r in eval_log], [r["eval_loss"] for r in eval_log], "o-", color="#dd8452",
-                     label="validation")  # fmt: skip
+        loss_ax.plot(
+            [r["step"] for r in eval_log], [r["eval_loss"] for r in eval_log], "o-", color="#dd8452", label="validation"
+        )
     loss_ax.set(title="Loss", ylabel="cross-entropy")
     loss_ax.legend(fontsize="small")
     lr_ax.plot(*_series(train_log, "learning_rate"), color="#55a868")
@@ -58,8 +66,9 @@ def plot_training_curves(output_dir: str | Path) -> Path:
         eval_steps, values = _series(eval_log, key)
         eval_ax.plot(eval_steps, [100 * v for v in values], marker, label=key.removeprefix("eval_"))
     if results.get("eval_majority_accuracy"):
-        eval_ax.axhline(100 * results["eval_majority_accuracy"], color="grey", linestyle="--", linewidth=1,
-                        label="majority class")  # fmt: skip
+        eval_ax.axhline(
+            100 * results["eval_majority_accuracy"], color="grey", linestyle="--", linewidth=1, label="majority class"
+        )
     eval_ax.set(title="Validation", xlabel="optimizer step", ylabel="%")
     eval_ax.legend(fontsize="small")
     speed_ax.plot(*_series(train_log, "samples_per_second"), color="#8172b3", label="samples/s")
@@ -84,8 +93,15 @@ def plot_grad_norm(ax, train_log: list[dict], threshold: float | None) -> None:
     logged = [r for r in train_log if r.get("grad_norm") is not None]
     ax.set(title="Gradient norm (before clipping)", ylabel="L2 norm")
     if not logged:
-        ax.text(0.5, 0.5, "no gradient norm in the log\n(--max_grad_norm 0 computes none)", ha="center", va="center",
-                transform=ax.transAxes, color="grey")  # fmt: skip
+        ax.text(
+            0.5,
+            0.5,
+            "no gradient norm in the log\n(--max_grad_norm 0 computes none)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="grey",
+        )
         return
     steps = [r["step"] for r in logged]
     ax.plot(steps, [r["grad_norm"] for r in logged], color="#937860", label="mean since last log")

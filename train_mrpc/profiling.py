@@ -72,15 +72,23 @@ class StepProfiler(NoProfiler):
 def step_profiler(config, accelerator, output_dir: Path) -> NoProfiler:
     if not config.profile:
         return NoProfiler()
-    return StepProfiler(output_dir, accelerator.process_index, accelerator.device.type == "cuda",
-                        config.profile_skip_steps, config.profile_warmup_steps, config.profile_steps)  # fmt: skip
+    return StepProfiler(
+        output_dir,
+        accelerator.process_index,
+        accelerator.device.type == "cuda",
+        config.profile_skip_steps,
+        config.profile_warmup_steps,
+        config.profile_steps,
+    )
 
 
 def check_profile_window(config, steps_to_run: int) -> None:
     """Refuse a --profile window that ends after the run does (it left an empty profile folder and no table)."""
     needed = config.profile_skip_steps + config.profile_warmup_steps + config.profile_steps
     if config.profile and steps_to_run < needed:
-        raise UserError(f"--profile records optimizer steps {needed - config.profile_steps + 1} to {needed} of this run "
-                        f"(--profile_skip_steps {config.profile_skip_steps}, --profile_warmup_steps "
-                        f"{config.profile_warmup_steps}, --profile_steps {config.profile_steps}), but it has "
-                        f"{steps_to_run} to run: lower them, or run longer")  # fmt: skip
+        raise UserError(
+            f"--profile records optimizer steps {needed - config.profile_steps + 1} to {needed} of this run "
+            f"(--profile_skip_steps {config.profile_skip_steps}, --profile_warmup_steps "
+            f"{config.profile_warmup_steps}, --profile_steps {config.profile_steps}), but it has "
+            f"{steps_to_run} to run: lower them, or run longer"
+        )

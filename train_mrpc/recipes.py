@@ -25,9 +25,16 @@ class Recipe:
 # What both recipes share: BERT's optimisation (length 128, 10 % linear warm-up then linear decay, AdamW with
 # weight decay 0.01, betas 0.9/0.999, epsilon 1e-6, global-norm clipping 1.0).
 BERT_OPTIMIZATION = {
-    "max_length": 128, "warmup_ratio": 0.1, "num_warmup_steps": None, "lr_scheduler_type": "linear",
-    "weight_decay": 0.01, "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-6, "max_grad_norm": 1.0,
-}  # fmt: skip
+    "max_length": 128,
+    "warmup_ratio": 0.1,
+    "num_warmup_steps": None,
+    "lr_scheduler_type": "linear",
+    "weight_decay": 0.01,
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.999,
+    "adam_epsilon": 1e-6,
+    "max_grad_norm": 1.0,
+}
 
 RECIPES = {
     recipe.name: recipe

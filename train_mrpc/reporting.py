@@ -82,8 +82,10 @@ def parallelism_text(distributed_type: str, sharding: dict | str | None) -> str:
     """How the processes share the work, as the run did it (not as the launch config asked)."""
     if isinstance(sharding, dict) and sharding.get("kind") == "FSDP":
         reshard = sharding.get("reshard_after_forward")
-        return (f"FSDP{sharding.get('fsdp_version', '')} (parameters, gradients and optimizer state sharded"
-                f"{', resharded after forward' if reshard is True else ''})")
+        return (
+            f"FSDP{sharding.get('fsdp_version', '')} (parameters, gradients and optimizer state sharded"
+            f"{', resharded after forward' if reshard is True else ''})"
+        )
     if isinstance(sharding, dict) and sharding.get("kind") == "DeepSpeed ZeRO":
         return f"DeepSpeed ZeRO-{sharding.get('zero_stage')} (optimizer state{' and gradients' if sharding.get('zero_stage', 0) >= 2 else ''} sharded)"
     return "one process" if distributed_type == "NO" else "DDP (every process holds the whole model)"
@@ -92,37 +94,66 @@ def parallelism_text(distributed_type: str, sharding: dict | str | None) -> str:
 def print_summary(results: dict, console: Console | None = None) -> None:
     launch, speed = results["launch"], results["speed"]
     # The name people know; the path it was loaded from stays in all_results.json and train_config.json.
-    table = Table(title=f"MRPC fine-tune: {model_display_name(results['model'])}", show_header=False,
-                  title_justify="left")  # fmt: skip
+    table = Table(
+        title=f"MRPC fine-tune: {model_display_name(results['model'])}", show_header=False, title_justify="left"
+    )
     table.add_column(style="bold")
     table.add_column(justify="right")
     rows = [
         ("data", results["data_source"]),
-        ("launch", f"{launch['num_processes']} x {launch['device_type']}, "
-                   f"{parallelism_text(launch['distributed_type'], results.get('sharding'))}, "
-                   f"{'fp32' if launch['mixed_precision'] == 'no' else launch['mixed_precision']} precision"),
-        ("global batch", f"{launch['global_batch_size']} ({launch['per_device_train_batch_size']}/device x "
-                         f"{launch['num_processes']} x {launch['gradient_accumulation_steps']} accumulation)"),
-        ("speed choices", f"{speed['precision']} ({speed['precision_reason']}), {speed['batching']} batches, "
-                          f"{padding_text(speed['pad_to_multiple_of'])}, compile {'on' if speed['torch_compile'] else 'off'}"
-                          + (f", CPU speed-ups ({speed['cpu_speedups_reason']})" if speed.get("cpu_speedups") else "")),
+        (
+            "launch",
+            f"{launch['num_processes']} x {launch['device_type']}, "
+            f"{parallelism_text(launch['distributed_type'], results.get('sharding'))}, "
+            f"{'fp32' if launch['mixed_precision'] == 'no' else launch['mixed_precision']} precision",
+        ),
+        (
+            "global batch",
+            f"{launch['global_batch_size']} ({launch['per_device_train_batch_size']}/device x "
+            f"{launch['num_processes']} x {launch['gradient_accumulation_steps']} accumulation)",
+        ),
+        (
+            "speed choices",
+            f"{speed['precision']} ({speed['precision_reason']}), {speed['batching']} batches, "
+            f"{padding_text(speed['pad_to_multiple_of'])}, compile {'on' if speed['torch_compile'] else 'off'}"
+            + (f", CPU speed-ups ({speed['cpu_speedups_reason']})" if speed.get("cpu_speedups") else ""),
+        ),
         ("epochs / steps", f"{results['epoch']:g} / {results['global_step']}"),
         ("train loss", f"{results['train_loss']:.4f}"),
-        ("eval accuracy", f"{results['eval_accuracy']:.4f} (always answering the majority class: "
-                          f"{results['eval_majority_accuracy']:.4f})"),
+        (
+            "eval accuracy",
+            f"{results['eval_accuracy']:.4f} (always answering the majority class: "
+            f"{results['eval_majority_accuracy']:.4f})",
+        ),
         ("eval F1", f"{results['eval_f1']:.4f}"),
         ("eval loss", f"{results['eval_loss']:.4f}"),
         ("train time", f"{results['train_runtime']:.1f} s (evaluation {results['eval_runtime']:.1f} s)"),
-        ("throughput", f"{results['train_samples_per_second']:.1f} samples/s, "
-                       f"{results['train_tokens_per_second']:.0f} tokens/s (real tokens)"),
-        ("where the time went", ", ".join(f"{name.replace('_', ' ')} {seconds:.1f} s"
-                                          for name, seconds in results["time_breakdown_s"].items())),
-        ("model FLOP/s, MFU", f"{results['achieved_tflops']:.3g} TFLOP/s per device, " + (
-            f"MFU {100 * results['mfu']:.1f} % of {results['peak_flops_source']}" if results["mfu"] is not None
-            else f"MFU unknown ({results['peak_flops_source']})")),
-        ("peak memory", f"{results['peak_memory_bytes'] / 2**30:.2f} GiB ({results['peak_memory_kind'].replace('_', ' ')})"),
+        (
+            "throughput",
+            f"{results['train_samples_per_second']:.1f} samples/s, "
+            f"{results['train_tokens_per_second']:.0f} tokens/s (real tokens)",
+        ),
+        (
+            "where the time went",
+            ", ".join(
+                f"{name.replace('_', ' ')} {seconds:.1f} s" for name, seconds in results["time_breakdown_s"].items()
+            ),
+        ),
+        (
+            "model FLOP/s, MFU",
+            f"{results['achieved_tflops']:.3g} TFLOP/s per device, "
+            + (
+                f"MFU {100 * results['mfu']:.1f} % of {results['peak_flops_source']}"
+                if results["mfu"] is not None
+                else f"MFU unknown ({results['peak_flops_source']})"
+            ),
+        ),
+        (
+            "peak memory",
+            f"{results['peak_memory_bytes'] / 2**30:.2f} GiB ({results['peak_memory_kind'].replace('_', ' ')})",
+        ),
         ("saved to", results["output_dir"]),
-    ]  # fmt: skip
+    ]
     for name, value in rows:
         table.add_row(name, str(value))
     (console or Console()).print(table)

@@ -20,13 +20,28 @@ from train_mrpc.schema import ALL_RESULTS, EVAL_LOG
 
 # MRPC validation results as published (not run here); accuracy and F1 as fractions.
 PUBLISHED_BASELINES = [
-    {"model": "bert-base-uncased", "setup": "batch 32, lr 2e-5, 3 epochs", "accuracy": 0.8455, "f1": None,
-     "source": "Google's BERT README (github.com/google-research/bert)"},
-    {"model": "bert-base-uncased", "setup": "Trainer defaults: batch 8, lr 5e-5, 3 epochs", "accuracy": 0.8578, "f1": 0.8997,
-     "source": "Hugging Face course, chapter 3"},
-    {"model": "bert-base-cased", "setup": "run_glue.py: batch 32, lr 2e-5, 3 epochs", "accuracy": 0.8407, "f1": 0.8885,
-     "source": "transformers examples/pytorch/text-classification README"},
-]  # fmt: skip
+    {
+        "model": "bert-base-uncased",
+        "setup": "batch 32, lr 2e-5, 3 epochs",
+        "accuracy": 0.8455,
+        "f1": None,
+        "source": "Google's BERT README (github.com/google-research/bert)",
+    },
+    {
+        "model": "bert-base-uncased",
+        "setup": "Trainer defaults: batch 8, lr 5e-5, 3 epochs",
+        "accuracy": 0.8578,
+        "f1": 0.8997,
+        "source": "Hugging Face course, chapter 3",
+    },
+    {
+        "model": "bert-base-cased",
+        "setup": "run_glue.py: batch 32, lr 2e-5, 3 epochs",
+        "accuracy": 0.8407,
+        "f1": 0.8885,
+        "source": "transformers examples/pytorch/text-classification README",
+    },
+]
 METRICS = ("eval_accuracy", "eval_f1", "eval_loss", "train_runtime")
 
 
@@ -65,17 +80,28 @@ def run_seed(config: TrainConfig, seed: int) -> dict:
         results = train(dataclasses.replace(config, seed=seed, output_dir=str(out), resume_from_checkpoint="latest"))
         curve = read_run_file(out / EVAL_LOG, CURVE_FIELDS, lines=True)
     majority = results.get("eval_majority_accuracy")
-    return {"seed": seed, **{k: results[k] for k in METRICS}, "eval_majority_accuracy": majority,
-            "failed": is_failed_run(results["eval_accuracy"], majority), "curve": curve, "launch": results["launch"],
-            "speed": results["speed"]}  # fmt: skip
+    return {
+        "seed": seed,
+        **{k: results[k] for k in METRICS},
+        "eval_majority_accuracy": majority,
+        "failed": is_failed_run(results["eval_accuracy"], majority),
+        "curve": curve,
+        "launch": results["launch"],
+        "speed": results["speed"],
+    }
 
 
 def summarize(runs: list[dict]) -> dict:
     summary = {}
     for key in METRICS:
         values = [r[key] for r in runs]
-        summary[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                        "median": statistics.median(values), "min": min(values), "max": max(values)}  # fmt: skip
+        summary[key] = {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "median": statistics.median(values),
+            "min": min(values),
+            "max": max(values),
+        }
     return summary
 
 
@@ -142,8 +168,10 @@ def markdown_report(report: dict) -> str:
         "|---:|---:|---:|---:|---:|:---:|",
     ]
     for run in report["runs"]:
-        lines.append(f"| {run['seed']} | {_pct(run['eval_accuracy'])} | {_pct(run['eval_f1'])} | "
-                     f"{run['eval_loss']:.4f} | {run['train_runtime']:.1f} | {'**yes**' if run.get('failed') else ''} |")  # fmt: skip
+        lines.append(
+            f"| {run['seed']} | {_pct(run['eval_accuracy'])} | {_pct(run['eval_f1'])} | "
+            f"{run['eval_loss']:.4f} | {run['train_runtime']:.1f} | {'**yes**' if run.get('failed') else ''} |"
+        )
     lines.append(
         f"| **mean ± std** | **{_pct(summary['eval_accuracy']['mean'])} ± {_pct(summary['eval_accuracy']['std'])}** | "
         f"**{_pct(summary['eval_f1']['mean'])} ± {_pct(summary['eval_f1']['std'])}** | "
@@ -182,13 +210,19 @@ def draw_baselines(ax, report: dict, metric: str = "accuracy") -> None:
     """Horizontal lines: the majority-class accuracy and the model's published baselines (percent)."""
     majority = report.get("majority_accuracy")
     if metric == "accuracy" and majority is not None:
-        ax.axhline(100 * majority, color="grey", linestyle=":", linewidth=1.2,
-                   label=f"majority class {100 * majority:.2f} %")  # fmt: skip
+        ax.axhline(
+            100 * majority, color="grey", linestyle=":", linewidth=1.2, label=f"majority class {100 * majority:.2f} %"
+        )
     for baseline in report.get("published_baselines_for_model", []):
         value = baseline.get(metric)
         if value is not None:
-            ax.axhline(100 * value, color="black", linestyle="-.", linewidth=1,
-                       label=f"published {metric} {100 * value:.2f} % ({baseline['source'].split(' (')[0]})")  # fmt: skip
+            ax.axhline(
+                100 * value,
+                color="black",
+                linestyle="-.",
+                linewidth=1,
+                label=f"published {metric} {100 * value:.2f} % ({baseline['source'].split(' (')[0]})",
+            )
 
 
 def plot_report(report: dict, path: Path) -> None:
@@ -215,15 +249,25 @@ def report_figure(report: dict):
         left.axhline(100 * report["summary"][key]["mean"], color=line.get_color(), linestyle="--", linewidth=1)
     failed = [r for r in report["runs"] if r.get("failed")]
     if failed:
-        left.plot([r["seed"] for r in failed], [100 * r["eval_accuracy"] for r in failed], "x", color="red",
-                  markersize=10, label="failed run")  # fmt: skip
+        left.plot(
+            [r["seed"] for r in failed],
+            [100 * r["eval_accuracy"] for r in failed],
+            "x",
+            color="red",
+            markersize=10,
+            label="failed run",
+        )
     draw_baselines(left, report, "accuracy")
     draw_baselines(left, report, "f1")
     left.set(title="Validation metrics per seed (dashed: mean)", xlabel="seed", ylabel="%", xticks=seeds)
     left.legend(fontsize="small")
     for run in report["runs"]:
-        right.plot([p["epoch"] for p in run["curve"]], [100 * p["eval_accuracy"] for p in run["curve"]],
-                   marker="o", label=f"seed {run['seed']}")  # fmt: skip
+        right.plot(
+            [p["epoch"] for p in run["curve"]],
+            [100 * p["eval_accuracy"] for p in run["curve"]],
+            marker="o",
+            label=f"seed {run['seed']}",
+        )
     draw_baselines(right, report, "accuracy")
     right.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
     right.set(title="Validation accuracy after each epoch", xlabel="epoch", ylabel="accuracy (%)")
@@ -244,14 +288,29 @@ def print_report(report: dict) -> None:
     for name in ("seed", "accuracy %", "F1 %", "eval loss", "train s"):
         table.add_column(name, justify="right")
     for run in report["runs"]:
-        table.add_row(str(run["seed"]), _pct(run["eval_accuracy"]), _pct(run["eval_f1"]),
-                      f"{run['eval_loss']:.4f}", f"{run['train_runtime']:.1f}")  # fmt: skip
+        table.add_row(
+            str(run["seed"]),
+            _pct(run["eval_accuracy"]),
+            _pct(run["eval_f1"]),
+            f"{run['eval_loss']:.4f}",
+            f"{run['train_runtime']:.1f}",
+        )
     s = report["summary"]
-    table.add_row("mean ± std", f"{_pct(s['eval_accuracy']['mean'])} ± {_pct(s['eval_accuracy']['std'])}",
-                  f"{_pct(s['eval_f1']['mean'])} ± {_pct(s['eval_f1']['std'])}",
-                  f"{s['eval_loss']['mean']:.4f}", f"{s['train_runtime']['mean']:.1f}", style="bold")  # fmt: skip
-    table.add_row("median", _pct(s["eval_accuracy"]["median"]), _pct(s["eval_f1"]["median"]),
-                  f"{s['eval_loss']['median']:.4f}", f"{s['train_runtime']['median']:.1f}")  # fmt: skip
+    table.add_row(
+        "mean ± std",
+        f"{_pct(s['eval_accuracy']['mean'])} ± {_pct(s['eval_accuracy']['std'])}",
+        f"{_pct(s['eval_f1']['mean'])} ± {_pct(s['eval_f1']['std'])}",
+        f"{s['eval_loss']['mean']:.4f}",
+        f"{s['train_runtime']['mean']:.1f}",
+        style="bold",
+    )
+    table.add_row(
+        "median",
+        _pct(s["eval_accuracy"]["median"]),
+        _pct(s["eval_f1"]["median"]),
+        f"{s['eval_loss']['median']:.4f}",
+        f"{s['train_runtime']['median']:.1f}",
+    )
     console = Console()
     console.print(table)
     console.print(failed_runs_sentence(report))

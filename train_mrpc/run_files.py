@@ -43,24 +43,43 @@ def _object(value) -> bool:
     return isinstance(value, dict)
 
 
-EXPECTED = {_number: "a number", _step: "a step number (an integer >= 0)",
-            _seconds_by_name: "an object of finite numbers (seconds by name)", _text: "a string",
-            _object: "a JSON object"}  # fmt: skip
+EXPECTED = {
+    _number: "a number",
+    _step: "a step number (an integer >= 0)",
+    _seconds_by_name: "an object of finite numbers (seconds by name)",
+    _text: "a string",
+    _object: "a JSON object",
+}
 
 # What the plot reads of each file: (required fields, optional fields), each field with its check. An optional
 # field may be absent or null (older logs lack some: grad_norm, grad_norm_max, mfu); what is missing is not drawn.
-TRAIN_LOG_FIELDS = ({"step": _step, "loss": _number},
-                    {"learning_rate": _number, "samples_per_second": _number, "grad_norm": _number,
-                     "grad_norm_max": _number, "mfu": _number})  # fmt: skip
+TRAIN_LOG_FIELDS = (
+    {"step": _step, "loss": _number},
+    {
+        "learning_rate": _number,
+        "samples_per_second": _number,
+        "grad_norm": _number,
+        "grad_norm_max": _number,
+        "mfu": _number,
+    },
+)
 EVAL_LOG_FIELDS = ({"step": _step, "eval_loss": _number}, {"eval_accuracy": _number, "eval_f1": _number})
 # What reproduce's report draws of each evaluation (accuracy after each epoch): the run always logs both.
 CURVE_FIELDS = ({**EVAL_LOG_FIELDS[0], "epoch": _number, "eval_accuracy": _number}, {"eval_f1": _number})
 ALL_RESULTS_FIELDS = ({}, {"model": _text, "eval_majority_accuracy": _number, "time_breakdown_s": _seconds_by_name})
 TRAIN_CONFIG_FIELDS = ({}, {"max_grad_norm": _number})
 # What reproduce's report and sweep's table take from a finished run's all_results.json.
-FINISHED_RUN_FIELDS = ({"eval_accuracy": _number, "eval_f1": _number, "eval_loss": _number, "train_runtime": _number,
-                        "launch": _object, "speed": _object},
-                       {"eval_majority_accuracy": _number, "train_loss": _number})  # fmt: skip
+FINISHED_RUN_FIELDS = (
+    {
+        "eval_accuracy": _number,
+        "eval_f1": _number,
+        "eval_loss": _number,
+        "train_runtime": _number,
+        "launch": _object,
+        "speed": _object,
+    },
+    {"eval_majority_accuracy": _number, "train_loss": _number},
+)
 
 
 def _checked(value, where: str, fields: tuple[dict, dict]):
@@ -73,12 +92,16 @@ def _checked(value, where: str, fields: tuple[dict, dict]):
         raise UserError(f"{where}: expected {expected}, got {json_kind(value)}")
     missing = [key for key in required if key not in value]
     if missing:
-        raise UserError(f"{where}: expected {expected}; {' and '.join(map(repr, missing))} "
-                        f"{'is' if len(missing) == 1 else 'are'} missing")  # fmt: skip
+        raise UserError(
+            f"{where}: expected {expected}; {' and '.join(map(repr, missing))} "
+            f"{'is' if len(missing) == 1 else 'are'} missing"
+        )
     for key, check in (*required.items(), *optional.items()):
         if key in value and not check(value[key]) and not (key in optional and value[key] is None):
-            raise UserError(f"{where}: {key!r} is {shown_value(value[key])}; expected {EXPECTED[check]}"
-                            + (" or null" if key in optional else ""))  # fmt: skip
+            raise UserError(
+                f"{where}: {key!r} is {shown_value(value[key])}; expected {EXPECTED[check]}"
+                + (" or null" if key in optional else "")
+            )
     return value
 
 
@@ -100,8 +123,10 @@ def read_run_file(path: Path, fields: tuple[dict, dict], lines: bool = False, in
         # A run logs each step once, in order (a resume trims its logs to the checkpoint first): a step that goes
         # back or repeats is two runs' logs joined or an edit, and its curve would be drawn doubling back on itself.
         if increasing and previous is not None and rows[-1]["step"] <= previous:
-            raise UserError(f"{path} line {number}: step {rows[-1]['step']} after step {previous}; expected "
-                            "increasing steps (one line per logged step, as the run writes them)")  # fmt: skip
+            raise UserError(
+                f"{path} line {number}: step {rows[-1]['step']} after step {previous}; expected "
+                "increasing steps (one line per logged step, as the run writes them)"
+            )
         previous = rows[-1]["step"] if increasing else None
     return rows
 

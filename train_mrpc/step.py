@@ -6,7 +6,9 @@ The benchmark imports these two, so a benchmark cell labelled like the loop runs
 from __future__ import annotations
 
 
-def padding_multiple(requested: int | None, *, torch_compile: bool, device_type: str, mixed_precision: str) -> int | None:
+def padding_multiple(
+    requested: int | None, *, torch_compile: bool, device_type: str, mixed_precision: str
+) -> int | None:
     """The multiple each batch's length is padded up to (None: to its longest pair only).
 
     Compiled graphs specialise on shapes: buckets of 32 tokens bound the recompiles to max_length / 32.

@@ -54,7 +54,7 @@ from train_mrpc.config import (
     check_types,
     check_value,
     is_finite,
-)  # fmt: skip
+)
 from train_mrpc.errors import UserError
 from train_mrpc.reproduce import (
     PUBLISHED_BASELINES,
@@ -62,7 +62,7 @@ from train_mrpc.reproduce import (
     is_failed_run,
     model_display_name,
     published_baselines_for,
-)  # fmt: skip
+)
 from train_mrpc.schema import ALL_RESULTS
 
 # Devlin et al. (2019), appendix A.3: the fine-tuning learning rates searched on dev.
@@ -72,10 +72,28 @@ GRID_FIELDS = ("learning_rate", "per_device_train_batch_size", "num_train_epochs
 STORAGE_FILE = "sweep.db"
 STORAGE_LOCK = ".sweep-storage.lock"
 # Settings that say where or how a worker runs, not what a trial computes: they may differ between workers.
-NOT_IDENTITY = ("output_dir", "resume_from_checkpoint", "overwrite_output_dir", "report_to", "dataloader_num_workers",
-                "logging_steps", "checkpointing_steps", "save_total_limit")
-RESULT_KEYS = ("eval_accuracy", "eval_f1", "eval_loss", "eval_majority_accuracy", "train_loss", "train_runtime",
-               "eval_runtime", "global_step", "epoch", "resumed_from")  # fmt: skip
+NOT_IDENTITY = (
+    "output_dir",
+    "resume_from_checkpoint",
+    "overwrite_output_dir",
+    "report_to",
+    "dataloader_num_workers",
+    "logging_steps",
+    "checkpointing_steps",
+    "save_total_limit",
+)
+RESULT_KEYS = (
+    "eval_accuracy",
+    "eval_f1",
+    "eval_loss",
+    "eval_majority_accuracy",
+    "train_loss",
+    "train_runtime",
+    "eval_runtime",
+    "global_step",
+    "epoch",
+    "resumed_from",
+)
 TRIAL_EXTRAS = ("precision", "device", "global_batch_size")  # also kept with each trial's results
 GRID_SEED = 0  # GridSampler's shuffle: the same in every worker, so trial number k is the same grid point everywhere
 
@@ -84,25 +102,31 @@ GRID_SEED = 0  # GridSampler's shuffle: the same in every worker, so trial numbe
 class SweepConfig:
     learning_rates: list[float] = field(
         default_factory=lambda: list(PAPER_LEARNING_RATES),
-        metadata={"help": "Learning rates of the grid (sweep only; --learning_rate is not used). Default: the BERT "
-                          "paper's 5e-5 4e-5 3e-5 2e-5."},
-    )  # fmt: skip
+        metadata={
+            "help": "Learning rates of the grid (sweep only; --learning_rate is not used). Default: the BERT "
+            "paper's 5e-5 4e-5 3e-5 2e-5."
+        },
+    )
     num_seeds: int = field(default=5, metadata={"help": "Seeds per configuration: --seed, --seed + 1, ... (sweep)."})
     batch_sizes: Optional[list[int]] = field(
         default=None,
-        metadata={"help": "Per-device train batch sizes of the grid, e.g. 16 32 (sweep; default: "
-                          "--per_device_train_batch_size only)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Per-device train batch sizes of the grid, e.g. 16 32 (sweep; default: "
+            "--per_device_train_batch_size only)."
+        },
+    )
     epochs: Optional[list[float]] = field(
         default=None,
         metadata={"help": "Epoch counts of the grid, e.g. 2 3 4 (sweep; default: --num_train_epochs only)."},
     )
     storage: Optional[str] = field(
         default=None,
-        metadata={"help": "Optuna storage shared by the sweep's workers: a database URL such as "
-                          "postgresql://user:password@host/db for workers on many nodes (sweep; default: the SQLite "
-                          "file sweep.db in --output_dir, for workers on one machine)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Optuna storage shared by the sweep's workers: a database URL such as "
+            "postgresql://user:password@host/db for workers on many nodes (sweep; default: the SQLite "
+            "file sweep.db in --output_dir, for workers on one machine)."
+        },
+    )
     study_name: Optional[str] = field(
         default=None, metadata={"help": "Name of the sweep in --storage (sweep; default: the name of --output_dir)."}
     )
@@ -111,30 +135,51 @@ class SweepConfig:
     )
     grace_period: int = field(
         default=120,
-        metadata={"help": "Seconds without a heartbeat after which a running trial's worker counts as dead and "
-                          "another worker resumes the trial from its checkpoint (sweep)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Seconds without a heartbeat after which a running trial's worker counts as dead and "
+            "another worker resumes the trial from its checkpoint (sweep)."
+        },
+    )
     wait_for_others: bool = field(
         default=True,
-        metadata={"help": "When no trial is left to start, wait for the other workers' running trials (taking "
-                          "over those whose worker dies) and write the report; false: leave at once (sweep)."},
-    )  # fmt: skip
+        metadata={
+            "help": "When no trial is left to start, wait for the other workers' running trials (taking "
+            "over those whose worker dies) and write the report; false: leave at once (sweep)."
+        },
+    )
 
     def __post_init__(self) -> None:
         seconds = "an integer number of seconds"
-        check_types(self, {"num_seeds": IntRange(1), "heartbeat_interval": IntRange(1, seconds),
-                           "grace_period": IntRange(None, seconds)})  # a config file's values too; lists below
+        check_types(
+            self,
+            {
+                "num_seeds": IntRange(1),
+                "heartbeat_interval": IntRange(1, seconds),
+                "grace_period": IntRange(None, seconds),
+            },
+        )  # a config file's values too; lists below
         # Each value becomes a trial's TrainConfig value, so the same bounds (checked here, before any trial runs).
-        lists = {"learning_rates": (self.learning_rates, float, math.inf, "numbers > 0"),
-                 "batch_sizes": (self.batch_sizes, int, MAX_INT, f"integers from 1 to {MAX_INT_TEXT}"),
-                 "epochs": (self.epochs, float, MAX_INT, f"numbers > 0 and at most {MAX_INT_TEXT}")}  # fmt: skip
+        lists = {
+            "learning_rates": (self.learning_rates, float, math.inf, "numbers > 0"),
+            "batch_sizes": (self.batch_sizes, int, MAX_INT, f"integers from 1 to {MAX_INT_TEXT}"),
+            "epochs": (self.epochs, float, MAX_INT, f"numbers > 0 and at most {MAX_INT_TEXT}"),
+        }
         for name, (values, kind, maximum, what) in lists.items():
             if values is None and name != "learning_rates":
                 continue
-            ok = isinstance(values, list) and len(values) > 0 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or isinstance(v, int))
-                and is_finite(v) and 0 < v <= maximum for v in values
-            ) and len(set(values)) == len(values)  # fmt: skip
+            ok = (
+                isinstance(values, list)
+                and len(values) > 0
+                and all(
+                    isinstance(v, (int, float))
+                    and not isinstance(v, bool)
+                    and (kind is float or isinstance(v, int))
+                    and is_finite(v)
+                    and 0 < v <= maximum
+                    for v in values
+                )
+                and len(set(values)) == len(values)
+            )
             check_value(ok, name, values, f"a list of {what} without repeats")
         # A trial's folder names its learning rate and epochs to 6 significant digits (configuration_name): two
         # values that agree that far shared one folder, and the second read the first's finished run as its own.
@@ -142,11 +187,19 @@ class SweepConfig:
             shown = {}
             for value in getattr(self, name) or []:
                 other = shown.setdefault(f"{value:g}", value)
-                check_value(other == value, name, getattr(self, name),
-                            f"values that name different trial folders: {other!r} and {value!r} are both "
-                            f"{prefix}{value:g} (6 significant digits)")  # fmt: skip
-        check_value(self.grace_period > self.heartbeat_interval, "grace_period", self.grace_period,
-                    f"an integer number of seconds > --heartbeat_interval ({self.heartbeat_interval})")  # fmt: skip
+                check_value(
+                    other == value,
+                    name,
+                    getattr(self, name),
+                    f"values that name different trial folders: {other!r} and {value!r} are both "
+                    f"{prefix}{value:g} (6 significant digits)",
+                )
+        check_value(
+            self.grace_period > self.heartbeat_interval,
+            "grace_period",
+            self.grace_period,
+            f"an integer number of seconds > --heartbeat_interval ({self.heartbeat_interval})",
+        )
         if self.study_name is not None:
             check_value(self.study_name.strip() != "", "study_name", self.study_name, "a non-empty name")
 
@@ -193,8 +246,10 @@ def import_optuna():
     try:
         import optuna
     except ImportError:
-        raise UserError("train-mrpc sweep needs the optuna package, which is not installed: "
-                        "pip install 'train-mrpc[sweep]' (in a checkout: pip install -e '.[sweep]')") from None  # fmt: skip
+        raise UserError(
+            "train-mrpc sweep needs the optuna package, which is not installed: "
+            "pip install 'train-mrpc[sweep]' (in a checkout: pip install -e '.[sweep]')"
+        ) from None
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
@@ -229,18 +284,24 @@ def open_storage(optuna, url: str, options: SweepConfig, callback):
 
     kwargs = {"heartbeat_interval": options.heartbeat_interval, "grace_period": options.grace_period}
     parameters = inspect.signature(optuna.storages.RDBStorage).parameters
-    kwargs["heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in parameters else "failed_trial_callback"] = callback
+    kwargs[
+        "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in parameters else "failed_trial_callback"
+    ] = callback
     # SQLite: wait for a writer's lock instead of failing at once; servers: drop connections that died while training.
     engine_kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(6):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except ImportError as err:
-            raise UserError(f"--storage {masked(url)}: its database driver is not installed ({err.__cause__ or err}); "
-                            "for PostgreSQL: pip install psycopg2-binary (or pip install -e '.[sweep]')") from None  # fmt: skip
+            raise UserError(
+                f"--storage {masked(url)}: its database driver is not installed ({err.__cause__ or err}); "
+                "for PostgreSQL: pip install psycopg2-binary (or pip install -e '.[sweep]')"
+            ) from None
         except sqlalchemy.exc.ArgumentError as err:
-            raise UserError(f"--storage {masked(url)} is not a database URL ({err}); expected e.g. "
-                            "postgresql://user:password@host/database or sqlite:////path/to/sweep.db") from None  # fmt: skip
+            raise UserError(
+                f"--storage {masked(url)} is not a database URL ({err}); expected e.g. "
+                "postgresql://user:password@host/database or sqlite:////path/to/sweep.db"
+            ) from None
         except sqlalchemy.exc.SQLAlchemyError as err:
             # Workers creating the tables at the same moment can collide; the second try finds them made.
             if attempt == 5:
@@ -264,16 +325,19 @@ def open_study(optuna, config: TrainConfig, options: SweepConfig, grid: dict, ro
     # Workers started together take turns creating a local SQLite storage.
     with OutputDirLock(path=root / STORAGE_LOCK) if url.startswith("sqlite") else contextlib.nullcontext():
         storage = open_storage(optuna, url, options, retry_callback(optuna))
-        study = optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler,
-                                    load_if_exists=True)  # fmt: skip
+        study = optuna.create_study(
+            storage=storage, study_name=name, direction=direction, sampler=sampler, load_if_exists=True
+        )
         identity = sweep_identity(config, grid)
         stored = study.user_attrs.get("sweep")
         if stored is None:
             study.set_user_attr("sweep", identity)
         elif stored != identity:
-            raise UserError(f"study {name!r} in {masked(url)} belongs to another sweep ({identity_difference(stored, identity)}); "
-                            "run every worker with the same flags, or start a new sweep with another --output_dir "
-                            "or --study_name")  # fmt: skip
+            raise UserError(
+                f"study {name!r} in {masked(url)} belongs to another sweep ({identity_difference(stored, identity)}); "
+                "run every worker with the same flags, or start a new sweep with another --output_dir "
+                "or --study_name"
+            )
     return study, name
 
 
@@ -340,8 +404,13 @@ def run_trial(config: TrainConfig, point: tuple, folder: Path) -> dict:
         return read_finished_run(folder, f"trial {folder.parent.name}/{folder.name}")[0]
     from train_mrpc.train import train
 
-    trial_config = dataclasses.replace(config, **dict(zip(GRID_FIELDS, point)), output_dir=str(folder),
-                                       resume_from_checkpoint="latest", overwrite_output_dir=False)  # fmt: skip
+    trial_config = dataclasses.replace(
+        config,
+        **dict(zip(GRID_FIELDS, point)),
+        output_dir=str(folder),
+        resume_from_checkpoint="latest",
+        overwrite_output_dir=False,
+    )
     return train(trial_config)
 
 
@@ -349,7 +418,14 @@ class Worker:
     """One process's part of a sweep: take trials from the storage until none is left."""
 
     def __init__(self, optuna, study, config: TrainConfig, grid: dict, root: Path, options: SweepConfig) -> None:
-        self.optuna, self.study, self.config, self.grid, self.root, self.options = optuna, study, config, grid, root, options
+        self.optuna, self.study, self.config, self.grid, self.root, self.options = (
+            optuna,
+            study,
+            config,
+            grid,
+            root,
+            options,
+        )
         self.points = grid_points(grid)
         self.current: int | None = None  # number of the trial this worker is running
         self.retry = retry_callback(optuna)
@@ -380,8 +456,11 @@ class Worker:
         if value is None or not math.isfinite(value):
             trial.set_user_attr("error", f"eval_{self.config.metric_for_best_model} is {value}")
             raise UserError(f"trial {trial.number}: eval_{self.config.metric_for_best_model} is {value}")
-        print(f"sweep: trial {trial.number} finished: accuracy {results['eval_accuracy']:.4f}, "
-              f"F1 {results['eval_f1']:.4f}", flush=True)  # fmt: skip
+        print(
+            f"sweep: trial {trial.number} finished: accuracy {results['eval_accuracy']:.4f}, "
+            f"F1 {results['eval_f1']:.4f}",
+            flush=True,
+        )
         return value
 
     def requeue(self, trial) -> None:
@@ -423,15 +502,20 @@ class Worker:
             # This worker's heartbeat came too late (a stopped or starved process): its trial was failed and
             # re-queued, and the worker that took the grid point over waited for this run to end (the folder's
             # lock) and records its results. Nothing was trained twice and nothing is lost.
-            print(f"sweep: trial {self.current} was taken over by another worker after a late heartbeat; that "
-                  "worker records this run's results", flush=True)  # fmt: skip
+            print(
+                f"sweep: trial {self.current} was taken over by another worker after a late heartbeat; that "
+                "worker records this run's results",
+                flush=True,
+            )
 
     def taken_over(self, number: int) -> bool:
         """Whether trial ``number`` was failed as stale and re-queued by Optuna's retry callback."""
         for trial in self.study.get_trials(deepcopy=False):
             if trial.number == number and (trial.state.name != "FAIL" or is_errored(trial)):
                 return False
-            if trial.system_attrs.get("failed_trial") == number or number in trial.system_attrs.get("retry_history", []):
+            if trial.system_attrs.get("failed_trial") == number or number in trial.system_attrs.get(
+                "retry_history", []
+            ):
                 return True
         return False
 
@@ -453,8 +537,10 @@ class Worker:
         while True:
             signal_name = self.stop_requested()
             if signal_name:
-                raise Preempted(f"stopped by {signal_name} between trials; no trial was running. Run the command "
-                                "again to continue the sweep")  # fmt: skip
+                raise Preempted(
+                    f"stopped by {signal_name} between trials; no trial was running. Run the command "
+                    "again to continue the sweep"
+                )
             self.optuna.storages.fail_stale_trials(self.study)  # dead workers' trials: failed, then re-queued
             status = self.status()
             if status["uncovered"] or status["waiting"]:
@@ -463,8 +549,9 @@ class Worker:
                 pruned_after = len([t for t in self.study.get_trials(deepcopy=False) if t.state.name == "PRUNED"])
                 duplicates_in_a_row = duplicates_in_a_row + 1 if pruned_after > pruned_before else 0
                 if duplicates_in_a_row > 2 * len(self.points) + 10:
-                    raise RuntimeError("the sampler keeps proposing grid points that are taken; "
-                                       f"storage state: {status}")  # fmt: skip
+                    raise RuntimeError(
+                        f"the sampler keeps proposing grid points that are taken; storage state: {status}"
+                    )
                 continue
             if status["running"] and self.options.wait_for_others:
                 time.sleep(poll)
@@ -478,13 +565,16 @@ class Worker:
 def sweep(config: TrainConfig, options: SweepConfig) -> dict | None:
     """Join (or start) the sweep, run trials until none is left, then write the report if the sweep is done."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("train-mrpc sweep runs one process per worker: start the command several times (one per GPU "
-                        "with CUDA_VISIBLE_DEVICES, or one per node) instead of under a multi-process launch")  # fmt: skip
+        raise UserError(
+            "train-mrpc sweep runs one process per worker: start the command several times (one per GPU "
+            "with CUDA_VISIBLE_DEVICES, or one per node) instead of under a multi-process launch"
+        )
     if config.overwrite_output_dir:
         raise UserError("--overwrite_output_dir does not apply to a sweep (its trials resume); use a new --output_dir")
     if config.resume_from_checkpoint not in (None, "latest"):
-        raise UserError("--resume_from_checkpoint: a sweep resumes every trial from its own latest checkpoint; "
-                        "pass no path")  # fmt: skip
+        raise UserError(
+            "--resume_from_checkpoint: a sweep resumes every trial from its own latest checkpoint; pass no path"
+        )
     optuna = import_optuna()
     grid = build_grid(config, options)
     root = Path(config.output_dir)
@@ -495,13 +585,19 @@ def sweep(config: TrainConfig, options: SweepConfig) -> dict | None:
     url = storage_url(root, options)
     study, name = open_study(optuna, config, options, grid, root, url)
     n = len(grid_points(grid))
-    print(f"sweep: worker {worker_name()} joins study {name!r} in {masked(url)}: {n} trials "
-          f"({n // len(grid['seed'])} configurations x {len(grid['seed'])} seeds)", flush=True)  # fmt: skip
+    print(
+        f"sweep: worker {worker_name()} joins study {name!r} in {masked(url)}: {n} trials "
+        f"({n // len(grid['seed'])} configurations x {len(grid['seed'])} seeds)",
+        flush=True,
+    )
     status = Worker(optuna, study, config, grid, root, options).work()
     if status["unsettled"]:
-        print(f"sweep: {n - len(status['unsettled'])} of {n} trials finished; "
-              + (f"trials {status['running']} are still running elsewhere; " if status["running"] else "")
-              + "the report is written by the worker that ends last (or run the command again)", flush=True)  # fmt: skip
+        print(
+            f"sweep: {n - len(status['unsettled'])} of {n} trials finished; "
+            + (f"trials {status['running']} are still running elsewhere; " if status["running"] else "")
+            + "the report is written by the worker that ends last (or run the command again)",
+            flush=True,
+        )
         return None
     report = build_report(study, config, grid, name, url)
     write_report(report, root)
@@ -514,8 +610,14 @@ def sweep(config: TrainConfig, options: SweepConfig) -> dict | None:
 def _stats(values: list[float]) -> dict:
     if not values:
         return {"mean": None, "std": None, "median": None, "min": None, "max": None, "n": 0}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}  # fmt: skip
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
 
 
 def collect_trials(trials, grid: dict) -> list[dict]:
@@ -532,17 +634,19 @@ def collect_trials(trials, grid: dict) -> list[dict]:
         errored = [t for t in attempts if is_errored(t)]
         final = (complete or errored or [None])[0]
         results = final.user_attrs.get("results", {}) if final is not None else {}
-        rows.append({
-            **dict(zip(GRID_FIELDS, point)),
-            "trial": final.number if final is not None else None,
-            "state": "complete" if complete else "error" if errored else "missing",
-            "completed_trials": [t.number for t in complete],  # exactly one in a healthy sweep
-            "interrupted_trials": [t.number for t in attempts if t.state.name == "FAIL" and not is_errored(t)],
-            "error": final.user_attrs.get("error") if final is not None else None,
-            "output_dir": final.user_attrs.get("output_dir") if final is not None else None,
-            "worker": final.user_attrs.get("worker") if final is not None else None,
-            **{k: results.get(k) for k in (*RESULT_KEYS, *TRIAL_EXTRAS)},
-        })  # fmt: skip
+        rows.append(
+            {
+                **dict(zip(GRID_FIELDS, point)),
+                "trial": final.number if final is not None else None,
+                "state": "complete" if complete else "error" if errored else "missing",
+                "completed_trials": [t.number for t in complete],  # exactly one in a healthy sweep
+                "interrupted_trials": [t.number for t in attempts if t.state.name == "FAIL" and not is_errored(t)],
+                "error": final.user_attrs.get("error") if final is not None else None,
+                "output_dir": final.user_attrs.get("output_dir") if final is not None else None,
+                "worker": final.user_attrs.get("worker") if final is not None else None,
+                **{k: results.get(k) for k in (*RESULT_KEYS, *TRIAL_EXTRAS)},
+            }
+        )
     for row in rows:
         ran = row["state"] == "complete"
         row["failed"] = is_failed_run(row["eval_accuracy"] if ran else None, row["eval_majority_accuracy"])
@@ -554,11 +658,20 @@ def summarize_configurations(rows: list[dict], metric: str) -> tuple[list[dict],
     configurations: dict[tuple, dict] = {}
     for row in rows:
         key = (row["learning_rate"], row["per_device_train_batch_size"], row["num_train_epochs"])
-        entry = configurations.setdefault(key, {
-            "name": configuration_name(*key), "learning_rate": key[0], "per_device_train_batch_size": key[1],
-            "num_train_epochs": key[2], "seeds": [], "values": {"accuracy": [], "f1": [], "loss": []},
-            "completed_seeds": [], "failed_runs": [], "errored_runs": [],
-        })  # fmt: skip
+        entry = configurations.setdefault(
+            key,
+            {
+                "name": configuration_name(*key),
+                "learning_rate": key[0],
+                "per_device_train_batch_size": key[1],
+                "num_train_epochs": key[2],
+                "seeds": [],
+                "values": {"accuracy": [], "f1": [], "loss": []},
+                "completed_seeds": [],
+                "failed_runs": [],
+                "errored_runs": [],
+            },
+        )
         entry["seeds"].append(row["seed"])
         if row["state"] == "complete":
             for name in ("accuracy", "f1", "loss"):
@@ -567,8 +680,9 @@ def summarize_configurations(rows: list[dict], metric: str) -> tuple[list[dict],
         elif row["state"] == "error":
             entry["errored_runs"].append({"seed": row["seed"], "error": row["error"]})
         if row["failed"]:
-            entry["failed_runs"].append({"seed": row["seed"], "eval_accuracy": row["eval_accuracy"]
-                                         if row["state"] == "complete" else None})  # fmt: skip
+            entry["failed_runs"].append(
+                {"seed": row["seed"], "eval_accuracy": row["eval_accuracy"] if row["state"] == "complete" else None}
+            )
     result = []
     for entry in configurations.values():
         entry["stats"] = {name: _stats(values) for name, values in entry["values"].items()}
@@ -602,8 +716,9 @@ def build_report(study, config: TrainConfig, grid: dict, name: str, url: str) ->
         "num_trials": len(rows),
         "workers": workers,
         "majority_accuracy": majorities[0] if majorities else None,
-        "chosen": None if chosen is None else {k: chosen[k] for k in ("name", "learning_rate",
-                                                                     "per_device_train_batch_size", "num_train_epochs")},
+        "chosen": None
+        if chosen is None
+        else {k: chosen[k] for k in ("name", "learning_rate", "per_device_train_batch_size", "num_train_epochs")},
         "configurations": configurations,
         "trials": rows,
         "failed_runs": [{k: r[k] for k in (*GRID_FIELDS, "eval_accuracy", "state")} for r in rows if r["failed"]],
@@ -611,7 +726,7 @@ def build_report(study, config: TrainConfig, grid: dict, name: str, url: str) ->
         "published_baselines_for_model": published_baselines_for(config.model_name_or_path),
         "config": {k: v for k, v in config.to_dict().items() if k not in GRID_FIELDS},
         "environment": environment(),
-    }  # fmt: skip
+    }
 
 
 def _pct(value: float | None) -> str:
@@ -621,8 +736,11 @@ def _pct(value: float | None) -> str:
 def _spread(stats: dict) -> tuple[str, str, str]:
     if not stats["n"]:
         return "–", "–", "–"
-    return (f"{_pct(stats['mean'])} ± {_pct(stats['std'])}", _pct(stats["median"]),
-            f"{_pct(stats['min'])} – {_pct(stats['max'])}")  # fmt: skip
+    return (
+        f"{_pct(stats['mean'])} ± {_pct(stats['std'])}",
+        _pct(stats["median"]),
+        f"{_pct(stats['min'])} – {_pct(stats['max'])}",
+    )
 
 
 def configuration_label(c: dict) -> str:
@@ -644,8 +762,11 @@ def markdown_report(report: dict) -> str:
     if chosen_entry is not None:
         stats = chosen_entry["stats"][metric]
         value = f"{stats['mean']:.4f}" if metric == "loss" else f"{_pct(stats['mean'])} %"
-        lines += [f"**Chosen** (best mean dev {metric} over seeds): **{configuration_label(chosen_entry)}**, "
-                  f"mean {metric} {value}.", ""]  # fmt: skip
+        lines += [
+            f"**Chosen** (best mean dev {metric} over seeds): **{configuration_label(chosen_entry)}**, "
+            f"mean {metric} {value}.",
+            "",
+        ]
     failed_total = len(report["failed_runs"])
     lines += [
         f"A **failed run** is one whose dev accuracy is no better than always answering the majority class "
@@ -658,12 +779,16 @@ def markdown_report(report: dict) -> str:
     ]
     for c in report["configurations"]:
         acc, f1 = _spread(c["stats"]["accuracy"]), _spread(c["stats"]["f1"])
-        failed = ", ".join(f"seed {f['seed']}" + (f" ({_pct(f['eval_accuracy'])} %)" if f["eval_accuracy"] is not None
-                                                 else " (error)") for f in c["failed_runs"])  # fmt: skip
+        failed = ", ".join(
+            f"seed {f['seed']}" + (f" ({_pct(f['eval_accuracy'])} %)" if f["eval_accuracy"] is not None else " (error)")
+            for f in c["failed_runs"]
+        )
         mark = "**→**" if c["chosen"] else ""
         label = f"**{configuration_label(c)}**" if c["chosen"] else configuration_label(c)
-        lines.append(f"| {mark} | {label} | {c['stats']['accuracy']['n']} | {acc[0]} | {acc[1]} | {acc[2]} | "
-                     f"{f1[0]} | {f1[1]} | {f1[2]} | {len(c['failed_runs'])}{': ' + failed if failed else ''} |")  # fmt: skip
+        lines.append(
+            f"| {mark} | {label} | {c['stats']['accuracy']['n']} | {acc[0]} | {acc[1]} | {acc[2]} | "
+            f"{f1[0]} | {f1[1]} | {f1[2]} | {len(c['failed_runs'])}{': ' + failed if failed else ''} |"
+        )
     lines += [
         "",
         "## Trials",
@@ -672,19 +797,31 @@ def markdown_report(report: dict) -> str:
         "|---|---:|---:|---:|---:|:--:|---:|---:|---|---|---|",
     ]
     for r in report["trials"]:
-        attempts = "resumed after interrupted trial(s) " + ", ".join(map(str, r["interrupted_trials"])) \
-            if r["interrupted_trials"] else ""  # fmt: skip
+        attempts = (
+            "resumed after interrupted trial(s) " + ", ".join(map(str, r["interrupted_trials"]))
+            if r["interrupted_trials"]
+            else ""
+        )
         if r["state"] == "error":
             attempts = (attempts + "; " if attempts else "") + f"error: {r['error']}"
         loss = "–" if r["eval_loss"] is None else f"{r['eval_loss']:.4f}"
         runtime = "–" if r["train_runtime"] is None else f"{r['train_runtime']:.1f}"
-        config_label = f"lr {r['learning_rate']:g}, batch {r['per_device_train_batch_size']}, {r['num_train_epochs']:g} ep"
-        lines.append(f"| {config_label} | {r['seed']} | {_pct(r['eval_accuracy'])} | {_pct(r['eval_f1'])} | {loss} | "
-                     f"{'**yes**' if r['failed'] else ''} | {runtime} | {r['trial']} | {attempts} | {r['worker'] or ''} | "
-                     f"`{r['output_dir'] or ''}` |")  # fmt: skip
+        config_label = (
+            f"lr {r['learning_rate']:g}, batch {r['per_device_train_batch_size']}, {r['num_train_epochs']:g} ep"
+        )
+        lines.append(
+            f"| {config_label} | {r['seed']} | {_pct(r['eval_accuracy'])} | {_pct(r['eval_f1'])} | {loss} | "
+            f"{'**yes**' if r['failed'] else ''} | {runtime} | {r['trial']} | {attempts} | {r['worker'] or ''} | "
+            f"`{r['output_dir'] or ''}` |"
+        )
     if report["published_baselines_for_model"]:
-        lines += ["", "## Published MRPC validation baselines for this model (published figures, not run here)", "",
-                  "| setup | accuracy (%) | F1 (%) | source |", "|---|---:|---:|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## Published MRPC validation baselines for this model (published figures, not run here)",
+            "",
+            "| setup | accuracy (%) | F1 (%) | source |",
+            "|---|---:|---:|---|",
+        ]
         for b in report["published_baselines_for_model"]:
             lines.append(f"| {b['setup']} | {_pct(b['accuracy'])} | {_pct(b['f1'])} | {b['source']} |")
     env, config = report["environment"], report["config"]
@@ -716,8 +853,10 @@ def plot_report(report: dict, path: Path) -> None:
 
     configs = report["configurations"]
     fig, axes = plt.subplots(1, 2, figsize=(max(9.0, 2.2 * len(configs) + 3), 5))
-    labels = [f"lr {c['learning_rate']:g}\nbatch {c['per_device_train_batch_size']}, {c['num_train_epochs']:g} ep"
-              for c in configs]  # fmt: skip
+    labels = [
+        f"lr {c['learning_rate']:g}\nbatch {c['per_device_train_batch_size']}, {c['num_train_epochs']:g} ep"
+        for c in configs
+    ]
     for ax, metric in zip(axes, ("accuracy", "f1")):
         for i, c in enumerate(configs):
             if c["chosen"]:
@@ -732,8 +871,17 @@ def plot_report(report: dict, path: Path) -> None:
             colors = ["red" if seed in failed_seeds else "tab:blue" for seed in c["completed_seeds"]]
             ax.scatter([i + o for o in offsets], values, c=colors, zorder=3, s=28)
             stats = c["stats"][metric]
-            ax.errorbar([i + 0.3], [100 * stats["mean"]], yerr=[100 * stats["std"]], fmt="D", color="black",
-                        markersize=5, capsize=3, zorder=4, label="mean ± std")  # fmt: skip
+            ax.errorbar(
+                [i + 0.3],
+                [100 * stats["mean"]],
+                yerr=[100 * stats["std"]],
+                fmt="D",
+                color="black",
+                markersize=5,
+                capsize=3,
+                zorder=4,
+                label="mean ± std",
+            )
             if failed_seeds:
                 ax.scatter([], [], c="red", s=28, label="failed run (no better than the majority class)")
         draw_baselines(ax, report, metric)
@@ -749,8 +897,12 @@ def plot_report(report: dict, path: Path) -> None:
     seeds = len(report["grid"]["seed"])
     from train_mrpc.plots import literal  # a model name with "$...$" is not a formula
 
-    fig.suptitle(literal(f"MRPC sweep: {report['model_name']}, {seeds} seed{'s' * (seeds > 1)} per configuration\n"
-                         f"{suffix.lstrip('; ')}"))  # fmt: skip
+    fig.suptitle(
+        literal(
+            f"MRPC sweep: {report['model_name']}, {seeds} seed{'s' * (seeds > 1)} per configuration\n"
+            f"{suffix.lstrip('; ')}"
+        )
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -765,14 +917,24 @@ def print_report(report: dict) -> None:
         table.add_column(name, justify="right")
     for c in report["configurations"]:
         acc, f1 = _spread(c["stats"]["accuracy"]), _spread(c["stats"]["f1"])
-        table.add_row("→" if c["chosen"] else "", configuration_label(c), str(c["stats"]["accuracy"]["n"]), acc[0],
-                      acc[1], f1[0], str(len(c["failed_runs"])), style="bold" if c["chosen"] else None)  # fmt: skip
+        table.add_row(
+            "→" if c["chosen"] else "",
+            configuration_label(c),
+            str(c["stats"]["accuracy"]["n"]),
+            acc[0],
+            acc[1],
+            f1[0],
+            str(len(c["failed_runs"])),
+            style="bold" if c["chosen"] else None,
+        )
     console = Console()
     console.print(table)
     if report["chosen"]:
         console.print(f"chosen by mean dev {report['metric']}: {configuration_label(report['chosen'])}")
-    console.print(f"failed runs (no better than the majority class, {_pct(report['majority_accuracy'])} %): "
-                  f"{len(report['failed_runs'])} of {report['num_trials']}")  # fmt: skip
+    console.print(
+        f"failed runs (no better than the majority class, {_pct(report['majority_accuracy'])} %): "
+        f"{len(report['failed_runs'])} of {report['num_trials']}"
+    )
 
 
 def write_report(report: dict, root: Path) -> None:
@@ -781,10 +943,13 @@ def write_report(report: dict, root: Path) -> None:
 
     pid = os.getpid()  # temporary names of this process: two workers may write at the same moment
     for name, write in (
-        ("sweep.json", lambda tmp: tmp.write_text(json.dumps(finite_or_none(report), indent=2, allow_nan=False) + "\n")),
+        (
+            "sweep.json",
+            lambda tmp: tmp.write_text(json.dumps(finite_or_none(report), indent=2, allow_nan=False) + "\n"),
+        ),
         ("sweep.md", lambda tmp: tmp.write_text(markdown_report(report))),
         ("sweep.png", lambda tmp: plot_report(report, tmp)),
-    ):  # fmt: skip
+    ):
         tmp = root / f".{pid}.{name}"  # keeps the suffix: matplotlib picks the format from it
         write(tmp)
         os.replace(tmp, root / name)

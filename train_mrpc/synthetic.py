@@ -18,16 +18,48 @@ TINY_MODEL = "tiny-random-bert"
 
 # Synonym pairs used by paraphrases; both sides are ordinary vocabulary words too.
 SYNONYMS = {
-    "said": "stated", "big": "large", "company": "firm", "buy": "purchase", "rose": "increased",
-    "fell": "dropped", "shares": "stocks", "quick": "fast", "began": "started", "help": "assist",
-    "chief": "head", "officials": "authorities", "police": "officers", "told": "informed",
-    "month": "period", "plan": "proposal", "show": "reveal", "about": "roughly", "end": "finish",
-    "court": "tribunal", "agreed": "accepted", "money": "funds", "deal": "agreement", "people": "persons",
-    "near": "close", "cut": "reduced", "strong": "solid", "report": "statement", "yesterday": "earlier",
-    "government": "administration", "attack": "assault", "killed": "slain", "judge": "justice",
-    "profit": "earnings", "sales": "revenue", "announced": "declared", "new": "fresh", "charged": "accused",
+    "said": "stated",
+    "big": "large",
+    "company": "firm",
+    "buy": "purchase",
+    "rose": "increased",
+    "fell": "dropped",
+    "shares": "stocks",
+    "quick": "fast",
+    "began": "started",
+    "help": "assist",
+    "chief": "head",
+    "officials": "authorities",
+    "police": "officers",
+    "told": "informed",
+    "month": "period",
+    "plan": "proposal",
+    "show": "reveal",
+    "about": "roughly",
+    "end": "finish",
+    "court": "tribunal",
+    "agreed": "accepted",
+    "money": "funds",
+    "deal": "agreement",
+    "people": "persons",
+    "near": "close",
+    "cut": "reduced",
+    "strong": "solid",
+    "report": "statement",
+    "yesterday": "earlier",
+    "government": "administration",
+    "attack": "assault",
+    "killed": "slain",
+    "judge": "justice",
+    "profit": "earnings",
+    "sales": "revenue",
+    "announced": "declared",
+    "new": "fresh",
+    "charged": "accused",
 }
-WORDS = sorted(set("""
+WORDS = sorted(
+    set(
+        """
 the a an of to in on for with at by from after before during over under about against between into
 through while when where which that who whose this these those his her its their our he she it they we
 company government court police officials market shares stock prices investors analysts executives
@@ -48,7 +80,11 @@ time case issue problem question decision vote election campaign party law bill 
 troops soldiers forces attack bombing security health hospital patients doctors school students
 people workers members families children women men officers victims suspects witnesses
 and or but so because although however meanwhile
-""".split()) | set(SYNONYMS) | set(SYNONYMS.values()))
+""".split()
+    )
+    | set(SYNONYMS)
+    | set(SYNONYMS.values())
+)
 NAMES = "smith johnson brown davis miller wilson moore taylor anderson thomas jackson white harris martin".split()
 
 
@@ -134,10 +170,16 @@ def build_tiny_model(seed: int = 0, num_labels: int = 2, dropout: float = 0.1):
         # silently builds a wrong one in transformers 5.
         tokenizer = BertTokenizer(vocab=str(vocab_file), model_max_length=128)
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=128, num_labels=num_labels,
-        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=128,
+        num_labels=num_labels,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config)
     return tokenizer, model

@@ -10,9 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from train_mrpc.checkpointing import (
-    INTERRUPTED_EXIT_CODE, PREEMPTED_EXIT_CODE, OutputDirLock, Preempted, PreemptionHandler, TrainState,
-    checkpoint_root, find_latest, load_checkpoint, resolve_resume, rotate_checkpoints, save_checkpoint,
-)  # fmt: skip
+    INTERRUPTED_EXIT_CODE,
+    PREEMPTED_EXIT_CODE,
+    OutputDirLock,
+    Preempted,
+    PreemptionHandler,
+    TrainState,
+    checkpoint_root,
+    find_latest,
+    load_checkpoint,
+    resolve_resume,
+    rotate_checkpoints,
+    save_checkpoint,
+)
 from train_mrpc.config import TrainConfig
 from train_mrpc.errors import UserError
 from train_mrpc.faults import elastic_restarts, failures_of_other_processes_named
@@ -39,8 +49,11 @@ def train(config: TrainConfig) -> dict:
                 preemption.training = False
             if run.accelerator.is_main_process and (table := profiler.report()):
                 # Plain print: the table is wider than a terminal, and rich would wrap every row.
-                print(f"Top operators by self time, {run.config.profile_steps} profiled steps (trace in "
-                      f"{run.output_dir / 'profile'}):\n{table}", flush=True)  # fmt: skip
+                print(
+                    f"Top operators by self time, {run.config.profile_steps} profiled steps (trace in "
+                    f"{run.output_dir / 'profile'}):\n{table}",
+                    flush=True,
+                )
             elif run.config.profile:  # early stopping or a preemption stop came before the window ended
                 run.accelerator.print("--profile: the run stopped before its profiled steps were recorded; no trace")
             if not eval_metrics:  # resumed from the final step's checkpoint: nothing was left to train
@@ -51,8 +64,9 @@ def train(config: TrainConfig) -> dict:
                 run.lock.release()
 
 
-def fit(run: Run, state: TrainState, meters: Meters, eval_metrics: dict, preemption: PreemptionHandler,
-        profiler: NoProfiler) -> dict:
+def fit(
+    run: Run, state: TrainState, meters: Meters, eval_metrics: dict, preemption: PreemptionHandler, profiler: NoProfiler
+) -> dict:
     """Epochs of training, each followed by an evaluation (and a checkpoint); returns the last evaluation."""
     while state.epoch < run.schedule.num_epochs and state.step < run.schedule.max_steps:
         train_epoch(run, state, meters, preemption, profiler)
@@ -60,8 +74,10 @@ def fit(run: Run, state: TrainState, meters: Meters, eval_metrics: dict, preempt
         if run.config.checkpointing_steps != "no":  # after every evaluation: it carries the metric for "best"
             checkpoint(run, state, meters, eval_metrics)
         if should_stop_early(state, run.config.early_stopping_patience):
-            run.accelerator.print(f"early stopping: {run.config.metric_for_best_model} has not improved for "
-                                  f"{state.evals_without_improvement} evaluations (best at step {state.best_step})")  # fmt: skip
+            run.accelerator.print(
+                f"early stopping: {run.config.metric_for_best_model} has not improved for "
+                f"{state.evals_without_improvement} evaluations (best at step {state.best_step})"
+            )
             break
     return eval_metrics
 
@@ -98,11 +114,14 @@ def build_scheduler(accelerator, optimizer, config: TrainConfig, schedule: Sched
     # Under DeepSpeed, prepare() returns a scheduler prepared apart from the model as it is (stepped once per
     # step, left out of checkpoints); prepare_scheduler wraps and registers it as prepare() does elsewhere.
     prepare = accelerator.prepare_scheduler if accelerator.distributed_type == "DEEPSPEED" else accelerator.prepare
-    return prepare(get_scheduler(
-        config.lr_scheduler_type, optimizer,
-        num_warmup_steps=schedule.warmup_steps * accelerator.num_processes,
-        num_training_steps=schedule.max_steps * accelerator.num_processes,
-    ))  # fmt: skip
+    return prepare(
+        get_scheduler(
+            config.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=schedule.warmup_steps * accelerator.num_processes,
+            num_training_steps=schedule.max_steps * accelerator.num_processes,
+        )
+    )
 
 
 @dataclass
@@ -150,23 +169,35 @@ def setup(config: TrainConfig) -> Run:
     accelerator = create_accelerator(config)
     restart, max_restarts = elastic_restarts()
     if restart:  # accelerate launch --max_restarts N restarted every process after one failed
-        accelerator.print(f"restart {restart} of at most {max_restarts} (accelerate launch --max_restarts) after a "
-                          "process of this job failed")  # fmt: skip
+        accelerator.print(
+            f"restart {restart} of at most {max_restarts} (accelerate launch --max_restarts) after a "
+            "process of this job failed"
+        )
     output_dir = Path(config.output_dir)
     lock = prepare_output_dir(output_dir, config.overwrite_output_dir) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     resume_path = resolve_resume(config.resume_from_checkpoint, output_dir)
     model_dir = Path(config.model_name_or_path).expanduser()
     if model_dir.is_dir() and model_dir.resolve() == output_dir.resolve():
-        raise UserError(f"--output_dir {output_dir} is the folder of --model_name_or_path: the run would overwrite "
-                        "the model it starts from; choose another --output_dir")  # fmt: skip
-    if config.resume_from_checkpoint is None and checkpoint_root(output_dir).is_dir() and any(checkpoint_root(output_dir).iterdir()):
+        raise UserError(
+            f"--output_dir {output_dir} is the folder of --model_name_or_path: the run would overwrite "
+            "the model it starts from; choose another --output_dir"
+        )
+    if (
+        config.resume_from_checkpoint is None
+        and checkpoint_root(output_dir).is_dir()
+        and any(checkpoint_root(output_dir).iterdir())
+    ):
         if restart:
-            raise UserError(f"restart {restart} of this job found the checkpoints its first attempt saved in --output_dir "
-                            f"{output_dir}, but without --resume_from_checkpoint it would start over: launch with "
-                            "--resume_from_checkpoint latest so that a restart continues the run")  # fmt: skip
-        raise UserError(f"--output_dir {output_dir} holds another run's checkpoints: pass --resume_from_checkpoint "
-                        "latest to continue it, --overwrite_output_dir true to start fresh there, or another folder")  # fmt: skip
+            raise UserError(
+                f"restart {restart} of this job found the checkpoints its first attempt saved in --output_dir "
+                f"{output_dir}, but without --resume_from_checkpoint it would start over: launch with "
+                "--resume_from_checkpoint latest so that a restart continues the run"
+            )
+        raise UserError(
+            f"--output_dir {output_dir} holds another run's checkpoints: pass --resume_from_checkpoint "
+            "latest to continue it, --overwrite_output_dir true to start fresh there, or another folder"
+        )
     if accelerator.is_main_process:
         if resume_path is None:  # a fresh run starts fresh logs; a resumed one keeps them (trimmed to the checkpoint)
             for stale in (TRAIN_LOG, EVAL_LOG):
@@ -177,8 +208,10 @@ def setup(config: TrainConfig) -> Run:
     with accelerator.main_process_first():  # the main process tokenizes and caches; the others load
         raw = load_raw_splits(config)
         if config.do_predict and "test" not in raw:
-            raise UserError("--do_predict true, but the data has no test split: give --test_file, or a --data_dir "
-                            "that holds test.tsv")  # fmt: skip
+            raise UserError(
+                "--do_predict true, but the data has no test split: give --test_file, or a --data_dir "
+                "that holds test.tsv"
+            )
         tokenizer, model = load_tokenizer_and_model(config)
         tokenized = tokenize_dataset(raw, tokenizer, config.max_length)
     device = accelerator.device.type
@@ -187,12 +220,24 @@ def setup(config: TrainConfig) -> Run:
         use_cpu_speedups(model)
     if config.auto_find_batch_size:  # the batch that fits, same global batch: the config from here on
         config = with_batch_size_that_fits(accelerator, model, config)
-    pad_to = padding_multiple(config.pad_to_multiple_of, torch_compile=config.torch_compile, device_type=device,
-                              mixed_precision=accelerator.mixed_precision)  # fmt: skip
-    check_padded_length(config.max_length, pad_to, model, tokenizer, config.model_name_or_path,
-                        why=f"--pad_to_multiple_of {pad_to}" if config.pad_to_multiple_of else
-                        f"--torch_compile's bucketing to multiples of {pad_to}" if config.torch_compile else
-                        f"padding to multiples of {pad_to} (for tensor cores)")  # fmt: skip
+    pad_to = padding_multiple(
+        config.pad_to_multiple_of,
+        torch_compile=config.torch_compile,
+        device_type=device,
+        mixed_precision=accelerator.mixed_precision,
+    )
+    check_padded_length(
+        config.max_length,
+        pad_to,
+        model,
+        tokenizer,
+        config.model_name_or_path,
+        why=f"--pad_to_multiple_of {pad_to}"
+        if config.pad_to_multiple_of
+        else f"--torch_compile's bucketing to multiples of {pad_to}"
+        if config.torch_compile
+        else f"padding to multiples of {pad_to} (for tensor cores)",
+    )
     train_loader, eval_loader, test_loader = build_dataloaders(
         tokenized, tokenizer, config, pad_to, accelerator.num_processes, pin_memory=device == "cuda"
     )
@@ -206,21 +251,42 @@ def setup(config: TrainConfig) -> Run:
 
     schedule = schedule_for(len(train_loader), config)
     if schedule.warmup_steps >= schedule.max_steps > 1:
-        raise UserError(f"the warm-up ({schedule.warmup_steps} steps) is as long as the whole run ({schedule.max_steps} "
-                        "optimizer steps): the learning rate would never reach its peak; lower --num_warmup_steps")  # fmt: skip
+        raise UserError(
+            f"the warm-up ({schedule.warmup_steps} steps) is as long as the whole run ({schedule.max_steps} "
+            "optimizer steps): the learning rate would never reach its peak; lower --num_warmup_steps"
+        )
     scheduler = build_scheduler(accelerator, optimizer, config, schedule)
     precision = compute_precision(device, accelerator.mixed_precision, config.tf32)
     # One process per machine measures a CPU's peak, alone (a sibling measuring at once would read as a busy
     # machine); the others then find it cached.
     with accelerator.local_main_process_first():
         peak_flops, peak_source = device_peak(accelerator.device, precision, config.peak_tflops)
-    accelerator.init_trackers("train_mrpc", config={k: v for k, v in config.to_dict().items()
-                                                    if isinstance(v, (int, float, str, bool))})  # fmt: skip
-    return Run(config, accelerator, model, optimizer, scheduler, train_loader, eval_loader, test_loader, tokenizer,
-               load_metric(), raw, schedule, pad_to, output_dir, resume_path,
-               progress=training_progress(accelerator.is_main_process), lock=lock,
-               flop_counts=count_parameters(accelerator.unwrap_model(model)), peak_flops=peak_flops,
-               peak_source=peak_source, cpu_speedups=cpu_speedups)  # fmt: skip
+    accelerator.init_trackers(
+        "train_mrpc", config={k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+    )
+    return Run(
+        config,
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        train_loader,
+        eval_loader,
+        test_loader,
+        tokenizer,
+        load_metric(),
+        raw,
+        schedule,
+        pad_to,
+        output_dir,
+        resume_path,
+        progress=training_progress(accelerator.is_main_process),
+        lock=lock,
+        flop_counts=count_parameters(accelerator.unwrap_model(model)),
+        peak_flops=peak_flops,
+        peak_source=peak_source,
+        cpu_speedups=cpu_speedups,
+    )
 
 
 def prepare_output_dir(path: Path, overwrite: bool) -> OutputDirLock:
@@ -251,9 +317,21 @@ def run_identity(run: Run) -> dict:
     from train_mrpc.data import split_fingerprint
 
     config, accelerator = run.config, run.accelerator
-    keys = ("model_name_or_path", "seed", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
-            "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "lr_scheduler_type",
-            "max_length", "group_by_length")  # fmt: skip
+    keys = (
+        "model_name_or_path",
+        "seed",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "learning_rate",
+        "weight_decay",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+        "max_grad_norm",
+        "lr_scheduler_type",
+        "max_length",
+        "group_by_length",
+    )
     return {
         **{k: getattr(config, k) for k in keys},
         "train_data": split_fingerprint(run.raw["train"]),
@@ -271,28 +349,46 @@ def resume(run: Run) -> tuple[TrainState, Meters, dict]:
 
     state, meter_record, eval_metrics = TrainState(), {}, {}
     if run.resume_path is not None:
-        state, meter_record, eval_metrics = load_checkpoint(run.accelerator, run.resume_path, run_identity(run),
-                                                            run.config.resume_with_changed_settings)  # fmt: skip
+        state, meter_record, eval_metrics = load_checkpoint(
+            run.accelerator, run.resume_path, run_identity(run), run.config.resume_with_changed_settings
+        )
         if state.batches_in_epoch > len(run.train_loader):  # possible only with --resume_with_changed_settings
-            raise UserError(f"checkpoint {run.resume_path} was saved {state.batches_in_epoch} batches into an epoch, "
-                            f"but this run's epochs have {len(run.train_loader)}: its data or batch size differ; "
-                            "resume with the settings it was saved with")  # fmt: skip
+            raise UserError(
+                f"checkpoint {run.resume_path} was saved {state.batches_in_epoch} batches into an epoch, "
+                f"but this run's epochs have {len(run.train_loader)}: its data or batch size differ; "
+                "resume with the settings it was saved with"
+            )
         if run.accelerator.is_main_process:  # drop what the stopped run logged after its checkpoint
             trim_jsonl(run.output_dir / TRAIN_LOG, max_step=state.step)
             # An evaluation logged after a checkpoint of the same step (the save after it was killed) runs again.
             trim_jsonl(run.output_dir / EVAL_LOG, max_step=state.last_eval_step)
         run.accelerator.print(f"resumed from {run.resume_path} at step {state.step} (epoch {state.epoch + 1})")
-    run.task = run.progress.add_task("train", total=run.schedule.max_steps, completed=state.step, epoch=state.epoch + 1,
-                                     loss=float("nan"), lr=run.scheduler.get_last_lr()[0], samples_per_s=0.0)  # fmt: skip
-    meters = Meters(run.accelerator.device, state.samples, meter_record, rank=run.accelerator.process_index,
-                    prior_train_seconds=state.train_seconds, prior_eval_seconds=state.eval_seconds)
+    run.task = run.progress.add_task(
+        "train",
+        total=run.schedule.max_steps,
+        completed=state.step,
+        epoch=state.epoch + 1,
+        loss=float("nan"),
+        lr=run.scheduler.get_last_lr()[0],
+        samples_per_s=0.0,
+    )
+    meters = Meters(
+        run.accelerator.device,
+        state.samples,
+        meter_record,
+        rank=run.accelerator.process_index,
+        prior_train_seconds=state.train_seconds,
+        prior_eval_seconds=state.eval_seconds,
+    )
     return state, meters, dict(eval_metrics)
 
 
 # --- training ----------------------------------------------------------------------------------------
 
 
-def train_epoch(run: Run, state: TrainState, meters: Meters, preemption: PreemptionHandler, profiler: NoProfiler) -> None:
+def train_epoch(
+    run: Run, state: TrainState, meters: Meters, preemption: PreemptionHandler, profiler: NoProfiler
+) -> None:
     """Optimizer steps until the epoch (or the run) ends; logs, checkpoints and preemption stops on the way."""
     accelerator, config, schedule = run.accelerator, run.config, run.schedule
     # Set the epoch on the prepared loader itself: a loader from skip_first_batches cannot pass it down
@@ -304,7 +400,9 @@ def train_epoch(run: Run, state: TrainState, meters: Meters, preemption: Preempt
     run.model.train()
     model_config = accelerator.unwrap_model(run.model).config
     for batch in meters.timed(batches):  # counts the time spent waiting for each batch
-        loss, grad_norm = training_step(accelerator, run.model, run.optimizer, run.scheduler, batch, config.max_grad_norm)
+        loss, grad_norm = training_step(
+            accelerator, run.model, run.optimizer, run.scheduler, batch, config.max_grad_norm
+        )
         meters.add(loss, batch, batch_flops(run.flop_counts, model_config, *batch["input_ids"].shape))
         if grad_norm is not None:
             meters.add_grad_norm(grad_norm)
@@ -322,7 +420,9 @@ def train_epoch(run: Run, state: TrainState, meters: Meters, preemption: Preempt
         run.progress.update(run.task, advance=1, epoch=state.epoch + 1, lr=run.scheduler.get_last_lr()[0])
         if stop:
             path = checkpoint(run, state, meters, eval_metrics=None)
-            raise preempted(run, state, preemption.received or "a signal to another process", path, f"at step {state.step}")
+            raise preempted(
+                run, state, preemption.received or "a signal to another process", path, f"at step {state.step}"
+            )
         if config.checkpoint_every and state.step % config.checkpoint_every == 0:
             checkpoint(run, state, meters, eval_metrics=None)
         if state.step >= schedule.max_steps:
@@ -340,9 +440,15 @@ def log_training(run: Run, state: TrainState, meters: Meters, stop: bool) -> boo
         raise diverged(run, state, loss)
     window = meters.window_figures(state.samples, run.peak_flops)
     rate = window["samples_per_second"]
-    record = {"step": state.step, "epoch": round(state.step / run.schedule.steps_per_epoch, 4), "loss": loss,
-              "learning_rate": run.scheduler.get_last_lr()[0], **meters.grad_norm_figures(), **window,
-              "peak_memory_gb": peak_memory(run.accelerator.device)[0] / 2**30}  # fmt: skip
+    record = {
+        "step": state.step,
+        "epoch": round(state.step / run.schedule.steps_per_epoch, 4),
+        "loss": loss,
+        "learning_rate": run.scheduler.get_last_lr()[0],
+        **meters.grad_norm_figures(),
+        **window,
+        "peak_memory_gb": peak_memory(run.accelerator.device)[0] / 2**30,
+    }
     if run.accelerator.is_main_process:
         append_jsonl(run.output_dir / TRAIN_LOG, record)
     run.accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step" and v is not None}, step=state.step)
@@ -361,8 +467,9 @@ def checkpoint(run: Run, state: TrainState, meters: Meters, eval_metrics: dict |
     path = save_checkpoint(run.accelerator, run.output_dir, state, meter_record, eval_metrics, run_identity(run))
     meters.checkpointed(time.perf_counter() - start)  # counted from the next checkpoint on (this one is saved)
     if run.accelerator.is_main_process:
-        rotate_checkpoints(run.output_dir, run.config.save_total_limit, run.config.metric_for_best_model,
-                           run.config.greater_is_better)  # fmt: skip
+        rotate_checkpoints(
+            run.output_dir, run.config.save_total_limit, run.config.metric_for_best_model, run.config.greater_is_better
+        )
     return path
 
 
@@ -372,22 +479,35 @@ def preempted(run: Run, state: TrainState, signal_name: str, checkpoint_path: Pa
     (exit 130) is the user's, not the cluster's: it leaves no such file, so a requeue script does not rerun it."""
     from train_mrpc.reporting import write_json
 
-    saved = f"checkpoint saved to {checkpoint_path}" if when.startswith("at step") else \
-        f"nothing new to save (latest checkpoint: {checkpoint_path or 'none'})"  # fmt: skip
+    saved = (
+        f"checkpoint saved to {checkpoint_path}"
+        if when.startswith("at step")
+        else f"nothing new to save (latest checkpoint: {checkpoint_path or 'none'})"
+    )
     exit_status = INTERRUPTED_EXIT_CODE if signal_name == "SIGINT" else PREEMPTED_EXIT_CODE
     if run.accelerator.is_main_process and exit_status == PREEMPTED_EXIT_CODE:
-        write_json(run.output_dir / PREEMPTED, {"signal": signal_name, "step": state.step, "checkpoint":
-                                                 str(checkpoint_path) if checkpoint_path else None, "exit_status": 75})  # fmt: skip
-    return Preempted(f"stopped by {signal_name} {when}; {saved}. Resume with --resume_from_checkpoint latest",
-                     exit_status)
+        write_json(
+            run.output_dir / PREEMPTED,
+            {
+                "signal": signal_name,
+                "step": state.step,
+                "checkpoint": str(checkpoint_path) if checkpoint_path else None,
+                "exit_status": 75,
+            },
+        )
+    return Preempted(
+        f"stopped by {signal_name} {when}; {saved}. Resume with --resume_from_checkpoint latest", exit_status
+    )
 
 
 def diverged(run: Run, state: TrainState, loss: float) -> UserError:
     latest = find_latest(run.output_dir)
     kept = f"the last good checkpoint, {latest}, is kept" if latest else "no checkpoint had been saved yet"
-    return UserError(f"the training loss became non-finite ({loss}) by step {state.step}, so training stopped; "
-                     f"{kept}. Lower --learning_rate (or use bf16 rather than fp16) and resume with "
-                     "--resume_from_checkpoint latest")  # fmt: skip
+    return UserError(
+        f"the training loss became non-finite ({loss}) by step {state.step}, so training stopped; "
+        f"{kept}. Lower --learning_rate (or use bf16 rather than fp16) and resume with "
+        "--resume_from_checkpoint latest"
+    )
 
 
 # --- evaluation --------------------------------------------------------------------------------------
@@ -410,10 +530,14 @@ def validate(run: Run, state: TrainState, meters: Meters) -> dict:
     with meters.paused():  # evaluation time counts neither in training throughput nor in train_runtime
         metrics = evaluate_now(run)
     if run.accelerator.is_main_process:
-        append_jsonl(run.output_dir / EVAL_LOG, {"epoch": state.epoch, "step": state.step,
-                                                  **{f"eval_{k}": v for k, v in metrics.items()}})  # fmt: skip
-        run.progress.console.print(f"epoch {state.epoch}: eval accuracy {metrics['accuracy']:.4f}, "
-                                   f"F1 {metrics['f1']:.4f}, loss {metrics['loss']:.4f}")  # fmt: skip
+        append_jsonl(
+            run.output_dir / EVAL_LOG,
+            {"epoch": state.epoch, "step": state.step, **{f"eval_{k}": v for k, v in metrics.items()}},
+        )
+        run.progress.console.print(
+            f"epoch {state.epoch}: eval accuracy {metrics['accuracy']:.4f}, "
+            f"F1 {metrics['f1']:.4f}, loss {metrics['loss']:.4f}"
+        )
     run.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
     state.last_eval_step = state.step
     value = metrics[run.config.metric_for_best_model]

@@ -38,6 +38,8 @@ def main(argv: list[str]) -> None:
         print(usage())
         return
     if argv[0] not in COMMANDS:
-        raise UserError(f"train-mrpc bench: unknown command {argv[0]!r}; one of: {', '.join(COMMANDS)} "
-                        "(see train-mrpc bench --help)")  # fmt: skip
+        raise UserError(
+            f"train-mrpc bench: unknown command {argv[0]!r}; one of: {', '.join(COMMANDS)} "
+            "(see train-mrpc bench --help)"
+        )
     importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])

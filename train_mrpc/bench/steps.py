@@ -33,11 +33,21 @@ ATTENTIONS = ("eager", "sdpa")
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 # bert-base-uncased's architecture, used when the shared models/bert-base-uncased/config.json is absent.
 BERT_BASE = {
-    "model_type": "bert", "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
-    "num_attention_heads": 12, "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512, "type_vocab_size": 2,
-    "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
-}  # fmt: skip
+    "model_type": "bert",
+    "vocab_size": 30522,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+}
 # all-MiniLM-L6-v2's shape: BERT with 6 layers, 384 hidden, 12 heads, bert-base-uncased's vocabulary.
 MINILM_L6 = {**BERT_BASE, "hidden_size": 384, "num_hidden_layers": 6, "intermediate_size": 1536}
 LR_WARMUP, LR_TOTAL = 100, 1000  # a linear schedule, as the project's loop uses; only its cost matters
@@ -49,49 +59,91 @@ LR_WARMUP, LR_TOTAL = 100, 1000  # a linear schedule, as the project's loop uses
 def parse_args(argv=None):
     parser = common.base_parser(__doc__, prog="train-mrpc bench steps")
     parser.add_argument(
-        "--model_config", nargs="+", default=None,
+        "--model_config",
+        nargs="+",
+        default=None,
         help="Model architecture(s): 'bert-base' (models/bert-base-uncased/config.json of the shared assets, "
         "found as for --tokenizer, or the same numbers built in), 'minilm-l6' (6 layers, 384 hidden, 12 heads, "
         "1536 intermediate, vocab 30522), "
         "'tiny' (the project's 2-layer test model), or a folder/config.json. Default: CPU bert-base at batch 8 "
         "and minilm-l6 at batch 32; GPU both at batch 32 and 128; --quick: tiny at batch 8.",
-    )  # fmt: skip
-    parser.add_argument("--batch_size", type=common.positive_int, nargs="+", default=None,
-                        help="Per-device batch size(s); every model runs every size (default: per model, above).")
-    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=None,
-                        help="Precisions: fp32, bf16 (mixed, autocast), fp16 (mixed + loss scaling; CUDA only). "
-                             "Default: fp32 bf16 on CPU, all three on GPU.")  # fmt: skip
-    parser.add_argument("--padding", nargs="+", choices=PADDINGS, default=list(PADDINGS),
-                        help="Padding strategies: fixed (every batch to 128, run_glue's default), dynamic "
-                             "(random batches, each padded to its longest pair, Accelerate's example), grouped "
-                             "(the project's length-grouped batches, --group_by_length). Default: all three.")
-    parser.add_argument("--attn", nargs="+", choices=ATTENTIONS, default=list(ATTENTIONS),
-                        help="Attention implementations (default: eager sdpa).")
+    )
     parser.add_argument(
-        "--compile", choices=("auto", "on", "off"), default="auto",
+        "--batch_size",
+        type=common.positive_int,
+        nargs="+",
+        default=None,
+        help="Per-device batch size(s); every model runs every size (default: per model, above).",
+    )
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        choices=PRECISIONS,
+        default=None,
+        help="Precisions: fp32, bf16 (mixed, autocast), fp16 (mixed + loss scaling; CUDA only). "
+        "Default: fp32 bf16 on CPU, all three on GPU.",
+    )
+    parser.add_argument(
+        "--padding",
+        nargs="+",
+        choices=PADDINGS,
+        default=list(PADDINGS),
+        help="Padding strategies: fixed (every batch to 128, run_glue's default), dynamic "
+        "(random batches, each padded to its longest pair, Accelerate's example), grouped "
+        "(the project's length-grouped batches, --group_by_length). Default: all three.",
+    )
+    parser.add_argument(
+        "--attn",
+        nargs="+",
+        choices=ATTENTIONS,
+        default=list(ATTENTIONS),
+        help="Attention implementations (default: eager sdpa).",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
         help="torch.compile twins of cells. auto (default): for the smallest model, its fixed-padding sdpa "
         "cells in every precision (a CPU compile takes 20-60 s); with --quick, one cell on the 'eager' "
         "backend (no code generation). on: every cell. off: none.",
-    )  # fmt: skip
-    parser.add_argument("--compile_backend", default=None,
-                        help="torch.compile backend (default: inductor; --quick: eager).")
+    )
     parser.add_argument(
-        "--bare_baseline", choices=("all", "sdpa", "none"), default=None,
+        "--compile_backend", default=None, help="torch.compile backend (default: inductor; --quick: eager)."
+    )
+    parser.add_argument(
+        "--bare_baseline",
+        choices=("all", "sdpa", "none"),
+        default=None,
         help="Which cells also run the bare PyTorch loop for Accelerate's overhead ratio: all; sdpa (cells "
         "with sdpa attention and no compile: the overhead does not depend on the attention kernel); none. "
         "Default: all on GPU and with --quick, sdpa on a full CPU run.",
-    )  # fmt: skip
-    parser.add_argument("--steps", type=common.positive_int, default=None,
-                        help="Timed steps per run (default: CPU 5, GPU 20, --quick 3).")
-    parser.add_argument("--warmup", type=common.non_negative_int, default=None,
-                        help="Untimed warm-up steps per run (default 2, --quick 1; +1 for compiled cells with "
-                             "varying batch shapes). The first step of a compiled cell compiles.")  # fmt: skip
-    parser.add_argument("--threads", type=common.positive_int, default=None,
-                        help="torch intra-op threads (default: torch's choice, one per core; --quick: 1, since "
-                             "a tiny model's small ops stall in OpenMP barriers when other work shares the cores).")
-    parser.add_argument("--matmul_size", type=common.positive_int, default=None,
-                        help="Side of the square matmul whose speed is the MFU peak (default: CPU 2048, GPU "
-                             "8192, --quick 512).")  # fmt: skip
+    )
+    parser.add_argument(
+        "--steps",
+        type=common.positive_int,
+        default=None,
+        help="Timed steps per run (default: CPU 5, GPU 20, --quick 3).",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=common.non_negative_int,
+        default=None,
+        help="Untimed warm-up steps per run (default 2, --quick 1; +1 for compiled cells with "
+        "varying batch shapes). The first step of a compiled cell compiles.",
+    )
+    parser.add_argument(
+        "--threads",
+        type=common.positive_int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice, one per core; --quick: 1, since "
+        "a tiny model's small ops stall in OpenMP barriers when other work shares the cores).",
+    )
+    parser.add_argument(
+        "--matmul_size",
+        type=common.positive_int,
+        default=None,
+        help="Side of the square matmul whose speed is the MFU peak (default: CPU 2048, GPU 8192, --quick 512).",
+    )
     return parser.parse_args(argv)
 
 
@@ -127,7 +179,13 @@ def build_plan(args, cuda: bool) -> dict:
         "bare_baseline": args.bare_baseline or ("all" if cuda or args.quick else "sdpa"),
         "steps": args.steps if args.steps is not None else (3 if args.quick else 20 if cuda else 5),
         "warmup": args.warmup if args.warmup is not None else (1 if args.quick else 2),
-        "matmul_size": args.matmul_size if args.matmul_size is not None else 512 if args.quick else 8192 if cuda else 2048,
+        "matmul_size": args.matmul_size
+        if args.matmul_size is not None
+        else 512
+        if args.quick
+        else 8192
+        if cuda
+        else 2048,
         "matmul_repeats": 3 if args.quick else 10,
     }
 
@@ -143,14 +201,20 @@ def load_model_config(name: str):
     if name == "tiny":
         from train_mrpc.synthetic import build_tiny_model
 
-        return copy.deepcopy(build_tiny_model(0)[1].config), "tiny: the project's 2-layer test BERT (train_mrpc.synthetic)"
+        return copy.deepcopy(
+            build_tiny_model(0)[1].config
+        ), "tiny: the project's 2-layer test BERT (train_mrpc.synthetic)"
     if name == "bert-base":
         shared = common.shared_asset(common.SHARED_BERT, "config.json")
         if shared is not None:
-            return AutoConfig.from_pretrained(shared, num_labels=2), f"bert-base-uncased architecture ({shared}/config.json)"
+            return AutoConfig.from_pretrained(
+                shared, num_labels=2
+            ), f"bert-base-uncased architecture ({shared}/config.json)"
         return AutoConfig.for_model(**BERT_BASE, num_labels=2), "bert-base-uncased architecture (built-in numbers)"
     if name == "minilm-l6":
-        return AutoConfig.for_model(**MINILM_L6, num_labels=2), "MiniLM-L6 shape (6 layers, 384 hidden, 12 heads, 1536 FFN)"
+        return AutoConfig.for_model(
+            **MINILM_L6, num_labels=2
+        ), "MiniLM-L6 shape (6 layers, 384 hidden, 12 heads, 1536 FFN)"
     path, flag = Path(name), f"--model_config {name}"
     expected = "a model's config.json (a JSON object with its model_type)"
     if path.is_file():
@@ -160,11 +224,15 @@ def load_model_config(name: str):
         try:
             return AutoConfig.for_model(**{**values, "num_labels": 2}), str(path)
         except Exception as err:  # the user's file is at fault: an unknown model_type, a value of the wrong kind
-            raise UserError(f"{flag}: transformers cannot build a model config from it ({common.reason(err)})") from None
+            raise UserError(
+                f"{flag}: transformers cannot build a model config from it ({common.reason(err)})"
+            ) from None
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UserError(f"{flag}: a folder without config.json; expected a preset (bert-base, minilm-l6, tiny), "
-                            "a model folder or a config.json")  # fmt: skip
+            raise UserError(
+                f"{flag}: a folder without config.json; expected a preset (bert-base, minilm-l6, tiny), "
+                "a model folder or a config.json"
+            )
         try:
             return AutoConfig.from_pretrained(path, num_labels=2), str(path)
         except Exception as err:  # as above
@@ -198,7 +266,13 @@ def matmul_peak(device, precision: str, size: int, repeats: int, guard: dict) ->
 
     timed, guarded = common.run_guarded(measure, **guard)
     stats = common.summarize(timed)
-    return {"size": size, "dtype": str(dtype), "seconds": stats, "flops_per_s": 2 * size**3 / stats["median"], "guard": guarded}
+    return {
+        "size": size,
+        "dtype": str(dtype),
+        "seconds": stats,
+        "flops_per_s": 2 * size**3 / stats["median"],
+        "guard": guarded,
+    }
 
 
 # --- batches ---------------------------------------------------------------------------------------
@@ -238,8 +312,9 @@ def collator_for(tokenizer, strategy: str, multiple: int | None):
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
 
 
-def select_batches(examples, tokenizer, config, strategy: str, batch_size: int, multiple, warmup: int, steps: int,
-                   seed: int):  # fmt: skip
+def select_batches(
+    examples, tokenizer, config, strategy: str, batch_size: int, multiple, warmup: int, steps: int, seed: int
+):
     """Warm-up and timed batches, collated as the loop collates them, plus their real lengths.
 
     The timed batches are a stratified sample of one epoch: the batches at evenly spaced quantiles of padded
@@ -300,8 +375,11 @@ def accelerate_step_fn(cell: dict, model, device, train_config=None, schedule=No
     if train_config is None:
         train_config, schedule = bench_train_config()
     reset_accelerate()
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=MIXED_PRECISION[cell["precision"]],
-                              gradient_accumulation_steps=train_config.gradient_accumulation_steps)  # fmt: skip
+    accelerator = Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision=MIXED_PRECISION[cell["precision"]],
+        gradient_accumulation_steps=train_config.gradient_accumulation_steps,
+    )
     # Fused AdamW on CPU and CUDA, as the loop builds it.
     optimizer = build_optimizer(model, train_config, fused=device.type in ("cuda", "cpu"))
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -331,8 +409,9 @@ def bare_step_fn(cell: dict, model, device):
     train_config, schedule = bench_train_config()
     model = model.to(device)
     optimizer = build_optimizer(model, train_config, fused=True)
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=schedule.warmup_steps,
-                              num_training_steps=schedule.max_steps)  # fmt: skip
+    scheduler = get_scheduler(
+        "linear", optimizer, num_warmup_steps=schedule.warmup_steps, num_training_steps=schedule.max_steps
+    )
     if cell["compile"]:
         model = compile_model(model, backend=cell["compile_backend"])
     model.train()
@@ -414,15 +493,24 @@ def run_variant(kind: str, cell: dict, config, device, warm_batches, timed_batch
         peak, memory_kind = torch.cuda.max_memory_allocated(), "cuda_max_allocated"
     else:
         peak, memory_kind = rss.peak, "process_rss_peak"
-    attn_used = getattr(getattr(keep[1] if kind == "accelerate" else keep[0], "config", None), "_attn_implementation", None)
+    attn_used = getattr(
+        getattr(keep[1] if kind == "accelerate" else keep[0], "config", None), "_attn_implementation", None
+    )
     del step, keep
     if kind == "accelerate":
         reset_accelerate()
     return {
-        "timed": timed, "warm": warm, "last_loss": last_loss, "peak_memory_bytes": peak, "memory_kind": memory_kind,
-        "rss_before_bytes": rss_before, "graphs_compiled_during_timing": recompiles, "attn_implementation_used": attn_used,
-        "cpu_speedups": speedups, "other_cpu_cores": other.cores,
-    }  # fmt: skip
+        "timed": timed,
+        "warm": warm,
+        "last_loss": last_loss,
+        "peak_memory_bytes": peak,
+        "memory_kind": memory_kind,
+        "rss_before_bytes": rss_before,
+        "graphs_compiled_during_timing": recompiles,
+        "attn_implementation_used": attn_used,
+        "cpu_speedups": speedups,
+        "other_cpu_cores": other.cores,
+    }
 
 
 def shape_warmups(timed_batches, device) -> list:
@@ -477,16 +565,27 @@ def plan_cells(plan: dict, model_sizes: dict) -> list[dict]:
         for precision in plan["precisions"]:
             for padding in plan["paddings"]:
                 for attn in plan["attentions"]:
-                    base = {"model": model, "batch_size": batch_size, "precision": precision, "padding": padding,
-                            "attn": attn, "compile": False, "compile_backend": None}  # fmt: skip
+                    base = {
+                        "model": model,
+                        "batch_size": batch_size,
+                        "precision": precision,
+                        "padding": padding,
+                        "attn": attn,
+                        "compile": False,
+                        "compile_backend": None,
+                    }
                     cells.append(base)
                     if plan["compile"] == "on":
                         twin = True
                     elif plan["compile"] == "auto":
                         first_precision_only = plan["quick"]  # --quick: one compiled cell
-                        twin = (model == smallest and padding == plan["paddings"][0] and attn == plan["attentions"][-1]
-                                and batch_size == min(b for m, b in plan["runs"] if m == model)
-                                and (precision == plan["precisions"][0] or not first_precision_only))  # fmt: skip
+                        twin = (
+                            model == smallest
+                            and padding == plan["paddings"][0]
+                            and attn == plan["attentions"][-1]
+                            and batch_size == min(b for m, b in plan["runs"] if m == model)
+                            and (precision == plan["precisions"][0] or not first_precision_only)
+                        )
                     else:
                         twin = False
                     if twin:
@@ -534,11 +633,14 @@ def main(argv=None) -> dict | None:
         configs[model] = config
         params = count_parameters(build_model(config, "sdpa", args.seed))  # train_mrpc.flops, as the loop
         model_info[model] = {
-            "description": description, "parameters": params,
-            "layers": config.num_hidden_layers, "hidden": config.hidden_size,
-            "heads": config.num_attention_heads, "intermediate": config.intermediate_size,
+            "description": description,
+            "parameters": params,
+            "layers": config.num_hidden_layers,
+            "hidden": config.hidden_size,
+            "heads": config.num_attention_heads,
+            "intermediate": config.intermediate_size,
             "vocab": config.vocab_size,
-        }  # fmt: skip
+        }
     cells = plan_cells(plan, {m: info["parameters"]["total"] for m, info in model_info.items()})
     peaks = {p: matmul_peak(device, p, plan["matmul_size"], plan["matmul_repeats"], guard) for p in plan["precisions"]}
 
@@ -547,14 +649,27 @@ def main(argv=None) -> dict | None:
     for number, cell in enumerate(cells, start=1):
         config = configs[cell["model"]]
         # The loop's own padding rule (train_mrpc.step.padding_multiple) for this device and precision.
-        multiple = padding_multiple(None, torch_compile=cell["compile"], device_type=device.type,
-                                    mixed_precision=MIXED_PRECISION[cell["precision"]])  # fmt: skip
+        multiple = padding_multiple(
+            None,
+            torch_compile=cell["compile"],
+            device_type=device.type,
+            mixed_precision=MIXED_PRECISION[cell["precision"]],
+        )
         # Compiled cells with varying batch shapes: one more warm-up step (a second shape can recompile).
         warmup = plan["warmup"] + (1 if cell["compile"] and cell["padding"] != "fixed" else 0)
         key = (cell["model"], cell["batch_size"], cell["padding"], multiple, warmup)
         if key not in batch_cache:
-            batch_cache[key] = select_batches(examples, tokenizer, config, cell["padding"], cell["batch_size"],
-                                              multiple, warmup, plan["steps"], args.seed)  # fmt: skip
+            batch_cache[key] = select_batches(
+                examples,
+                tokenizer,
+                config,
+                cell["padding"],
+                cell["batch_size"],
+                multiple,
+                warmup,
+                plan["steps"],
+                args.seed,
+            )
         warm_batches, timed_batches = batch_cache[key]
         params = model_info[cell["model"]]["parameters"]
         real = [t for _, lens, _ in timed_batches for t in lens]
@@ -566,15 +681,17 @@ def main(argv=None) -> dict | None:
             "useful_flops": training_flops(params, config, real),
         }
         steps = len(timed_batches)
-        cell.update({
-            "padding_fraction": 1 - work["real_tokens"] / work["padded_tokens"],
-            "mean_padded_length": work["padded_tokens"] / (steps * cell["batch_size"]),
-            "mean_real_length": work["real_tokens"] / (steps * cell["batch_size"]),
-            "flops_per_step": work["flops"] / steps,
-            "useful_flops_per_step": work["useful_flops"] / steps,
-            "warmup_steps": len(warm_batches) + len(shape_warmups(timed_batches, device)),
-            "timed_steps": steps,
-        })  # fmt: skip
+        cell.update(
+            {
+                "padding_fraction": 1 - work["real_tokens"] / work["padded_tokens"],
+                "mean_padded_length": work["padded_tokens"] / (steps * cell["batch_size"]),
+                "mean_real_length": work["real_tokens"] / (steps * cell["batch_size"]),
+                "flops_per_step": work["flops"] / steps,
+                "useful_flops_per_step": work["useful_flops"] / steps,
+                "warmup_steps": len(warm_batches) + len(shape_warmups(timed_batches, device)),
+                "timed_steps": steps,
+            }
+        )
         cell["load_average_1m_at_start"] = common.load_average()  # other work on the machine skews a cell
         print(f"[{number}/{len(cells)}] {cell['key']}", file=sys.stderr, flush=True)
         peak = peaks[cell["precision"]]["flops_per_s"]
@@ -587,7 +704,9 @@ def main(argv=None) -> dict | None:
             raw, guarded = common.run_guarded(measure, **guard)
             cell[kind] = {**variant_figures(raw, cell, work, peak), "guard": guarded}
         if cell["bare_baseline"]:
-            cell["accelerate_overhead_ratio"] = cell["accelerate"]["step_seconds"]["median"] / cell["bare"]["step_seconds"]["median"]
+            cell["accelerate_overhead_ratio"] = (
+                cell["accelerate"]["step_seconds"]["median"] / cell["bare"]["step_seconds"]["median"]
+            )
             cell["last_loss_abs_diff"] = abs(cell["accelerate"]["last_loss"] - cell["bare"]["last_loss"])
         else:
             cell["bare"], cell["accelerate_overhead_ratio"], cell["last_loss_abs_diff"] = None, None, None
@@ -607,27 +726,33 @@ def main(argv=None) -> dict | None:
             "train_pairs": len(examples),
             "max_length": common.MAX_LENGTH,
             "step": "train_mrpc.step.training_step under the loop's Accelerator, optimizer "
-                    "(train_mrpc.model.build_optimizer: fused AdamW, lr 2e-5, decay 0.01), scheduler "
-                    "(train_mrpc.train.build_scheduler: linear) and compile call (train_mrpc.step.compile_model)",
+            "(train_mrpc.model.build_optimizer: fused AdamW, lr 2e-5, decay 0.01), scheduler "
+            "(train_mrpc.train.build_scheduler: linear) and compile call (train_mrpc.step.compile_model)",
             "grouped_batches": "train_mrpc.data.LengthGroupedSampler",
             "collator": "transformers DataCollatorWithPadding, as train_mrpc.data.build_dataloaders (fixed: max_length 128)",
             "pad_to_multiple_of": "train_mrpc.step.padding_multiple: 32 under compile, 8 under mixed precision on "
-                                  "CUDA, else none (the loop's rule)",
+            "CUDA, else none (the loop's rule)",
             "timing": "per-step wall time with device synchronisation; warm-up steps reported, not counted",
             "flops": "6 x (per-token parameters x tokens + per-sequence parameters x sequences) + 12 x layers "
-                     "x hidden x length^2 per sequence; embedding lookups not counted",
-        },  # fmt: skip
+            "x hidden x length^2 per sequence; embedding lookups not counted",
+        },
         "pair_lengths": {
-            "mean": sum(lengths) / len(lengths), "median": common.percentile(lengths, 50),
-            "p95": common.percentile(lengths, 95), "max": lengths[-1],
-        },  # fmt: skip
+            "mean": sum(lengths) / len(lengths),
+            "median": common.percentile(lengths, 50),
+            "p95": common.percentile(lengths, 95),
+            "max": lengths[-1],
+        },
         "models": model_info,
         "matmul_peak": peaks,
         "cells": cells,
         "summary": {
             "cells": len(cells),
-            "contended_runs": [f"{c['key']}:{kind}" for c in cells for kind in ("accelerate", "bare")
-                               if c.get(kind) and c[kind]["guard"]["contended"]],  # fmt: skip
+            "contended_runs": [
+                f"{c['key']}:{kind}"
+                for c in cells
+                for kind in ("accelerate", "bare")
+                if c.get(kind) and c[kind]["guard"]["contended"]
+            ],
             "accelerate_overhead_ratio_median": sorted(ratios)[len(ratios) // 2] if ratios else None,
             "accelerate_overhead_ratio_min": min(ratios) if ratios else None,
             "accelerate_overhead_ratio_max": max(ratios) if ratios else None,
@@ -671,62 +796,100 @@ def write_outputs(args, record: dict) -> None:
     for c in cells:
         a = c["accelerate"]
         s = a["step_seconds"]
-        rows.append([
-            f"{c['model']} b{c['batch_size']}", c["precision"], c["padding"], c["attn"],
-            "yes" if c["compile"] else "", f"{s['median']:.3f} ({s['min']:.3f}–{s['max']:.3f})",
-            f"{a['samples_per_s']:,.1f}", f"{a['real_tokens_per_s']:,.0f}", f"{100 * c['padding_fraction']:.0f}%",
-            f"{a['peak_memory_bytes'] / gib:.2f}", f"{a['achieved_flops_per_s'] / 1e9:,.1f}",
-            f"{100 * a['mfu']:.1f} ({100 * a['useful_mfu']:.1f})",
-            f"{c['accelerate_overhead_ratio']:.3f}" if c["accelerate_overhead_ratio"] is not None else "–",
-            f"{a['compile_seconds']:.1f}" if c["compile"] else "",
-            "yes" if contended(c) else "",
-        ])  # fmt: skip
+        rows.append(
+            [
+                f"{c['model']} b{c['batch_size']}",
+                c["precision"],
+                c["padding"],
+                c["attn"],
+                "yes" if c["compile"] else "",
+                f"{s['median']:.3f} ({s['min']:.3f}–{s['max']:.3f})",
+                f"{a['samples_per_s']:,.1f}",
+                f"{a['real_tokens_per_s']:,.0f}",
+                f"{100 * c['padding_fraction']:.0f}%",
+                f"{a['peak_memory_bytes'] / gib:.2f}",
+                f"{a['achieved_flops_per_s'] / 1e9:,.1f}",
+                f"{100 * a['mfu']:.1f} ({100 * a['useful_mfu']:.1f})",
+                f"{c['accelerate_overhead_ratio']:.3f}" if c["accelerate_overhead_ratio"] is not None else "–",
+                f"{a['compile_seconds']:.1f}" if c["compile"] else "",
+                "yes" if contended(c) else "",
+            ]
+        )
     peaks = ", ".join(f"{p} {v['flops_per_s'] / 1e9:,.0f} GFLOP/s" for p, v in record["matmul_peak"].items())
     memory = "CUDA max allocated" if env["device"] == "cuda" else "process RSS peak"
     common.print_table(
         f"Training step (forward + backward + AdamW) on {env['device_name']}: Accelerate, as the project's loop",
-        [("model", "left"), ("prec", "left"), ("padding", "left"), ("attn", "left"), ("compile", "left"),
-         ("step s median (min–max)", "right"), ("samples/s", "right"), ("real tok/s", "right"), ("pad", "right"),
-         (f"peak GiB ({memory})", "right"), ("GFLOP/s", "right"), ("MFU % (useful)", "right"),
-         ("Accelerate / bare", "right"), ("compile s", "right"), ("contended", "left")],
+        [
+            ("model", "left"),
+            ("prec", "left"),
+            ("padding", "left"),
+            ("attn", "left"),
+            ("compile", "left"),
+            ("step s median (min–max)", "right"),
+            ("samples/s", "right"),
+            ("real tok/s", "right"),
+            ("pad", "right"),
+            (f"peak GiB ({memory})", "right"),
+            ("GFLOP/s", "right"),
+            ("MFU % (useful)", "right"),
+            ("Accelerate / bare", "right"),
+            ("compile s", "right"),
+            ("contended", "left"),
+        ],
         rows,
         caption=f"matmul peak ({record['matmul_peak'][next(iter(record['matmul_peak']))]['size']}²): {peaks}; "
         f"{record['settings']['steps']} timed steps after {record['settings']['warmup']} warm-up; "
         f"{common.short_env(env)}",
-    )  # fmt: skip
+    )
 
     panels = []
     for model, batch_size in [(r["model"], r["batch_size"]) for r in record["settings"]["runs"]]:
         group = [c for c in cells if c["model"] == model and c["batch_size"] == batch_size]
         params = record["models"][model]["parameters"]["total"]
-        panels.append({
-            "title": f"{model_title(model)} ({human_count(params)} parameters), batch {batch_size}"
-                     + (" — quick: not a speed claim" if record["quick"] else ""),
-            "labels": [cell_label(c) for c in group],
-            "values": [c["accelerate"]["samples_per_s"] for c in group],
-            "markers": [c["bare"]["samples_per_s"] if c["bare"] else None for c in group],
-            "colors": [PRECISION_COLORS[c["precision"]] for c in group],
-            "texts": [f"{c['accelerate']['samples_per_s']:,.1f}/s · MFU {100 * c['accelerate']['mfu']:.0f}% "
-                      f"· pad {100 * c['padding_fraction']:.0f}%" + (" · CONTENDED" if contended(c) else "")
-                      for c in group],
-            "xlabel": "samples/s through Accelerate (bar); bare PyTorch loop on the same batches (black tick)",
-            "legend": [(p, PRECISION_COLORS[p]) for p in record["settings"]["precisions"]],
-        })  # fmt: skip
+        panels.append(
+            {
+                "title": f"{model_title(model)} ({human_count(params)} parameters), batch {batch_size}"
+                + (" — quick: not a speed claim" if record["quick"] else ""),
+                "labels": [cell_label(c) for c in group],
+                "values": [c["accelerate"]["samples_per_s"] for c in group],
+                "markers": [c["bare"]["samples_per_s"] if c["bare"] else None for c in group],
+                "colors": [PRECISION_COLORS[c["precision"]] for c in group],
+                "texts": [
+                    f"{c['accelerate']['samples_per_s']:,.1f}/s · MFU {100 * c['accelerate']['mfu']:.0f}% "
+                    f"· pad {100 * c['padding_fraction']:.0f}%" + (" · CONTENDED" if contended(c) else "")
+                    for c in group
+                ],
+                "xlabel": "samples/s through Accelerate (bar); bare PyTorch loop on the same batches (black tick)",
+                "legend": [(p, PRECISION_COLORS[p]) for p in record["settings"]["precisions"]],
+            }
+        )
     plot = common.barh_panels(
-        args.out / "train_step.png", panels, title="Training-step throughput per cell (higher is better)",
+        args.out / "train_step.png",
+        panels,
+        title="Training-step throughput per cell (higher is better)",
         footnote=common.short_env(env),
     )
     record["plots"] = [plot.name]
     path = common.write_json(args.out / "train_step.json", record)
     best = max(cells, key=lambda c: c["accelerate"]["samples_per_s"])
-    common.print_summary_line({
-        "benchmark": "train_step", "quick": record["quick"], "json": common.display_path(path),
-        "plots": [common.display_path(plot)], "device": env["device_name"], "cells": len(cells),
-        "best_cell": best["key"], "best_samples_per_s": round(best["accelerate"]["samples_per_s"], 3),
-        "accelerate_overhead_ratio_median": (round(record["summary"]["accelerate_overhead_ratio_median"], 4)
-                                             if record["summary"]["accelerate_overhead_ratio_median"] else None),
-        "wall_seconds": round(record["wall_seconds"], 2),
-    })  # fmt: skip
+    common.print_summary_line(
+        {
+            "benchmark": "train_step",
+            "quick": record["quick"],
+            "json": common.display_path(path),
+            "plots": [common.display_path(plot)],
+            "device": env["device_name"],
+            "cells": len(cells),
+            "best_cell": best["key"],
+            "best_samples_per_s": round(best["accelerate"]["samples_per_s"], 3),
+            "accelerate_overhead_ratio_median": (
+                round(record["summary"]["accelerate_overhead_ratio_median"], 4)
+                if record["summary"]["accelerate_overhead_ratio_median"]
+                else None
+            ),
+            "wall_seconds": round(record["wall_seconds"], 2),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -12,10 +12,16 @@ from pathlib import Path
 def env_line(env: dict) -> str:
     v, cpu = env["versions"], env["cpu"]
     commit = (env["git"]["commit"] or "unknown")[:10] + (" (with uncommitted changes)" if env["git"]["dirty"] else "")
-    machine = env["gpu"]["name"] if env.get("gpu") else f"{cpu['model']}, {cpu['usable_cpus']} CPUs, flags {' '.join(cpu['flags_of_interest'])}"
-    return (f"{machine}; torch {v['torch']}, transformers {v['transformers']}, accelerate {v['accelerate']}, "
-            f"datasets {v['datasets']}, tokenizers {v['tokenizers']}; commit {commit}; {env['started_utc']}; "
-            f"{env['torch_threads']} torch threads; load average at start {cpu['load_average_1m']:.2f}")  # fmt: skip
+    machine = (
+        env["gpu"]["name"]
+        if env.get("gpu")
+        else f"{cpu['model']}, {cpu['usable_cpus']} CPUs, flags {' '.join(cpu['flags_of_interest'])}"
+    )
+    return (
+        f"{machine}; torch {v['torch']}, transformers {v['transformers']}, accelerate {v['accelerate']}, "
+        f"datasets {v['datasets']}, tokenizers {v['tokenizers']}; commit {commit}; {env['started_utc']}; "
+        f"{env['torch_threads']} torch threads; load average at start {cpu['load_average_1m']:.2f}"
+    )
 
 
 def other_cores(*figures) -> str:
@@ -34,8 +40,10 @@ def tokenization_table(record: dict) -> str:
         f"median of {s['repeats']} repeats after {s['warmup']} warm-up. Tokens per pair: mean {lens['mean']:.1f}, "
         f"median {lens['median']:.0f}, p95 {lens['p95']:.0f}, max {lens['max']}.",
         "",
-        ("| method | pairs/s | tokens/s | median ms (min–max) | throughput / floor | time / floor "
-         "| time / no-offsets floor | ids = floor | other CPU (cores) |"),
+        (
+            "| method | pairs/s | tokens/s | median ms (min–max) | throughput / floor | time / floor "
+            "| time / no-offsets floor | ids = floor | other CPU (cores) |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in record["methods"].items():
@@ -51,10 +59,13 @@ def tokenization_table(record: dict) -> str:
         )
     b = record.get("project_warm_breakdown")
     if b:
-        lines += ["", f"Cache hit (project_warm, {record['methods']['project_warm']['seconds']['median'] * 1e3:.0f} ms): "
-                  f"tokenizer fingerprint {b['tokenizer_fingerprint_seconds'] * 1e3:.0f} ms, content fingerprint "
-                  f"{b['content_fingerprint_seconds'] * 1e3:.0f} ms, rest (datasets' hashing of the map call, Arrow "
-                  f"load) {b['rest_seconds'] * 1e3:.0f} ms."]  # fmt: skip
+        lines += [
+            "",
+            f"Cache hit (project_warm, {record['methods']['project_warm']['seconds']['median'] * 1e3:.0f} ms): "
+            f"tokenizer fingerprint {b['tokenizer_fingerprint_seconds'] * 1e3:.0f} ms, content fingerprint "
+            f"{b['content_fingerprint_seconds'] * 1e3:.0f} ms, rest (datasets' hashing of the map call, Arrow "
+            f"load) {b['rest_seconds'] * 1e3:.0f} ms.",
+        ]
     lines += ["", f"Measured on: {env_line(record['environment'])}."]
     return "\n".join(lines)
 
@@ -65,13 +76,14 @@ def train_step_table(record: dict) -> str:
     memory = "CUDA max allocated" if record["environment"]["device"] == "cuda" else "process RSS peak"
     lines = [
         f"Median of {s['steps']} timed steps after {s['warmup']} warm-up; batches from {s['data_source']}. "
-        "Matmul peak (MFU denominator, " + ", ".join(
-            f"{p} {v['flops_per_s'] / 1e9:,.0f} GFLOP/s" for p, v in peaks.items()) + f", {next(iter(peaks.values()))['size']}² matmul).",
+        "Matmul peak (MFU denominator, "
+        + ", ".join(f"{p} {v['flops_per_s'] / 1e9:,.0f} GFLOP/s" for p, v in peaks.items())
+        + f", {next(iter(peaks.values()))['size']}² matmul).",
         "",
         f"| model | batch | prec | padding | attn | compile | step s median (min–max) | samples/s | real tokens/s | "
         f"padding | peak GiB ({memory}) | GFLOP/s | MFU % | useful MFU % | Accelerate / bare | compile s | other CPU (cores) |",
         "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]  # fmt: skip
+    ]
     for c in record["cells"]:
         a, t = c["accelerate"], c["accelerate"]["step_seconds"]
         ratio = f"{c['accelerate_overhead_ratio']:.3f}" if c["accelerate_overhead_ratio"] is not None else "–"
@@ -82,14 +94,20 @@ def train_step_table(record: dict) -> str:
             f"{a['samples_per_s']:.1f} | {a['real_tokens_per_s']:,.0f} | {100 * c['padding_fraction']:.0f}% | "
             f"{a['peak_memory_bytes'] / gib:.2f} | {a['achieved_flops_per_s'] / 1e9:.0f} | {100 * a['mfu']:.1f} | "
             f"{100 * a['useful_mfu']:.1f} | {ratio} | {compile_s} | {other_cores(a, c['bare'])} |"
-        )  # fmt: skip
+        )
     summary = record["summary"]
     if summary["accelerate_overhead_ratio_median"] is not None:
-        lines += ["", f"Accelerate / bare step-time ratio over the {sum(c['bare'] is not None for c in record['cells'])} "
-                  f"cells with a bare baseline: median {summary['accelerate_overhead_ratio_median']:.3f}, range "
-                  f"{summary['accelerate_overhead_ratio_min']:.3f}–{summary['accelerate_overhead_ratio_max']:.3f}."]  # fmt: skip
-    lines += ["", f"Measured on: {env_line(record['environment'])}; load average at the end "
-              f"{record['environment_end']['load_average_1m']:.2f}; whole run {record['wall_seconds']:.0f} s."]  # fmt: skip
+        lines += [
+            "",
+            f"Accelerate / bare step-time ratio over the {sum(c['bare'] is not None for c in record['cells'])} "
+            f"cells with a bare baseline: median {summary['accelerate_overhead_ratio_median']:.3f}, range "
+            f"{summary['accelerate_overhead_ratio_min']:.3f}–{summary['accelerate_overhead_ratio_max']:.3f}.",
+        ]
+    lines += [
+        "",
+        f"Measured on: {env_line(record['environment'])}; load average at the end "
+        f"{record['environment_end']['load_average_1m']:.2f}; whole run {record['wall_seconds']:.0f} s.",
+    ]
     return "\n".join(lines)
 
 
@@ -126,8 +144,10 @@ def main(argv=None) -> None:
     parser.add_argument("folder", type=Path, help="A --out folder holding tokenization.json and/or train_step.json.")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
-        raise UserError(f"{args.folder}: not a folder; expected a --out folder of train-mrpc bench (tokenization.json, "
-                        "train_step.json)")  # fmt: skip
+        raise UserError(
+            f"{args.folder}: not a folder; expected a --out folder of train-mrpc bench (tokenization.json, "
+            "train_step.json)"
+        )
     found = [(name, args.folder / name) for name in RENDERERS if (args.folder / name).is_file()]
     if not found:
         raise UserError(f"{args.folder}: holds neither tokenization.json nor train_step.json")

@@ -34,10 +34,18 @@ METHODS = {  # name -> what it measures (kept in the JSON next to the figures)
 
 def parse_args(argv=None):
     parser = common.base_parser(__doc__, prog="train-mrpc bench tokenization")
-    parser.add_argument("--pairs", type=common.positive_int, default=None,
-                        help="Use the first N pairs (default: every split, 5801 pairs; --quick: 400).")
-    parser.add_argument("--repeats", type=common.positive_int, default=None, help="Timed repeats per method (default 5; --quick 2).")
-    parser.add_argument("--warmup", type=common.non_negative_int, default=1, help="Untimed warm-up calls per method (default 1).")
+    parser.add_argument(
+        "--pairs",
+        type=common.positive_int,
+        default=None,
+        help="Use the first N pairs (default: every split, 5801 pairs; --quick: 400).",
+    )
+    parser.add_argument(
+        "--repeats", type=common.positive_int, default=None, help="Timed repeats per method (default 5; --quick 2)."
+    )
+    parser.add_argument(
+        "--warmup", type=common.non_negative_int, default=1, help="Untimed warm-up calls per method (default 1)."
+    )
     return parser.parse_args(argv)
 
 
@@ -53,9 +61,12 @@ def warm_breakdown(raw, tokenizer, max_length: int, warmup: int, repeats: int, w
     tokenizer_fp, split_fp = getattr(data, "_tokenizer_fingerprint", None), getattr(data, "split_fingerprint", None)
     if tokenizer_fp is None or split_fp is None:
         return None
-    tok = common.summarize(common.time_calls(lambda: tokenizer_fp(tokenizer, max_length, True), warmup=warmup,
-                                             repeats=repeats)[0])
-    content = common.summarize(common.time_calls(lambda: [split_fp(d) for d in raw.values()], warmup=warmup, repeats=repeats)[0])
+    tok = common.summarize(
+        common.time_calls(lambda: tokenizer_fp(tokenizer, max_length, True), warmup=warmup, repeats=repeats)[0]
+    )
+    content = common.summarize(
+        common.time_calls(lambda: [split_fp(d) for d in raw.values()], warmup=warmup, repeats=repeats)[0]
+    )
     return {
         "tokenizer_fingerprint_seconds": tok["median"],
         "content_fingerprint_seconds": content["median"],
@@ -106,7 +117,9 @@ def main(argv=None) -> dict | None:
     floor_tokenizer.no_padding()
     floor_tokenizer.enable_truncation(max_length=common.MAX_LENGTH)
     raw = DatasetDict({split: to_dataset(columns) for split, columns in splits.items()})
-    flat = to_dataset({k: [v for c in splits.values() for v in c[k]] for k in ("sentence1", "sentence2", "label", "idx")})
+    flat = to_dataset(
+        {k: [v for c in splits.values() for v in c[k]] for k in ("sentence1", "sentence2", "label", "idx")}
+    )
     max_length = common.MAX_LENGTH
     call_kwargs = {"truncation": True, "max_length": max_length}
     encoder = pair_encoder(tokenizer, max_length)
@@ -123,21 +136,49 @@ def main(argv=None) -> dict | None:
     runs = {
         FLOOR: (lambda: floor_tokenizer.encode_batch(pairs), None),
         FAST_FLOOR: (lambda: floor_tokenizer.encode_batch_fast(pairs), None),
-        "project_cold": (lambda: tokenize_dataset(raw, tokenizer, max_length, cache_dir=state["cache"]), fresh_cache_dir),
+        "project_cold": (
+            lambda: tokenize_dataset(raw, tokenizer, max_length, cache_dir=state["cache"]),
+            fresh_cache_dir,
+        ),
         "project_warm": (lambda: tokenize_dataset(raw, tokenizer, max_length, cache_dir=warm_dir), None),
         "course_padding_true": (lambda: tokenizer(first, second, padding=True, **call_kwargs), None),
         "per_pair_call": (lambda: [tokenizer(a, b, **call_kwargs) for a, b in pairs], None),
         "legacy_python": (lambda: legacy(first, second, return_token_type_ids=True, **call_kwargs), None),
-        "transformers_in_map": (lambda: flat.map(lambda b: tokenizer(b["sentence1"], b["sentence2"], **call_kwargs),
-                                                 batched=True, batch_size=1000, keep_in_memory=True,
-                                                 load_from_cache_file=False), None),
-        "datasets_map_1proc": (lambda: flat.map(tokenize_pairs, batched=True, batch_size=1000, num_proc=None,
-                                                fn_kwargs={"encoder": encoder}, keep_in_memory=True,
-                                                load_from_cache_file=False), None),
-        "datasets_map_2proc": (lambda: flat.map(tokenize_pairs, batched=True, batch_size=1000, num_proc=2,
-                                                fn_kwargs={"encoder": encoder}, keep_in_memory=True,
-                                                load_from_cache_file=False), None),
-    }  # fmt: skip
+        "transformers_in_map": (
+            lambda: flat.map(
+                lambda b: tokenizer(b["sentence1"], b["sentence2"], **call_kwargs),
+                batched=True,
+                batch_size=1000,
+                keep_in_memory=True,
+                load_from_cache_file=False,
+            ),
+            None,
+        ),
+        "datasets_map_1proc": (
+            lambda: flat.map(
+                tokenize_pairs,
+                batched=True,
+                batch_size=1000,
+                num_proc=None,
+                fn_kwargs={"encoder": encoder},
+                keep_in_memory=True,
+                load_from_cache_file=False,
+            ),
+            None,
+        ),
+        "datasets_map_2proc": (
+            lambda: flat.map(
+                tokenize_pairs,
+                batched=True,
+                batch_size=1000,
+                num_proc=2,
+                fn_kwargs={"encoder": encoder},
+                keep_in_memory=True,
+                load_from_cache_file=False,
+            ),
+            None,
+        ),
+    }
 
     # How each method's output becomes a list of token-id lists, to check it against the floor's.
     def unpadded(out):
@@ -162,6 +203,7 @@ def main(argv=None) -> dict | None:
         if name == "legacy_python" and legacy is None:
             results[name] = {"description": METHODS[name], "skipped": f"no vocab.txt in {folder}"}
             continue
+
         def measure(fn=fn, setup=setup):
             with common.OtherCpu() as other:
                 outcome = common.time_calls(fn, warmup=args.warmup, repeats=repeats, setup=setup)
@@ -190,8 +232,9 @@ def main(argv=None) -> dict | None:
             record["padding_fraction"] = 1 - tokens / padded
         results[name] = record
         del out
-    breakdown = warm_breakdown(raw, tokenizer, max_length, args.warmup, repeats,
-                               results["project_warm"]["seconds"]["median"])
+    breakdown = warm_breakdown(
+        raw, tokenizer, max_length, args.warmup, repeats, results["project_warm"]["seconds"]["median"]
+    )
     floor_median, fast_median = (results[name]["seconds"]["median"] for name in (FLOOR, FAST_FLOOR))
     for record in results.values():
         if "seconds" in record:
@@ -240,55 +283,89 @@ def main(argv=None) -> dict | None:
             rows.append([name, "skipped", "", "", "", "", "", r["skipped"], ""])
             continue
         s = r["seconds"]
-        rows.append([
-            name, f"{r['pairs_per_s']:,.0f}", f"{r['tokens_per_s']:,.0f}",
-            f"{s['median'] * 1e3:,.1f} ({s['min'] * 1e3:,.1f}–{s['max'] * 1e3:,.1f})",
-            f"{r['throughput_ratio_to_floor']:.3f}", f"{r['time_ratio_to_floor']:.2f}x",
-            f"{r['time_ratio_to_floor_no_offsets']:.2f}x", f"{r['identical_ids_fraction']:.4f}", "yes" if r["guard"]["contended"] else "",
-        ])  # fmt: skip
+        rows.append(
+            [
+                name,
+                f"{r['pairs_per_s']:,.0f}",
+                f"{r['tokens_per_s']:,.0f}",
+                f"{s['median'] * 1e3:,.1f} ({s['min'] * 1e3:,.1f}–{s['max'] * 1e3:,.1f})",
+                f"{r['throughput_ratio_to_floor']:.3f}",
+                f"{r['time_ratio_to_floor']:.2f}x",
+                f"{r['time_ratio_to_floor_no_offsets']:.2f}x",
+                f"{r['identical_ids_fraction']:.4f}",
+                "yes" if r["guard"]["contended"] else "",
+            ]
+        )
     lens = record["lengths"]
     common.print_table(
         f"Tokenization: {n} pairs ({source}), tokenizer {tokenizer_name}",
-        [("method", "left"), ("pairs/s", "right"), ("tokens/s", "right"), ("ms median (min–max)", "right"),
-         ("throughput / floor", "right"), ("time / floor", "right"), ("time / no-offsets floor", "right"),
-         ("ids = floor", "right"), ("contended", "left")],
+        [
+            ("method", "left"),
+            ("pairs/s", "right"),
+            ("tokens/s", "right"),
+            ("ms median (min–max)", "right"),
+            ("throughput / floor", "right"),
+            ("time / floor", "right"),
+            ("time / no-offsets floor", "right"),
+            ("ids = floor", "right"),
+            ("contended", "left"),
+        ],
         rows,
         caption=f"tokens per pair: mean {lens['mean']:.1f}, median {lens['median']:.0f}, p95 {lens['p95']:.0f}, "
         f"max {lens['max']}; {repeats} timed repeats after {args.warmup} warm-up"
-        + (f"; project_warm = tokenizer fingerprint {breakdown['tokenizer_fingerprint_seconds'] * 1e3:.0f} ms + "
-           f"content fingerprint {breakdown['content_fingerprint_seconds'] * 1e3:.0f} ms + rest "
-           f"{breakdown['rest_seconds'] * 1e3:.0f} ms" if breakdown else "")
+        + (
+            f"; project_warm = tokenizer fingerprint {breakdown['tokenizer_fingerprint_seconds'] * 1e3:.0f} ms + "
+            f"content fingerprint {breakdown['content_fingerprint_seconds'] * 1e3:.0f} ms + rest "
+            f"{breakdown['rest_seconds'] * 1e3:.0f} ms"
+            if breakdown
+            else ""
+        )
         + f"; {common.short_env(env)}",
-    )  # fmt: skip
+    )
     plotted = [(name, r) for name, r in results.items() if "seconds" in r]
     plot = common.barh_panels(
         args.out / "tokenization.png",
-        [{
-            "title": f"{n} MRPC-shaped pairs, {hub.model_name(tokenizer_name)} tokenizer"
-                     + (" (quick: not a speed claim)" if args.quick else ""),
-            "labels": [name for name, _ in plotted],
-            "values": [r["throughput_ratio_to_floor"] for _, r in plotted],
-            "texts": [f"{r['throughput_ratio_to_floor']:.2f}x  ({r['pairs_per_s']:,.0f} pairs/s)" for _, r in plotted],
-            "colors": ["#55a868" if name == FLOOR else "#c44e52" if name == "project_warm" else "#4c72b0"
-                       for name, _ in plotted],
-            "xlabel": "throughput relative to the floor (tokenizers encode_batch = 1, log scale; higher is faster)",
-            "log": True, "ref": 1.0,
-        }],
+        [
+            {
+                "title": f"{n} MRPC-shaped pairs, {hub.model_name(tokenizer_name)} tokenizer"
+                + (" (quick: not a speed claim)" if args.quick else ""),
+                "labels": [name for name, _ in plotted],
+                "values": [r["throughput_ratio_to_floor"] for _, r in plotted],
+                "texts": [
+                    f"{r['throughput_ratio_to_floor']:.2f}x  ({r['pairs_per_s']:,.0f} pairs/s)" for _, r in plotted
+                ],
+                "colors": [
+                    "#55a868" if name == FLOOR else "#c44e52" if name == "project_warm" else "#4c72b0"
+                    for name, _ in plotted
+                ],
+                "xlabel": "throughput relative to the floor (tokenizers encode_batch = 1, log scale; higher is faster)",
+                "log": True,
+                "ref": 1.0,
+            }
+        ],
         title="Tokenization throughput vs. the Rust floor",
         footnote=common.short_env(env),
-    )  # fmt: skip
+    )
     record["plots"] = [plot.name]
     path = common.write_json(args.out / "tokenization.json", record)
-    common.print_summary_line({
-        "benchmark": "tokenization", "quick": args.quick, "json": common.display_path(path),
-        "plots": [common.display_path(plot)], "device": env["device_name"], "pairs": n,
-        "floor_pairs_per_s": round(results[FLOOR]["pairs_per_s"], 1),
-        "ratio_to_floor": {name: round(r["throughput_ratio_to_floor"], 4) for name, r in plotted},
-        "project_cold_time_ratio": {"floor": round(results["project_cold"]["time_ratio_to_floor"], 4),
-                                    FAST_FLOOR: round(results["project_cold"]["time_ratio_to_floor_no_offsets"], 4)},
-        "project_warm_seconds": round(results["project_warm"]["seconds"]["median"], 5),
-        "wall_seconds": round(record["wall_seconds"], 2),
-    })  # fmt: skip
+    common.print_summary_line(
+        {
+            "benchmark": "tokenization",
+            "quick": args.quick,
+            "json": common.display_path(path),
+            "plots": [common.display_path(plot)],
+            "device": env["device_name"],
+            "pairs": n,
+            "floor_pairs_per_s": round(results[FLOOR]["pairs_per_s"], 1),
+            "ratio_to_floor": {name: round(r["throughput_ratio_to_floor"], 4) for name, r in plotted},
+            "project_cold_time_ratio": {
+                "floor": round(results["project_cold"]["time_ratio_to_floor"], 4),
+                FAST_FLOOR: round(results["project_cold"]["time_ratio_to_floor_no_offsets"], 4),
+            },
+            "project_warm_seconds": round(results["project_warm"]["seconds"]["median"], 5),
+            "wall_seconds": round(record["wall_seconds"], 2),
+        }
+    )
     return record
 
 
