@@ -34,7 +34,7 @@ pytestmark = [
     pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU: run pytest -m gpu on a GPU machine"),
 ]
 
-# What every run writes into --output_dir (README, "What a run writes").
+# What every run writes into --output_dir (docs/offline.md, "What a run writes").
 OUTPUTS = [
     "model.safetensors",
     "config.json",
