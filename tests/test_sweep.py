@@ -324,14 +324,14 @@ def test_a_preempted_worker_puts_its_trial_back_and_a_rerun_resumes_it(tmp_path,
 def test_a_worker_with_a_late_heartbeat_is_not_trained_twice(tmp_path, tiny_model_dir, workers):
     """A worker that stops beating without dying (SIGSTOP: a frozen or starved process) has its trial failed
     and re-queued; the worker that takes it over waits for the frozen run's folder instead of training beside
-    it, and records that run's results once it ends."""
+    it, and records that run's results once it ends. (Both start together, so that b's start-up overlaps a's; b's
+    first trial waits until a is paused mid-trial, so that a holds a trial whatever the order they start in.)"""
     out = tmp_path / "sweep"
     args = sweep_args(tiny_model_dir, out)
-    a = workers.start("a", args, mode="pause")
+    a, b = workers.start("a", args, mode="pause"), workers.start("b", args, mode="barrier")
     paused = workers.wait_for(lambda: list(workers.flags.glob("pause-*")))
     folder = Path(paused[0].read_text()).parent.parent
     stop_holding_no_lock(a, out / "sweep.db")
-    b = workers.start("b", args)
     url = f"sqlite:///{out / 'sweep.db'}"
 
     def b_waits_on_the_folder():
