@@ -10,12 +10,14 @@ process (cpu=False without a backend); see train_mrpc.launch.create_accelerator 
 import dataclasses
 import json
 import shutil
+import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from test_fsdp import OPTIMIZER_SETTINGS, ddp_reference
 
 from train_mrpc.checkpointing import validate_checkpoint
 from train_mrpc.errors import UserError
@@ -52,6 +54,12 @@ def zero2_args(model_dir, out, *extra):
     )
 
 
+def zero2_fp32_args(model_dir, out, *extra):
+    """zero2_args in fp32 with AdamW's settings off their defaults: test_fsdp's fsdp_args, so that its DDP run
+    (ddp_reference) is this run's too, and so that ZeRO-Offload's CPU Adam is checked to keep them."""
+    return zero2_args(model_dir, out, "--precision", "fp32", *OPTIMIZER_SETTINGS, *extra)
+
+
 def results(out: Path) -> dict:
     return json.loads((out / "all_results.json").read_text())
 
@@ -59,9 +67,10 @@ def results(out: Path) -> dict:
 @pytest.fixture(scope="module")
 def zero2_fp32(tmp_path_factory, tiny_model_no_dropout) -> Path:
     """ZeRO-2 in fp32 (--precision fp32): DeepSpeed's bf16 computes with bf16 weights where DDP's bf16 autocasts
-    fp32 weights, so only in fp32 must the two agree up to float reduction order."""
+    fp32 weights, so only in fp32 must the two agree up to float reduction order. The optimizer stays on the
+    device (the launch flag says so, as the YAML does): the reference of the ZeRO-Offload test."""
     out = tmp_path_factory.mktemp("zero2-fp32") / "run"
-    launch(ZERO2[0], zero2_args(tiny_model_no_dropout, out, "--precision", "fp32"), *ZERO2[1:])
+    launch(ZERO2[0], zero2_fp32_args(tiny_model_no_dropout, out), *ZERO2[1:], "--offload_optimizer_device", "none")
     return out
 
 
@@ -180,17 +189,18 @@ def test_deepspeed_env_without_a_launcher_is_refused(tmp_path, tiny_model_dir):
     assert "deepspeed_zero2.yaml" in proc.stderr
 
 
-def test_without_deepspeed_installed_the_run_says_how_to_install(tmp_path, tiny_model_dir):
-    """deepspeed hidden from every process (sys.modules["deepspeed"] = None makes find_spec answer None)."""
+def test_without_deepspeed_installed_the_run_says_how_to_install(tmp_path, tiny_model_dir, monkeypatch):
+    """deepspeed hidden from every process (sys.modules["deepspeed"] = None makes find_spec answer None): here
+    in this process, and from the launcher and its processes by a sitecustomize read at their start-up."""
+    with monkeypatch.context() as hidden:
+        hidden.setitem(sys.modules, "deepspeed", None)
+        proc = run_cli(tiny_args(tiny_model_dir, tmp_path / "a"), env={"ACCELERATE_USE_DEEPSPEED": "true"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "asks for DeepSpeed, which is not installed: pip install deepspeed" in proc.stderr
     hide = tmp_path / "hide"
     hide.mkdir()
     (hide / "sitecustomize.py").write_text('import sys\nsys.modules["deepspeed"] = None\n')
     env = {"PYTHONPATH": str(hide)}
-    proc = run_cli(
-        tiny_args(tiny_model_dir, tmp_path / "a"), env={**env, "ACCELERATE_USE_DEEPSPEED": "true"}, own_process=True
-    )  # sitecustomize hides deepspeed at start-up
-    assert proc.returncode == 2
-    assert "asks for DeepSpeed, which is not installed: pip install deepspeed" in proc.stderr
     proc = run_cli(tiny_args(tiny_model_dir, tmp_path / "b"), launcher=accelerate_launch(*ZERO2), env=env)
     assert proc.returncode != 0 and "DeepSpeed is not installed" in proc.stderr
 
@@ -198,9 +208,12 @@ def test_without_deepspeed_installed_the_run_says_how_to_install(tmp_path, tiny_
 # --- 2. the same weights as DDP ------------------------------------------------------------------------
 
 
-def test_zero2_ends_with_the_weights_of_ddp_on_the_same_batches(tmp_path, tiny_model_no_dropout, zero2_fp32):
-    ddp = tmp_path / "ddp"
-    launch("multi_cpu.yaml", zero2_args(tiny_model_no_dropout, ddp, "--precision", "fp32"))
+def test_zero2_ends_with_the_weights_of_ddp_on_the_same_batches(tmp_path_factory, tiny_model_no_dropout, zero2_fp32):
+    ddp = ddp_reference(tmp_path_factory, tiny_model_no_dropout)  # shared with tests/test_fsdp.py
+    flags = [json.loads((out / "train_config.json").read_text()) for out in (zero2_fp32, ddp)]
+    for run_flags in flags:
+        del run_flags["output_dir"]
+    assert flags[0] == flags[1]  # the same flags: only the launch config differs
     for folder in (".", "best_model"):
         a, b = weights(zero2_fp32 / folder), weights(ddp / folder)
         assert a.keys() == b.keys()
@@ -235,11 +248,9 @@ def test_zero2_with_gradient_accumulation_ends_with_the_weights_of_the_larger_ba
     out = tmp_path / "accumulated"
     launch(
         ZERO2[0],
-        zero2_args(
+        zero2_fp32_args(
             tiny_model_no_dropout,
             out,
-            "--precision",
-            "fp32",
             "--per_device_train_batch_size",
             "4",
             "--gradient_accumulation_steps",
@@ -269,23 +280,26 @@ def test_zero2_with_gradient_accumulation_ends_with_the_weights_of_the_larger_ba
     ) == (4, 2)
 
 
-def test_zero2_with_the_optimizer_offloaded_to_the_cpu_ends_with_the_same_weights(tmp_path, tiny_model_no_dropout):
+def test_zero2_with_the_optimizer_offloaded_to_the_cpu_ends_with_the_same_weights(
+    tmp_path, tiny_model_no_dropout, zero2_fp32
+):
     """ZeRO-Offload (offload_optimizer_device: cpu, a launch flag or the YAML key): Accelerate swaps our torch AdamW
     for DeepSpeed's CPU Adam, which must keep the run's settings (betas, epsilon, per-group weight decay; set off
-    their defaults here) and so end with the weights of the run whose optimizer stays on the device."""
+    their defaults in zero2_fp32_args) and so end with the weights of the run whose optimizer stays on the device
+    (zero2_fp32: the same flags, launched with --offload_optimizer_device none)."""
     if not (shutil.which("c++") and shutil.which("ninja")):
         pytest.skip("DeepSpeed builds its CPU Adam on first use: needs a C++ compiler and ninja")
-    settings = ("--precision", "fp32", "--adam_beta2", "0.98", "--adam_epsilon", "1e-6", "--weight_decay", "0.1")
-    runs = {}
+    config = json.loads((zero2_fp32 / "train_config.json").read_text())
+    assert (config["adam_beta2"], config["adam_epsilon"], config["weight_decay"]) == (0.98, 1e-6, 0.1)
+    runs = {"device": zero2_fp32, "offload": tmp_path / "offload"}
+    launch(
+        ZERO2[0],
+        zero2_fp32_args(tiny_model_no_dropout, runs["offload"]),
+        *ZERO2[1:],
+        "--offload_optimizer_device",
+        "cpu",
+    )
     for name, offload in (("device", "none"), ("offload", "cpu")):
-        runs[name] = tmp_path / name
-        launch(
-            ZERO2[0],
-            zero2_args(tiny_model_no_dropout, runs[name], *settings),
-            *ZERO2[1:],
-            "--offload_optimizer_device",
-            offload,
-        )
         assert results(runs[name])["sharding"]["offload_optimizer"] == offload
     a, b = weights(runs["offload"]), weights(runs["device"])
     for name in a:
@@ -383,7 +397,7 @@ def test_zero2_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path, tiny_mo
         shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
     proc = launch(
         ZERO2[0],
-        zero2_args(tiny_model_no_dropout, out, "--precision", "fp32", "--resume_from_checkpoint", "latest"),
+        zero2_fp32_args(tiny_model_no_dropout, out, "--resume_from_checkpoint", "latest"),
         *ZERO2[1:],
     )
     assert "resumed from" in proc.stdout and "step_000004" in proc.stdout

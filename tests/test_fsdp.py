@@ -21,11 +21,15 @@ from conftest import ROOT, launch, read_log, run_cli, table_text, tiny_args, wei
 
 FSDP = ("fsdp.yaml", "--num_processes", "2")
 STEPS = 16  # 128 pairs / (2 processes x 8) = 8 steps an epoch, 2 epochs
+# AdamW's settings off their defaults: an optimizer that dropped them (DeepSpeed's CPU Adam under ZeRO-Offload,
+# tests/test_deepspeed.py) would end elsewhere than the DDP run both modules compare against.
+OPTIMIZER_SETTINGS = ("--adam_beta2", "0.98", "--adam_epsilon", "1e-6", "--weight_decay", "0.1")
 
 
 def fsdp_args(model_dir, out, *extra):
     """Dropout-free tiny model in fp32 (so FSDP and DDP must agree up to float reduction order), a checkpoint
-    every 4 steps, 101 validation pairs (uneven on 2 processes)."""
+    every 4 steps, 101 validation pairs (uneven on 2 processes). The same flags as test_deepspeed's fp32 ZeRO-2
+    run, so that one DDP run (ddp_reference) serves both."""
     return tiny_args(
         model_dir,
         out,
@@ -45,8 +49,24 @@ def fsdp_args(model_dir, out, *extra):
         "fp32",
         "--checkpointing_steps",
         "4",
+        *OPTIMIZER_SETTINGS,
         *extra,
     )
+
+
+def ddp_reference(tmp_path_factory, model_dir: Path) -> Path:
+    """The 2-process DDP run (multi_cpu.yaml) with fsdp_args's flags, which FSDP here and ZeRO-2 in fp32
+    (tests/test_deepspeed.py imports this) must match: launched once a session, by whichever module asks first,
+    in the session's base folder. Tests only read it."""
+    out = tmp_path_factory.getbasetemp() / "ddp-reference" / "run"
+    done = out.parent / "launched-with"
+    if not done.exists():
+        shutil.rmtree(out.parent, ignore_errors=True)
+        out.parent.mkdir(parents=True)
+        launch("multi_cpu.yaml", fsdp_args(model_dir, out))
+        done.write_text(str(model_dir))
+    assert done.read_text() == str(model_dir), "the DDP reference was run with another model"
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +163,8 @@ def test_a_launch_for_fsdp_that_accelerate_set_up_otherwise_is_refused(monkeypat
 # --- 2. the same weights as DDP; 5. the settings recorded ------------------------------------------
 
 
-def test_fsdp_ends_with_the_weights_of_ddp_on_the_same_batches(tmp_path, tiny_model_no_dropout, fsdp_run):
-    ddp = tmp_path / "ddp"
-    launch("multi_cpu.yaml", fsdp_args(tiny_model_no_dropout, ddp))
+def test_fsdp_ends_with_the_weights_of_ddp_on_the_same_batches(tmp_path_factory, tiny_model_no_dropout, fsdp_run):
+    ddp = ddp_reference(tmp_path_factory, tiny_model_no_dropout)
     for folder in (".", "best_model"):
         a, b = weights(fsdp_run / folder), weights(ddp / folder)
         assert a.keys() == b.keys()
