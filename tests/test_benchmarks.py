@@ -74,6 +74,32 @@ def run_bench(command: str, *args, timeout: float = 120, cwd: Path = ROOT, env: 
     return result, json.loads(last)
 
 
+def bench_in_process(command: str, *args, cwd: Path = ROOT):
+    """``train-mrpc bench COMMAND ARGS`` through ``cli.main`` in this process (conftest.run_in_process: output
+    captured, environment, folder and signal handlers put back), without a new Python's ~6 s of imports; what
+    the benchmark changes process-wide (torch threads, library log levels, progress bars) is put back too.
+    Returns the CompletedProcess and the JSON object on its last stdout line, as run_bench."""
+    import datasets
+    import torch
+    import transformers
+
+    from conftest import run_in_process
+
+    threads = torch.get_num_threads()
+    hf_verbosity, ds_verbosity = transformers.logging.get_verbosity(), datasets.utils.logging.get_verbosity()
+    bars = datasets.utils.are_progress_bars_disabled()
+    try:
+        result = run_in_process(["bench", command, *map(str, args)], cwd=cwd, env=OFFLINE)
+    finally:
+        torch.set_num_threads(threads)
+        transformers.logging.set_verbosity(hf_verbosity)
+        datasets.utils.logging.set_verbosity(ds_verbosity)
+        (datasets.disable_progress_bars if bars else datasets.enable_progress_bars)()
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    last = result.stdout.strip().splitlines()[-1]
+    return result, json.loads(last)
+
+
 def positive(value, where: str) -> None:
     assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {value!r} is not a number"
     assert math.isfinite(value) and value > 0, f"{where}: {value!r} is not a finite positive number"
@@ -186,22 +212,22 @@ def check_train_step(result, summary: dict, out: Path, cwd: Path = ROOT) -> dict
 
 
 def test_tokenization_quick(tmp_path):
-    check_tokenization(*run_bench("tokenization", "--quick", "--out", tmp_path), tmp_path)
+    check_tokenization(*bench_in_process("tokenization", "--quick", "--out", tmp_path), tmp_path)
 
 
 def test_train_step_quick(tmp_path):
-    check_train_step(*run_bench("steps", "--quick", "--out", tmp_path), tmp_path)
+    check_train_step(*bench_in_process("steps", "--quick", "--out", tmp_path), tmp_path)
 
 
 def test_fallback_without_shared_assets(tmp_path):
     """Generated pairs and the tiny tokenizer: what a machine without ../shared runs."""
-    _, summary = run_bench(
+    _, summary = bench_in_process(
         "tokenization", "--quick", "--data_dir", "synthetic", "--tokenizer", "tiny", "--pairs", "200", "--out", tmp_path
     )
     record = json.loads((tmp_path / "tokenization.json").read_text())
     assert record["settings"]["data_source"].startswith("generated")
     assert all(m["identical_ids_fraction"] == 1.0 for m in record["methods"].values())
-    _, summary = run_bench(
+    _, summary = bench_in_process(
         "steps",
         "--quick",
         "--data_dir",

@@ -1,14 +1,12 @@
 """`train-mrpc bench end-to-end`: the speed comparison runs and writes a complete record (never asserting a speed)."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TEST_ENV
+from conftest import run_in_process
 
 
 def check_end_to_end(proc: subprocess.CompletedProcess, out: Path) -> dict:
@@ -32,23 +30,15 @@ def check_end_to_end(proc: subprocess.CompletedProcess, out: Path) -> dict:
 
 
 def test_quick_end_to_end_comparison_is_complete(tmp_path):
-    command = [sys.executable, "-m", "train_mrpc", "bench", "end-to-end", "--quick", "--out", str(tmp_path)]
-    proc = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, **TEST_ENV}, cwd=ROOT, timeout=600
-    )
-    first = check_end_to_end(proc, tmp_path)
+    """The command in this process (conftest.run_in_process: its stdout, stderr and exit status captured); its
+    training runs are `python -m train_mrpc` children all the same, as they are for a user."""
+    command = ["bench", "end-to-end", "--quick", "--out", str(tmp_path)]
+    first = check_end_to_end(run_in_process(command), tmp_path)
 
     # --previous keeps the earlier runs, except those --rerun names (variant:seed), which are measured again.
     previous = tmp_path / "previous.json"
     (tmp_path / "end_to_end.json").rename(previous)
-    proc = subprocess.run(
-        [*command, "--previous", str(previous), "--rerun", "defaults:42"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **TEST_ENV},
-        cwd=ROOT,
-        timeout=600,
-    )
+    proc = run_in_process([*command, "--previous", str(previous), "--rerun", "defaults:42"])
     kept, measured = check_end_to_end(proc, tmp_path)["runs"]
     assert kept == {**first["runs"][0], "kept_from": str(previous)} and "kept_from" not in measured
 

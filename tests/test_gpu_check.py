@@ -108,8 +108,8 @@ def test_minilm_in_bf16_upcasts_to_the_original_weights_and_outputs(offline_carr
     assert (root / "minilm-bf16" / "config.json").read_bytes() == (original_dir / "config.json").read_bytes()
 
     upcast = tmp_path / "minilm-fp32"
-    proc = run_script(GPU_CHECK / "carry.py", "upcast", root / "minilm-bf16", upcast)  # as check.py calls it
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The arguments check.py gives `python gpu_check/carry.py`, through its main in this process (no new Python).
+    load("carry").main(["upcast", str(root / "minilm-bf16"), str(upcast)])
     original, restored = load_file(original_dir / "model.safetensors"), load_file(upcast / "model.safetensors")
     assert original.keys() == restored.keys()
     for key, weight in original.items():
@@ -160,68 +160,42 @@ def test_pytest_outcomes_are_read_from_junit_and_from_a_cut_log(tmp_path):
     ]
 
 
-def test_check_dry_run_runs_every_stage_and_reports_each(tmp_path):
-    """check.py --dry_run: every stage on CPU with the tiny model, the same code paths as on the GPU."""
-    check = load("check")
-    out = tmp_path / "out"
-    proc = run_script(GPU_CHECK / "check.py", "--dry_run", "--out", out, "--budget_s", "900", timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    record = json.loads((out / "report.json").read_text())
-    assert record["dry_run"] is True and record["finished"] is True and record["stopped"] is None
-    stages = record["stages"]
-    assert list(stages) == ["environment", "tests", "finetune", "bench"]
-    assert {name: s["status"] for name, s in stages.items()} == {
-        "environment": "ok",
-        "tests": "ok",
-        "finetune": "ok",
-        "bench": "ok",
-    }
+DRY_RUN_TEST = "test_check_dry_run_runs_every_stage_and_reports_each"
 
-    probe = stages["environment"]["probe"]
-    assert probe["versions"]["torch"] and probe["imports"] == {"datasets": "ok", "evaluate": "ok", "train_mrpc": "ok"}
 
-    tests = stages["tests"]["tests"]  # no CUDA here: every GPU test collected and skipped
-    assert len(tests) >= 10 and {t["outcome"] for t in tests} == {"skipped"}
-    assert all(t["name"].startswith("tests/test_gpu.py::test_") for t in tests)
-    assert stages["tests"]["counts"]["skipped"] == len(tests)
+@pytest.fixture(scope="module", autouse=True)
+def full_dry_run(request, tmp_path_factory):
+    """``check.py --dry_run`` of every stage, started when this module's first test starts, so that its minute
+    of one-after-another subprocesses (mostly single-threaded imports) overlaps the module's other tests on
+    the other core; DRY_RUN_TEST, the module's last test in the default run, waits for it. Yields a function
+    returning (out folder, CompletedProcess); nothing is started when that test is not selected."""
+    import os
 
-    runs = stages["finetune"]["runs"]
-    assert [r["name"] for r in runs] == [spec["name"] for spec in check.FINETUNES if not spec.get("gpu_only")]
-    for run in runs:
-        assert run["status"] == "ok" and run["returncode"] == 0, run
-        assert 0 <= run["eval_accuracy"] <= 1 and run["train_runtime"] > 0 and run["wall_s"] > 0
-        assert run["launch"]["device_type"] == "cpu" and "-m train_mrpc" in run["command"]
-        assert (out / "finetune" / run["name"] / "all_results.json").is_file()
-    models = stages["finetune"]["models"]
-    assert models["minilm"]["how"] == "bf16 -> fp32 upcast" and models["minilm"]["result"]["tensors_converted"] > 0
-    assert models["bert-base"]["how"] == "random init from config" and models["bert-base"]["result"]["parameters"] > 0
+    if not any(item.name == DRY_RUN_TEST and item.module is request.module for item in request.session.items):
+        yield None
+        return
+    folder = tmp_path_factory.mktemp("full-dry-run")
+    out = folder / "out"
+    command = [sys.executable, GPU_CHECK / "check.py", "--dry_run", "--out", out, "--budget_s", "900"]
+    cache = tmp_path_factory.getbasetemp() / "hf-cache"  # as conftest's _isolated_caches gives each test
+    env = {**os.environ, **TEST_ENV, "HF_HOME": str(cache), "HF_DATASETS_CACHE": str(cache / "datasets")}
+    # Files, not pipes: nothing reads the output until the test waits, and a full pipe would stop the run.
+    with open(folder / "stdout", "w") as stdout, open(folder / "stderr", "w") as stderr:
+        proc = subprocess.Popen(
+            list(map(str, command)), cwd=ROOT, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL
+        )
 
-    bench = stages["bench"]
-    assert bench["max_batch"]["result"]["max_batch"] == 16
-    assert [r["name"] for r in bench["runs"]] == [spec["name"] for spec in check.BENCH_RUNS]
-    cells = [c for r in bench["runs"] for c in r["cells"]]
-    assert [sorted({c["batch_size"] for c in r["cells"]}) for r in bench["runs"]] == [
-        [32],
-        [16],
-        [32],
-    ]  # 16: largest found
-    assert any(c["compile"] for c in bench["runs"][2]["cells"])
-    assert bench["runs"][0]["cells"][0]["accelerate_overhead_ratio"] > 0  # bare-loop baseline at batch 32
-    assert all(c["mfu"] > 0 and c["samples_per_s"] > 0 and c["step_ms_median"] > 0 for c in cells)
-    assert all((out / r["json"]).is_file() for r in bench["runs"])
+    def result() -> tuple[Path, subprocess.CompletedProcess]:
+        returncode = proc.wait(timeout=900)
+        stdout, stderr = ((folder / name).read_text() for name in ("stdout", "stderr"))
+        return out, subprocess.CompletedProcess(command, returncode, stdout, stderr)
 
-    report = (out / "report.md").read_text()
-    for heading in ("# GPU check", "DRY RUN", "## Tests", "## Fine-tunes", "## Step benchmark", "MFU %"):
-        assert heading in report, heading
-    for name in [spec["name"] for spec in check.FINETUNES if not spec.get("gpu_only")] + [
-        "test_resume_after_sigterm_gives_the_same_final_weights"
-    ]:
-        assert name in report, name
-    assert report in proc.stdout  # the report is also the end of the command's output
-    assert all(
-        (out / "logs" / f"{name}.log").is_file()
-        for name in ("environment", "tests", "finetune-minilm", "bench-b32-eager")
-    )
+    try:
+        yield result
+    finally:
+        if proc.poll() is None:  # its test was deselected at run time or failed before waiting: stop it
+            proc.terminate()
+            proc.wait(timeout=60)
 
 
 def test_check_runs_only_the_tests_finetunes_and_benchmarks_asked_for(tmp_path):
@@ -290,6 +264,69 @@ def test_check_stops_on_sigterm_and_takes_its_stage_down(tmp_path):
     record = json.loads(report.read_text())
     assert record["stopped"]["reason"] == "received SIGTERM" and "check: STOPPED in stage" in stdout
     assert record["stages"][record["stopped"]["stage"]]["status"] == "stopped"
+
+
+def test_check_dry_run_runs_every_stage_and_reports_each(full_dry_run):
+    """check.py --dry_run: every stage on CPU with the tiny model, the same code paths as on the GPU."""
+    check = load("check")
+    out, proc = full_dry_run()
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    record = json.loads((out / "report.json").read_text())
+    assert record["dry_run"] is True and record["finished"] is True and record["stopped"] is None
+    stages = record["stages"]
+    assert list(stages) == ["environment", "tests", "finetune", "bench"]
+    assert {name: s["status"] for name, s in stages.items()} == {
+        "environment": "ok",
+        "tests": "ok",
+        "finetune": "ok",
+        "bench": "ok",
+    }
+
+    probe = stages["environment"]["probe"]
+    assert probe["versions"]["torch"] and probe["imports"] == {"datasets": "ok", "evaluate": "ok", "train_mrpc": "ok"}
+
+    tests = stages["tests"]["tests"]  # no CUDA here: every GPU test collected and skipped
+    assert len(tests) >= 10 and {t["outcome"] for t in tests} == {"skipped"}
+    assert all(t["name"].startswith("tests/test_gpu.py::test_") for t in tests)
+    assert stages["tests"]["counts"]["skipped"] == len(tests)
+
+    runs = stages["finetune"]["runs"]
+    assert [r["name"] for r in runs] == [spec["name"] for spec in check.FINETUNES if not spec.get("gpu_only")]
+    for run in runs:
+        assert run["status"] == "ok" and run["returncode"] == 0, run
+        assert 0 <= run["eval_accuracy"] <= 1 and run["train_runtime"] > 0 and run["wall_s"] > 0
+        assert run["launch"]["device_type"] == "cpu" and "-m train_mrpc" in run["command"]
+        assert (out / "finetune" / run["name"] / "all_results.json").is_file()
+    models = stages["finetune"]["models"]
+    assert models["minilm"]["how"] == "bf16 -> fp32 upcast" and models["minilm"]["result"]["tensors_converted"] > 0
+    assert models["bert-base"]["how"] == "random init from config" and models["bert-base"]["result"]["parameters"] > 0
+
+    bench = stages["bench"]
+    assert bench["max_batch"]["result"]["max_batch"] == 16
+    assert [r["name"] for r in bench["runs"]] == [spec["name"] for spec in check.BENCH_RUNS]
+    cells = [c for r in bench["runs"] for c in r["cells"]]
+    assert [sorted({c["batch_size"] for c in r["cells"]}) for r in bench["runs"]] == [
+        [32],
+        [16],
+        [32],
+    ]  # 16: largest found
+    assert any(c["compile"] for c in bench["runs"][2]["cells"])
+    assert bench["runs"][0]["cells"][0]["accelerate_overhead_ratio"] > 0  # bare-loop baseline at batch 32
+    assert all(c["mfu"] > 0 and c["samples_per_s"] > 0 and c["step_ms_median"] > 0 for c in cells)
+    assert all((out / r["json"]).is_file() for r in bench["runs"])
+
+    report = (out / "report.md").read_text()
+    for heading in ("# GPU check", "DRY RUN", "## Tests", "## Fine-tunes", "## Step benchmark", "MFU %"):
+        assert heading in report, heading
+    for name in [spec["name"] for spec in check.FINETUNES if not spec.get("gpu_only")] + [
+        "test_resume_after_sigterm_gives_the_same_final_weights"
+    ]:
+        assert name in report, name
+    assert report in proc.stdout  # the report is also the end of the command's output
+    assert all(
+        (out / "logs" / f"{name}.log").is_file()
+        for name in ("environment", "tests", "finetune-minilm", "bench-b32-eager")
+    )
 
 
 @pytest.mark.slow

@@ -645,71 +645,74 @@ def main(argv=None) -> dict | None:
     peaks = {p: matmul_peak(device, p, plan["matmul_size"], plan["matmul_repeats"], guard) for p in plan["precisions"]}
 
     # --- the grid ---------------------------------------------------------------------------------------
-    batch_cache = {}
-    for number, cell in enumerate(cells, start=1):
-        config = configs[cell["model"]]
-        # The loop's own padding rule (train_mrpc.step.padding_multiple) for this device and precision.
-        multiple = padding_multiple(
-            None,
-            torch_compile=cell["compile"],
-            device_type=device.type,
-            mixed_precision=MIXED_PRECISION[cell["precision"]],
-        )
-        # Compiled cells with varying batch shapes: one more warm-up step (a second shape can recompile).
-        warmup = plan["warmup"] + (1 if cell["compile"] and cell["padding"] != "fixed" else 0)
-        key = (cell["model"], cell["batch_size"], cell["padding"], multiple, warmup)
-        if key not in batch_cache:
-            batch_cache[key] = select_batches(
-                examples,
-                tokenizer,
-                config,
-                cell["padding"],
-                cell["batch_size"],
-                multiple,
-                warmup,
-                plan["steps"],
-                args.seed,
+    with common.frozen_heap():
+        batch_cache = {}
+        for number, cell in enumerate(cells, start=1):
+            config = configs[cell["model"]]
+            # The loop's own padding rule (train_mrpc.step.padding_multiple) for this device and precision.
+            multiple = padding_multiple(
+                None,
+                torch_compile=cell["compile"],
+                device_type=device.type,
+                mixed_precision=MIXED_PRECISION[cell["precision"]],
             )
-        warm_batches, timed_batches = batch_cache[key]
-        params = model_info[cell["model"]]["parameters"]
-        real = [t for _, lens, _ in timed_batches for t in lens]
-        padded = [width for _, lens, width in timed_batches for _ in lens]
-        work = {
-            "real_tokens": sum(real),
-            "padded_tokens": sum(padded),
-            "flops": training_flops(params, config, padded),
-            "useful_flops": training_flops(params, config, real),
-        }
-        steps = len(timed_batches)
-        cell.update(
-            {
-                "padding_fraction": 1 - work["real_tokens"] / work["padded_tokens"],
-                "mean_padded_length": work["padded_tokens"] / (steps * cell["batch_size"]),
-                "mean_real_length": work["real_tokens"] / (steps * cell["batch_size"]),
-                "flops_per_step": work["flops"] / steps,
-                "useful_flops_per_step": work["useful_flops"] / steps,
-                "warmup_steps": len(warm_batches) + len(shape_warmups(timed_batches, device)),
-                "timed_steps": steps,
+            # Compiled cells with varying batch shapes: one more warm-up step (a second shape can recompile).
+            warmup = plan["warmup"] + (1 if cell["compile"] and cell["padding"] != "fixed" else 0)
+            key = (cell["model"], cell["batch_size"], cell["padding"], multiple, warmup)
+            if key not in batch_cache:
+                batch_cache[key] = select_batches(
+                    examples,
+                    tokenizer,
+                    config,
+                    cell["padding"],
+                    cell["batch_size"],
+                    multiple,
+                    warmup,
+                    plan["steps"],
+                    args.seed,
+                )
+            warm_batches, timed_batches = batch_cache[key]
+            params = model_info[cell["model"]]["parameters"]
+            real = [t for _, lens, _ in timed_batches for t in lens]
+            padded = [width for _, lens, width in timed_batches for _ in lens]
+            work = {
+                "real_tokens": sum(real),
+                "padded_tokens": sum(padded),
+                "flops": training_flops(params, config, padded),
+                "useful_flops": training_flops(params, config, real),
             }
-        )
-        cell["load_average_1m_at_start"] = common.load_average()  # other work on the machine skews a cell
-        print(f"[{number}/{len(cells)}] {cell['key']}", file=sys.stderr, flush=True)
-        peak = peaks[cell["precision"]]["flops_per_s"]
-        for kind in ("accelerate", "bare") if cell["bare_baseline"] else ("accelerate",):
-
-            def measure(kind=kind, cell=cell, config=config, warm_batches=warm_batches, timed_batches=timed_batches):
-                raw = run_variant(kind, cell, config, device, warm_batches, timed_batches, args.seed)
-                return raw, raw["other_cpu_cores"]
-
-            raw, guarded = common.run_guarded(measure, **guard)
-            cell[kind] = {**variant_figures(raw, cell, work, peak), "guard": guarded}
-        if cell["bare_baseline"]:
-            cell["accelerate_overhead_ratio"] = (
-                cell["accelerate"]["step_seconds"]["median"] / cell["bare"]["step_seconds"]["median"]
+            steps = len(timed_batches)
+            cell.update(
+                {
+                    "padding_fraction": 1 - work["real_tokens"] / work["padded_tokens"],
+                    "mean_padded_length": work["padded_tokens"] / (steps * cell["batch_size"]),
+                    "mean_real_length": work["real_tokens"] / (steps * cell["batch_size"]),
+                    "flops_per_step": work["flops"] / steps,
+                    "useful_flops_per_step": work["useful_flops"] / steps,
+                    "warmup_steps": len(warm_batches) + len(shape_warmups(timed_batches, device)),
+                    "timed_steps": steps,
+                }
             )
-            cell["last_loss_abs_diff"] = abs(cell["accelerate"]["last_loss"] - cell["bare"]["last_loss"])
-        else:
-            cell["bare"], cell["accelerate_overhead_ratio"], cell["last_loss_abs_diff"] = None, None, None
+            cell["load_average_1m_at_start"] = common.load_average()  # other work on the machine skews a cell
+            print(f"[{number}/{len(cells)}] {cell['key']}", file=sys.stderr, flush=True)
+            peak = peaks[cell["precision"]]["flops_per_s"]
+            for kind in ("accelerate", "bare") if cell["bare_baseline"] else ("accelerate",):
+
+                def measure(
+                    kind=kind, cell=cell, config=config, warm_batches=warm_batches, timed_batches=timed_batches
+                ):
+                    raw = run_variant(kind, cell, config, device, warm_batches, timed_batches, args.seed)
+                    return raw, raw["other_cpu_cores"]
+
+                raw, guarded = common.run_guarded(measure, **guard)
+                cell[kind] = {**variant_figures(raw, cell, work, peak), "guard": guarded}
+            if cell["bare_baseline"]:
+                cell["accelerate_overhead_ratio"] = (
+                    cell["accelerate"]["step_seconds"]["median"] / cell["bare"]["step_seconds"]["median"]
+                )
+                cell["last_loss_abs_diff"] = abs(cell["accelerate"]["last_loss"] - cell["bare"]["last_loss"])
+            else:
+                cell["bare"], cell["accelerate_overhead_ratio"], cell["last_loss_abs_diff"] = None, None, None
     common.release_memory()
 
     ratios = [c["accelerate_overhead_ratio"] for c in cells if c["accelerate_overhead_ratio"] is not None]
