@@ -109,6 +109,15 @@ def test_interrupted_reproduce_resumes_the_unfinished_seeds(tmp_path, tiny_model
     assert [r["eval_loss"] for r in second["runs"]] == [r["eval_loss"] for r in first["runs"]]
 
 
+@pytest.fixture(scope="module")
+def one_seed_reproduce(tmp_path_factory, tiny_model_dir):
+    """A finished one-seed reproduce, run once: each damage case below copies it."""
+    out = tmp_path_factory.mktemp("one-seed") / "rep"
+    proc = run_cli(reproduce_args(tiny_model_dir, out, "--num_seeds", "1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
 @pytest.mark.parametrize(
     "damage, fragment",
     [
@@ -118,16 +127,18 @@ def test_interrupted_reproduce_resumes_the_unfinished_seeds(tmp_path, tiny_model
     ],
     ids=["cut", "fields-missing", "no-eval-log"],
 )
-def test_a_damaged_finished_seed_is_named_and_deleting_it_runs_it_again(tmp_path, tiny_model_dir, damage, fragment):
+def test_a_damaged_finished_seed_is_named_and_deleting_it_runs_it_again(
+    tmp_path, tiny_model_dir, one_seed_reproduce, damage, fragment
+):
+    import shutil
+
     out = tmp_path / "rep"
+    shutil.copytree(one_seed_reproduce, out)  # a finished reproduce of its own, damaged below
     args = reproduce_args(tiny_model_dir, out, "--num_seeds", "1")
-    assert run_cli(args).returncode == 0
     first = json.loads((out / "results.json").read_text())
     damage(out / "seed_42")
     proc = run_cli(args)
     assert_one_line_error(proc.returncode, proc.stderr, fragment, f"delete {out / 'seed_42'} to run seed 42 again")
-    import shutil
-
     shutil.rmtree(out / "seed_42")
     assert run_cli(args).returncode == 0
     second = json.loads((out / "results.json").read_text())
