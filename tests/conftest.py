@@ -135,12 +135,39 @@ def run_in_process(args: list[str], cwd: Path = ROOT, env=None) -> subprocess.Co
     return subprocess.CompletedProcess(["train-mrpc", *argv], code, out.getvalue(), err.getvalue())
 
 
-def training_workers(output_dir: Path) -> list[int]:
-    """PIDs of the training processes (not the launcher) of a run writing to ``output_dir``."""
+# A launcher's command line also holds "-m train_mrpc ... OUTPUT_DIR": it is told apart by the launcher it runs
+# (a module, or its console script), not by a word that an output folder's path may hold too.
+LAUNCHER_MODULES = {"accelerate.commands.launch", "accelerate.commands.accelerate_cli", "torch.distributed.run"}
+LAUNCHER_SCRIPTS = {"accelerate", "torchrun"}
+
+
+def is_launcher(argv: list[str]) -> bool:
+    """Whether a command line (``/proc/PID/cmdline`` split at NULs) is a launcher's: ``python -m
+    accelerate.commands.launch ...``, ``accelerate launch ...``, ``torchrun ...``; a training process is
+    ``python [-u] -m train_mrpc ...``."""
+    before_script = argv[: argv.index("train_mrpc")] if "train_mrpc" in argv else argv
+    return any(arg in LAUNCHER_MODULES or Path(arg).name in LAUNCHER_SCRIPTS for arg in before_script)
+
+
+def _train_mrpc_processes(output_dir: Path) -> list[int]:
+    """PIDs of the training processes of a run writing to ``output_dir`` (any that exits meanwhile left out)."""
     found = subprocess.run(
         ["pgrep", "-f", "--", f"-m train_mrpc .*{output_dir}"], capture_output=True, text=True
     ).stdout
-    return [int(pid) for pid in found.split() if "accelerate" not in Path(f"/proc/{pid}/cmdline").read_text()]
+    pids = []
+    for pid in map(int, found.split()):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if not is_launcher(argv):
+            pids.append(pid)
+    return pids
+
+
+def training_workers(output_dir: Path) -> list[int]:
+    """PIDs of the training processes (not the launcher) of a run writing to ``output_dir``."""
+    return _train_mrpc_processes(output_dir)
 
 
 def wait_for_log_lines(output_dir: Path, lines: int, timeout: float = 300) -> None:
@@ -213,6 +240,99 @@ def tiny_args(model_dir: Path, output_dir: Path, *extra) -> list[str]:
         *extra,
     ]
     return [str(a) for a in args]
+
+
+# --- reference runs that tests of several files compare against, each made once per session ---------------
+
+# resume_args: 320 pairs / batch 16 = 20 steps per epoch, 3 epochs, a log line per step, a checkpoint every 10
+# steps. Dropout stays on: exact resume needs every RNG state restored, not a deterministic model.
+RESUME_STEPS = 60
+
+
+def resume_args(model_dir: Path, output_dir: Path, *extra) -> list[str]:
+    """The 60-step run that checkpointing, resume and fault tests stop, break and resume (tests/test_checkpointing.py's
+    run_args)."""
+    return tiny_args(
+        model_dir,
+        output_dir,
+        "--max_train_samples",
+        "320",
+        "--num_train_epochs",
+        "3",
+        "--logging_steps",
+        "1",
+        "--checkpointing_steps",
+        "10",
+        *extra,
+    )
+
+
+def two_process_launcher(*launch_flags: str) -> list[str]:
+    """`accelerate launch` with multi_cpu.yaml (2 processes) on a free port: a fixed one (multi_cpu.yaml's 29511)
+    taken by another job on this machine would silently turn the launch into torchrun's standalone mode."""
+    return accelerate_launch("multi_cpu.yaml", "--main_process_port", "0", *launch_flags)
+
+
+def two_process_job_args(model_dir: Path, output_dir: Path, *extra) -> list[str]:
+    """resume_args on 2 processes: 60 steps of 2 x 8 pairs, a log line per step, a checkpoint every 10 steps."""
+    return resume_args(model_dir, output_dir, "--per_device_train_batch_size", "8", *extra)
+
+
+@pytest.fixture(scope="session")
+def one_process_reference(tmp_path_factory, tiny_model_dir) -> Path:
+    """The uninterrupted 1-process resume_args run (checkpoints at 10, 20, ... 60), in this process. Read-only:
+    a test that changes it works on a copy."""
+    out = tmp_path_factory.mktemp("one-process-reference") / "run"
+    proc = run_cli(resume_args(tiny_model_dir, out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_log(out)[-1]["step"] == RESUME_STEPS
+    return out
+
+
+@pytest.fixture(scope="session")
+def two_process_reference(tmp_path_factory, tiny_model_dir) -> Path:
+    """The uninterrupted 2-process two_process_job_args run every stopped, killed or resumed one must end like.
+    Read-only: a test that changes it works on a copy."""
+    import json
+
+    out = tmp_path_factory.mktemp("two-process-reference") / "run"
+    proc = run_cli(two_process_job_args(tiny_model_dir, out), launcher=two_process_launcher())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "all_results.json").read_text())["global_step"] == RESUME_STEPS
+    return out
+
+
+def equivalence_args(model_dir, out, batch, *extra):
+    """Dropout-free tiny model in fp32, 128 training pairs (even split), 101 validation pairs (uneven on 2
+    processes), length-grouped batches (the default)."""
+    return tiny_args(
+        model_dir,
+        out,
+        "--max_train_samples",
+        "128",
+        "--max_eval_samples",
+        "101",
+        "--per_device_train_batch_size",
+        str(batch),
+        "--per_device_eval_batch_size",
+        "16",
+        "--logging_steps",
+        "1",
+        "--warmup_ratio",
+        "0.25",
+        "--precision",
+        "fp32",
+        *extra,
+    )
+
+
+@pytest.fixture(scope="session")
+def two_process_equivalence_run(tmp_path_factory, tiny_model_no_dropout) -> tuple[Path, subprocess.CompletedProcess]:
+    """(output folder, CompletedProcess) of equivalence_args at batch 8 on 2 processes (multi_cpu.yaml): what one
+    process with batch 16 (tests/test_launch.py) and a 2-node job (tests/test_cluster.py) must equal."""
+    out = tmp_path_factory.mktemp("two-process-equivalence") / "run"
+    proc = launch("multi_cpu.yaml", equivalence_args(tiny_model_no_dropout, out, 8), "--main_process_port", "0")
+    return out, proc
 
 
 @pytest.fixture(scope="session")
@@ -307,17 +427,7 @@ def non_root_launcher(probe_dir: Path) -> list[str]:
 
 def live_workers(output_dir: Path) -> list[int]:
     """training_workers, tolerating processes that exit while they are listed (a job being torn down)."""
-    found = subprocess.run(
-        ["pgrep", "-f", "--", f"-m train_mrpc .*{output_dir}"], capture_output=True, text=True
-    ).stdout
-    pids = []
-    for pid in map(int, found.split()):
-        try:
-            if "accelerate" not in Path(f"/proc/{pid}/cmdline").read_text():
-                pids.append(pid)
-        except OSError:
-            pass
-    return pids
+    return _train_mrpc_processes(output_dir)
 
 
 def start_job(command: list[str], log_dir: Path, env=None) -> subprocess.Popen:

@@ -14,35 +14,26 @@ import pytest
 from train_mrpc.checkpointing import PREEMPTED_EXIT_CODE, rotate_checkpoints
 
 from conftest import (
+    RESUME_STEPS,
     ROOT,
     TEST_ENV,
-    accelerate_launch,
     read_log,
+    resume_args,
     run_cli,
     tiny_args,
     training_workers,
+    two_process_job_args,
+    two_process_launcher,
     wait_for_log_lines,
 )
 
 # 320 pairs / batch 16 = 20 steps per epoch, 3 epochs, a checkpoint every 10 steps. Dropout stays on:
 # exact resume needs every RNG state restored, not a deterministic model.
-STEPS = 60
+STEPS = RESUME_STEPS
 
 
 def run_args(model_dir, out, *extra):
-    return tiny_args(
-        model_dir,
-        out,
-        "--max_train_samples",
-        "320",
-        "--num_train_epochs",
-        "3",
-        "--logging_steps",
-        "1",
-        "--checkpointing_steps",
-        "10",
-        *extra,
-    )
+    return resume_args(model_dir, out, *extra)
 
 
 def assert_identical_runs(a: Path, b: Path) -> None:
@@ -53,13 +44,10 @@ def assert_identical_runs(a: Path, b: Path) -> None:
     ]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_model_dir):
-    out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    proc = run_cli(run_args(tiny_model_dir, out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert read_log(out)[-1]["step"] == STEPS
-    return out
+@pytest.fixture
+def uninterrupted(one_process_reference):
+    """The uninterrupted run_args run (conftest's, made once for this file and tests/test_run_integrity.py)."""
+    return one_process_reference
 
 
 def start_and_signal(args, out: Path, at_step: int, sig: int) -> tuple[subprocess.Popen, int, str]:
@@ -252,16 +240,18 @@ def test_real_run_rotation_keeps_the_limit(tmp_path, tiny_model_dir):
     assert {p.name for p in (out / "checkpoints").iterdir()} == expected
 
 
-def test_two_process_resume_is_exact(tmp_path, tiny_model_dir):
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    args = lambda out, *extra: run_args(tiny_model_dir, out, "--per_device_train_batch_size", "8", *extra)  # noqa: E731
-    proc = run_cli(args(full), launcher=accelerate_launch("multi_cpu.yaml"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_two_process_resume_is_exact(tmp_path, tiny_model_dir, two_process_reference):
+    """Resumed at step 30 on 2 processes, the run ends as the uninterrupted 2-process run (conftest's, also the
+    reference of tests/test_faults.py and tests/test_ctrl_c.py) did: same arguments, same launch."""
+    full, resumed = two_process_reference, tmp_path / "resumed"
     shutil.copytree(full / "checkpoints" / "step_000030", resumed / "checkpoints" / "step_000030")
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {
         p.name for p in (resumed / "checkpoints" / "step_000030").iterdir()
     }
-    proc = run_cli(args(resumed, "--resume_from_checkpoint", "latest"), launcher=accelerate_launch("multi_cpu.yaml"))
+    proc = run_cli(
+        two_process_job_args(tiny_model_dir, resumed, "--resume_from_checkpoint", "latest"),
+        launcher=two_process_launcher(),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (full / "model.safetensors").read_bytes() == (resumed / "model.safetensors").read_bytes()
     assert read_log(resumed) == [r for r in read_log(full) if r["step"] > 30]
@@ -272,7 +262,7 @@ def test_processes_agree_on_a_stop_signalled_to_one_of_them(tmp_path, tiny_model
 
     out = tmp_path / "one-signalled"
     args = run_args(tiny_model_dir, out, "--per_device_train_batch_size", "8", "--logging_steps", "2")
-    command = accelerate_launch("multi_cpu.yaml") + args
+    command = two_process_launcher() + args
     launcher = subprocess.Popen(
         command, cwd=ROOT, env={**os.environ, **TEST_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_launch import assert_same_run, equivalence_args
+from test_launch import assert_same_run
 
-from conftest import ROOT, TEST_ENV, accelerate_launch, launch, run_cli, tiny_args, wait_for_log_lines
+from conftest import ROOT, TEST_ENV, accelerate_launch, equivalence_args, run_cli, tiny_args, wait_for_log_lines
 
 SBATCH = ROOT / "examples" / "slurm" / "train_mrpc.sbatch"
 
@@ -34,25 +34,19 @@ def free_port() -> int:
             return port
 
 
-def test_two_node_job_over_loopback_equals_one_node_with_two_processes(tmp_path, tiny_model_no_dropout):
+def test_two_node_job_over_loopback_equals_one_node_with_two_processes(
+    tmp_path, tiny_model_no_dropout, two_process_equivalence_run
+):
     """Two launches (machine ranks 0 and 1, one process each) form one job: same weights, losses and metrics
-    as the same two processes on one node. The one-node run uses multi_gpu.yaml as shipped (without GPUs it
-    trains CPU processes over gloo), so that config runs here too."""
-    one_node = tmp_path / "one-node"
-    launch(
-        "multi_gpu.yaml",
-        equivalence_args(tiny_model_no_dropout, one_node, 8),
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        str(free_port()),
-    )
-    assert json.loads((one_node / "all_results.json").read_text())["launch"]["device_type"] == "cpu"
+    as the same two processes on one node (multi_cpu.yaml: conftest's run, which tests/test_launch.py also
+    compares with one process). The nodes launch with multi_gpu.yaml as shipped (without GPUs it trains CPU
+    processes over gloo), so that config runs here too."""
+    one_node, _ = two_process_equivalence_run
     two_nodes, port = tmp_path / "two-nodes", free_port()
     nodes = [
         subprocess.Popen(
             accelerate_launch(
-                "multi_cpu.yaml",
+                "multi_gpu.yaml",
                 "--num_machines",
                 "2",
                 "--num_processes",
@@ -77,6 +71,7 @@ def test_two_node_job_over_loopback_equals_one_node_with_two_processes(tmp_path,
     assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in finished]
     _, results = assert_same_run(one_node, two_nodes)
     assert results["launch"]["num_processes"] == 2
+    assert results["launch"]["device_type"] == "cpu"  # multi_gpu.yaml on a machine without GPUs
     # One job, one set of outputs: only the main process of machine 0 printed the summary.
     assert finished[0][0].count("MRPC fine-tune") == 1 and "MRPC fine-tune" not in finished[1][0]
 

@@ -16,12 +16,13 @@ from train_mrpc.checkpointing import INTERRUPTED_EXIT_CODE, PreemptionHandler, v
 from conftest import (
     ROOT,
     TEST_ENV,
-    accelerate_launch,
     read_log,
     run_cli,
     start_job,
     stop_job,
     tiny_args,
+    two_process_job_args,
+    two_process_launcher,
     wait_for_log_lines,
     workers_by_rank,
 )
@@ -91,16 +92,17 @@ def test_a_second_ctrl_c_stops_at_once_and_one_before_training_too():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored on leaving
 
 
-def test_ctrl_c_to_a_launched_job_stops_every_process_at_one_step_and_resumes_exactly(tmp_path, tiny_model_dir):
-    """`accelerate launch` with multi_cpu.yaml (the test name must not hold "accelerate": conftest.live_workers
-    leaves out command lines that do), 2 processes, 16 steps. SIGINT to the launcher and to each worker, as a terminal's Ctrl-C
-    reaches a job whose workers share its process group; torchrun's agent passes its own on to the workers too."""
-    launcher = accelerate_launch("multi_cpu.yaml", "--num_processes", "2")
-    full, stopped = tmp_path / "full", tmp_path / "stopped"
-    proc = run_cli(run_args(tiny_model_dir, full, "--max_train_samples", "256"), launcher=launcher)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_ctrl_c_to_a_launched_job_stops_every_process_at_one_step_and_resumes_exactly(
+    tmp_path, tiny_model_dir, two_process_reference
+):
+    """`accelerate launch` with multi_cpu.yaml, 2 processes, 60 steps (conftest's two_process_job_args; the
+    uninterrupted run is conftest's two_process_reference). SIGINT to the launcher and to each worker, as a
+    terminal's Ctrl-C reaches a job whose workers share its process group; torchrun's agent passes its own on to
+    the workers too."""
+    launcher = two_process_launcher()
+    full, stopped = two_process_reference, tmp_path / "stopped"
 
-    job = start_job([*launcher, *run_args(tiny_model_dir, stopped, "--max_train_samples", "256")], tmp_path / "logs")
+    job = start_job([*launcher, *two_process_job_args(tiny_model_dir, stopped)], tmp_path / "logs")
     try:
         ranks = workers_by_rank(stopped, 2)
         assert len(ranks) == 2
@@ -120,8 +122,7 @@ def test_ctrl_c_to_a_launched_job_stops_every_process_at_one_step_and_resumes_ex
     assert validate_checkpoint(stopped / "checkpoints" / f"step_{step:06d}")["step"] == step
 
     resumed = run_cli(
-        run_args(tiny_model_dir, stopped, "--max_train_samples", "256", "--resume_from_checkpoint", "latest"),
-        launcher=launcher,
+        two_process_job_args(tiny_model_dir, stopped, "--resume_from_checkpoint", "latest"), launcher=launcher
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(full, stopped)

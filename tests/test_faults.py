@@ -16,18 +16,19 @@ import time
 from pathlib import Path
 
 import pytest
-from test_checkpointing import STEPS, assert_identical_runs, run_args
+from test_checkpointing import STEPS, assert_identical_runs
 
 import train_mrpc
 from train_mrpc.checkpointing import validate_checkpoint
 from train_mrpc.errors import JobFailure, UserError, distributed_failure, job_failure
 
 from conftest import (
-    accelerate_launch,
     run_cli,
     seconds_until_ended,
     start_job,
     stop_job,
+    two_process_job_args,
+    two_process_launcher,
     wait_for_log_lines,
     workers_by_rank,
 )
@@ -47,12 +48,12 @@ OUR_TRACEBACK = re.compile(re.escape(f'File "{PACKAGE_DIR}/') + r"|\[rank\d+\]:"
 def two_process(*extra_launch_flags: str) -> list[str]:
     # A free port: a fixed one (multi_cpu.yaml's 29511) taken by another job on this machine would silently
     # turn the launch into torchrun's standalone mode (another rendezvous).
-    return accelerate_launch("multi_cpu.yaml", "--main_process_port", "0", *extra_launch_flags)
+    return two_process_launcher(*extra_launch_flags)
 
 
 def job_args(model_dir: Path, out: Path, *extra) -> list[str]:
     """60 steps (2 x 8 per step, 3 epochs), a log line per step, a checkpoint every 10 steps."""
-    return run_args(model_dir, out, "--per_device_train_batch_size", "8", *extra)
+    return two_process_job_args(model_dir, out, *extra)
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -63,14 +64,8 @@ def output(log_dir: Path) -> tuple[str, str]:
     return (log_dir / "stdout").read_text(), (log_dir / "stderr").read_text()
 
 
-@pytest.fixture(scope="module")
-def two_process_reference(tmp_path_factory, tiny_model_dir) -> Path:
-    """The uninterrupted 2-process run every broken one must end like."""
-    out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    proc = run_cli(job_args(tiny_model_dir, out), launcher=two_process())
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((out / "all_results.json").read_text())["global_step"] == STEPS
-    return out
+# two_process_reference (conftest, one per session: tests/test_checkpointing.py and tests/test_ctrl_c.py compare
+# with it too): the uninterrupted 2-process run of job_args, global_step STEPS, every broken one must end like.
 
 
 # --- what counts as "another process failed" ------------------------------------------------------------
@@ -455,7 +450,7 @@ def test_an_error_of_the_main_process_alone_is_not_followed_by_a_lost_process_li
     assert not OUR_TRACEBACK.search(proc.stderr), proc.stderr[-3000:]
 
 
-DDP_TIMEOUT = 12
+DDP_TIMEOUT = 8  # seconds: a few times the longest wait for a sibling before the stall (the peak-FLOP/s measurement)
 
 
 def test_a_stalled_process_fails_the_job_after_ddp_timeout(tmp_path, tiny_model_dir):

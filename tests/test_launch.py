@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TEST_ENV, accelerate_launch, launch, run_cli, table_text, tiny_args
+from conftest import ROOT, TEST_ENV, accelerate_launch, equivalence_args, launch, run_cli, table_text, tiny_args
 
 CONFIGS = sorted((ROOT / "accelerate_configs").glob("*.yaml"))
 EXPECTED = {  # file -> (distributed_type, mixed_precision, use_cpu)
@@ -27,28 +27,8 @@ EXPECTED = {  # file -> (distributed_type, mixed_precision, use_cpu)
 }
 
 
-def equivalence_args(model_dir, out, batch, *extra):
-    """Dropout-free tiny model in fp32, 128 training pairs (even split), 101 validation pairs (uneven on 2
-    processes), length-grouped batches (the default)."""
-    return tiny_args(
-        model_dir,
-        out,
-        "--max_train_samples",
-        "128",
-        "--max_eval_samples",
-        "101",
-        "--per_device_train_batch_size",
-        str(batch),
-        "--per_device_eval_batch_size",
-        "16",
-        "--logging_steps",
-        "1",
-        "--warmup_ratio",
-        "0.25",
-        "--precision",
-        "fp32",
-        *extra,
-    )
+# equivalence_args: in conftest, which makes the 2-process run (two_process_equivalence_run) once for this file
+# and tests/test_cluster.py.
 
 
 def outputs(out: Path):
@@ -73,16 +53,21 @@ def assert_same_run(a: Path, b: Path):
     return results_a, results_b
 
 
+def run_in_one_process(args: list[str]) -> None:
+    """A 1-process run needs no launcher (cpu.yaml launches one plain process): the CLI in this process."""
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 @pytest.fixture(scope="module")
 def one_process_batch16(tmp_path_factory, tiny_model_no_dropout):
     out = tmp_path_factory.mktemp("one-process") / "run"
-    launch("cpu.yaml", equivalence_args(tiny_model_no_dropout, out, 16))
+    run_in_one_process(equivalence_args(tiny_model_no_dropout, out, 16))
     return out
 
 
-def test_two_processes_match_one_process_with_twice_the_batch(tmp_path, tiny_model_no_dropout, one_process_batch16):
-    out = tmp_path / "two"
-    proc = launch("multi_cpu.yaml", equivalence_args(tiny_model_no_dropout, out, 8))
+def test_two_processes_match_one_process_with_twice_the_batch(one_process_batch16, two_process_equivalence_run):
+    out, proc = two_process_equivalence_run  # launch("multi_cpu.yaml", equivalence_args(..., 8)), made in conftest
     one, two = assert_same_run(one_process_batch16, out)
     # Learning-rate schedule in optimizer steps: a prepared scheduler steps once per process per step.
     _, log, _ = outputs(out)
@@ -110,19 +95,20 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path, tiny_mod
 
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path, tiny_model_no_dropout, one_process_batch16):
     out = tmp_path / "accumulated"
-    launch("cpu.yaml", equivalence_args(tiny_model_no_dropout, out, 8, "--gradient_accumulation_steps", "2"))
+    run_in_one_process(equivalence_args(tiny_model_no_dropout, out, 8, "--gradient_accumulation_steps", "2"))
     _, accumulated = assert_same_run(one_process_batch16, out)
     assert accumulated["global_step"] == 16
     assert accumulated["launch"]["global_batch_size"] == 16
 
 
 def test_bf16_runs_with_real_autocast_on_cpu(tmp_path, tiny_model_dir):
-    """bf16.yaml trains end to end, and its results differ from the same run in fp32 (real bf16 arithmetic)."""
+    """bf16.yaml trains end to end, and its results differ from the same run in fp32 (real bf16 arithmetic; the
+    fp32 run, one plain process, in this process)."""
     runs = {}
-    for name, config_file, extra in (("bf16", "bf16.yaml", []), ("fp32", "cpu.yaml", ["--precision", "fp32"])):
-        out = tmp_path / name
-        launch(config_file, tiny_args(tiny_model_dir, out, "--max_train_steps", "4", *extra))
-        runs[name] = json.loads((out / "all_results.json").read_text())
+    launch("bf16.yaml", tiny_args(tiny_model_dir, tmp_path / "bf16", "--max_train_steps", "4"))
+    run_in_one_process(tiny_args(tiny_model_dir, tmp_path / "fp32", "--max_train_steps", "4", "--precision", "fp32"))
+    for name in ("bf16", "fp32"):
+        runs[name] = json.loads((tmp_path / name / "all_results.json").read_text())
     assert runs["bf16"]["launch"]["mixed_precision"] == "bf16" and runs["fp32"]["launch"]["mixed_precision"] == "no"
     assert runs["bf16"]["eval_loss"] == pytest.approx(runs["fp32"]["eval_loss"], rel=0.05)  # the same run...
     assert runs["bf16"]["eval_loss"] != runs["fp32"]["eval_loss"]  # ...in other arithmetic

@@ -38,10 +38,11 @@ def finished_run(tmp_path_factory, tiny_model_dir, name: str, *extra) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_model_dir) -> Path:
-    """An uninterrupted 60-step run (checkpoints at 10, 20, ... 60)."""
-    return finished_run(tmp_path_factory, tiny_model_dir, "reference")
+@pytest.fixture
+def reference(one_process_reference) -> Path:
+    """An uninterrupted 60-step run (checkpoints at 10, 20, ... 60): conftest's, made once for this file and
+    tests/test_checkpointing.py, which run it with the same arguments (run_args)."""
+    return one_process_reference
 
 
 def test_latest_refuses_a_checkpoint_of_another_run(tmp_path, tiny_model_dir, reference):
@@ -380,9 +381,12 @@ def test_output_dirs_and_schedules_that_would_destroy_or_waste_a_run_are_refused
 ):
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
-    out = {"inside a checkpoint": reference / "checkpoints" / "step_000060", "the model's own folder": model}.get(
-        where, tmp_path / "run"
-    )
+    # A copy of the reference's last checkpoint (the refused run still locks the folder: the shared reference
+    # stays as it was).
+    checkpoint = tmp_path / "other-run" / "checkpoints" / "step_000060"
+    if where == "inside a checkpoint":
+        shutil.copytree(reference / "checkpoints" / "step_000060", checkpoint)
+    out = {"inside a checkpoint": checkpoint, "the model's own folder": model}.get(where, tmp_path / "run")
     before = (out / "model.safetensors").read_bytes() if (out / "model.safetensors").exists() else None
     proc = run_cli(tiny_args(model, out, *extra))
     assert_one_line_error(proc.returncode, proc.stderr, message)
