@@ -109,6 +109,10 @@ def run_in_process(args: list[str], cwd: Path = ROOT, env=None) -> subprocess.Co
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     handled = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
     saved_handlers = {sig: signal.getsignal(sig) for sig in handled}
+    # hub.go_offline sets these module flags too (not only HF_HUB_OFFLINE): a run that went offline must not leave
+    # later runs in this process offline.
+    offline_flags = [sys.modules[m] for m in ("huggingface_hub.constants", "datasets.config") if m in sys.modules]
+    saved_offline = [module.HF_HUB_OFFLINE for module in offline_flags]
     out, err, code = io.StringIO(), io.StringIO(), 0
     try:
         os.environ.update({**TEST_ENV, **{k: str(v) for k, v in (env or {}).items()}})
@@ -130,6 +134,8 @@ def run_in_process(args: list[str], cwd: Path = ROOT, env=None) -> subprocess.Co
         for sig, handler in saved_handlers.items():
             signal.signal(sig, handler)
         PreemptionHandler.early.clear()
+        for module, value in zip(offline_flags, saved_offline):
+            module.HF_HUB_OFFLINE = value
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
     return subprocess.CompletedProcess(["train-mrpc", *argv], code, out.getvalue(), err.getvalue())
