@@ -308,28 +308,18 @@ def two_process_reference(tmp_path_factory, tiny_model_dir) -> Path:
     return out
 
 
+def paired_run_args(model_dir, out, batch, *extra):
+    """The runs that compare one launch with another (2 processes with 1, FSDP or ZeRO-2 with DDP): 128 training
+    pairs (an even split on 2 processes), 101 validation pairs (uneven), a log line per step, 25 % warm-up."""
+    flags = "--max_train_samples 128 --max_eval_samples 101 --per_device_eval_batch_size 16 --logging_steps 1"
+    flags += " --warmup_ratio 0.25"
+    return tiny_args(model_dir, out, *flags.split(), "--per_device_train_batch_size", str(batch), *extra)
+
+
 def equivalence_args(model_dir, out, batch, *extra):
-    """Dropout-free tiny model in fp32, 128 training pairs (even split), 101 validation pairs (uneven on 2
-    processes), length-grouped batches (the default)."""
-    return tiny_args(
-        model_dir,
-        out,
-        "--max_train_samples",
-        "128",
-        "--max_eval_samples",
-        "101",
-        "--per_device_train_batch_size",
-        str(batch),
-        "--per_device_eval_batch_size",
-        "16",
-        "--logging_steps",
-        "1",
-        "--warmup_ratio",
-        "0.25",
-        "--precision",
-        "fp32",
-        *extra,
-    )
+    """paired_run_args in fp32 (with the dropout-free model: runs that must agree up to float reduction order),
+    length-grouped batches (the default)."""
+    return paired_run_args(model_dir, out, batch, "--precision", "fp32", *extra)
 
 
 @pytest.fixture(scope="session")

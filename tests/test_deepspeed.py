@@ -22,7 +22,7 @@ from test_fsdp import OPTIMIZER_SETTINGS, ddp_reference
 from train_mrpc.checkpointing import validate_checkpoint
 from train_mrpc.errors import UserError
 
-from conftest import ROOT, accelerate_launch, launch, read_log, run_cli, tiny_args, weights
+from conftest import ROOT, accelerate_launch, launch, paired_run_args, read_log, run_cli, tiny_args, weights
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install -e '.[deepspeed]')")
 
@@ -32,26 +32,9 @@ STEPS = 16  # 128 pairs / (2 processes x 8) = 8 steps an epoch, 2 epochs
 
 
 def zero2_args(model_dir, out, *extra):
-    """Dropout-free tiny model, a checkpoint every 4 steps, 101 validation pairs (uneven on 2 processes)."""
-    return tiny_args(
-        model_dir,
-        out,
-        "--max_train_samples",
-        "128",
-        "--max_eval_samples",
-        "101",
-        "--per_device_train_batch_size",
-        "8",
-        "--per_device_eval_batch_size",
-        "16",
-        "--logging_steps",
-        "1",
-        "--warmup_ratio",
-        "0.25",
-        "--checkpointing_steps",
-        "4",
-        *extra,
-    )
+    """Dropout-free tiny model, a checkpoint every 4 steps, 101 validation pairs (uneven on 2 processes), in the
+    launch's precision (the YAML's bf16 unless a test says fp32)."""
+    return paired_run_args(model_dir, out, 8, "--checkpointing_steps", "4", *extra)
 
 
 def zero2_fp32_args(model_dir, out, *extra):

@@ -17,7 +17,7 @@ import torch
 from train_mrpc.checkpointing import is_checkpoint_file_name, validate_checkpoint
 from train_mrpc.errors import UserError
 
-from conftest import ROOT, launch, read_log, run_cli, table_text, tiny_args, weights
+from conftest import ROOT, equivalence_args, launch, read_log, run_cli, table_text, tiny_args, weights
 
 FSDP = ("fsdp.yaml", "--num_processes", "2")
 STEPS = 16  # 128 pairs / (2 processes x 8) = 8 steps an epoch, 2 epochs
@@ -30,28 +30,7 @@ def fsdp_args(model_dir, out, *extra):
     """Dropout-free tiny model in fp32 (so FSDP and DDP must agree up to float reduction order), a checkpoint
     every 4 steps, 101 validation pairs (uneven on 2 processes). The same flags as test_deepspeed's fp32 ZeRO-2
     run, so that one DDP run (ddp_reference) serves both."""
-    return tiny_args(
-        model_dir,
-        out,
-        "--max_train_samples",
-        "128",
-        "--max_eval_samples",
-        "101",
-        "--per_device_train_batch_size",
-        "8",
-        "--per_device_eval_batch_size",
-        "16",
-        "--logging_steps",
-        "1",
-        "--warmup_ratio",
-        "0.25",
-        "--precision",
-        "fp32",
-        "--checkpointing_steps",
-        "4",
-        *OPTIMIZER_SETTINGS,
-        *extra,
-    )
+    return equivalence_args(model_dir, out, 8, "--checkpointing_steps", "4", *OPTIMIZER_SETTINGS, *extra)
 
 
 def ddp_reference(tmp_path_factory, model_dir: Path) -> Path:
