@@ -15,6 +15,18 @@ SHARED = ROOT.parent / "shared"
 SHARED_MRPC = SHARED / "data" / "mrpc"
 SHARED_TOKENIZER = SHARED / "models" / "bert-base-uncased"
 
+# What every run writes into --output_dir (docs/offline.md, "What a run writes").
+OUTPUTS = [
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "all_results.json",
+    "eval_results.jsonl",
+    "train_log.jsonl",
+    "train_config.json",
+]
+
 requires_shared = pytest.mark.skipif(not SHARED_MRPC.is_dir(), reason="../shared (real MRPC assets) is absent")
 
 # Subprocesses run as a user would launch them, but never touch the network or the user's caches.

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TEST_ENV, accelerate_launch, run_cli, tiny_args
+from conftest import OUTPUTS, ROOT, TEST_ENV, accelerate_launch, run_cli, tiny_args
 
 torch = pytest.importorskip("torch")
 
@@ -34,17 +34,6 @@ pytestmark = [
     pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU: run pytest -m gpu on a GPU machine"),
 ]
 
-# What every run writes into --output_dir (docs/offline.md, "What a run writes").
-OUTPUTS = [
-    "model.safetensors",
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "all_results.json",
-    "eval_results.jsonl",
-    "train_log.jsonl",
-    "train_config.json",
-]
 PREDICTIONS = ["MRPC.tsv", "test_probabilities.tsv"]
 
 LAUNCHER = r"""

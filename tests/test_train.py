@@ -11,18 +11,7 @@ from train_mrpc.cli import main
 from train_mrpc.config import parse_config
 from train_mrpc.train import train
 
-from conftest import SHARED_MRPC, accelerate_launch, requires_shared, run_cli, tiny_args
-
-OUTPUTS = [
-    "model.safetensors",
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "all_results.json",
-    "eval_results.jsonl",
-    "train_log.jsonl",
-    "train_config.json",
-]
+from conftest import OUTPUTS, SHARED_MRPC, accelerate_launch, requires_shared, run_cli, tiny_args
 
 
 def read_jsonl(path):
