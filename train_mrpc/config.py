@@ -158,6 +158,19 @@ class TrainConfig:
         "batch shape), which removes kernel-launch overhead on GPUs; 'default' compiles without them.",
         default="default",
     )
+    static_shapes: Literal["auto", "on", "off"] = _help(
+        "Static training shapes: every batch has --per_device_train_batch_size rows and one of a few fixed lengths "
+        "(buckets chosen from the data's lengths), gathered from token tensors kept on the device; a short last "
+        "batch is filled with rows of loss weight zero, so results equal the dynamic-padding run. auto: on where "
+        "--cuda_graphs is on (graphs replay fixed shapes), else off.",
+        default="auto",
+    )
+    cuda_graphs: Literal["auto", "on", "off"] = _help(
+        "Capture the whole training step (forward, backward, clipping, fused AdamW) as one CUDA graph per batch "
+        "length and replay it: no Python or kernel launches per step. CUDA, one process, fp32 or bf16 only. "
+        "auto: off (not yet measured on a GPU).",
+        default="auto",
+    )
     cpu_speedups: Literal["auto", "on", "off"] = _help(
         "CPU training speed-ups (train_mrpc/cpu_speed.py): dropout masks from 16-bit slices of 64-bit random words "
         "instead of torch's bernoulli, attention dropout in a CPU attention function that keeps them, and glibc "
