@@ -473,3 +473,40 @@ def test_torch_compile_with_bucketed_lengths_recompiles_nothing_after_warm_up(tm
         "\n".join(lines[i : i + 4]) for i in recompiles if i > epoch_ends[0]
     )
     assert len(recompiles) <= 8, f"{len(recompiles)} recompilations during warm-up (Dynamo's cache holds 8)"
+
+
+def test_fp16_step_the_scaler_skips_does_not_advance_the_schedule(tmp_path):
+    """fp16 with the loop's fused AdamW and ``training_step`` (train_mrpc/step.py): a step whose gradients
+    overflow is skipped (weights unchanged, scale halved) and leaves the learning rate where it was; clean steps
+    advance it. Accelerate's own check (``step_was_skipped``) cannot tell with a fused optimizer, so without the
+    step's own check the schedule would advance on the skipped step. The overflow is forced by a gradient hook
+    that makes one weight's gradient infinite on a chosen step, through the real unscale/clip path."""
+    from train_mrpc.model import build_optimizer
+    from train_mrpc.step import training_step
+    from train_mrpc.synthetic import build_tiny_model
+
+    accelerator, config = cuda_accelerator(tmp_path, precision="fp16", learning_rate=1e-3)
+    assert isinstance(accelerator.scaler, torch.amp.GradScaler), "fp16 on CUDA must scale the loss"
+    accelerator.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**8)  # low: only the forced step overflows
+    tokenizer, model = build_tiny_model(0)
+    optimizer = build_optimizer(model, config, fused=True)
+    assert all(g["fused"] for g in optimizer.param_groups)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (step + 1) / 10)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    overflow = {"on": False}
+    weight = accelerator.unwrap_model(model).classifier.weight
+    weight.register_hook(lambda grad: grad * float("inf") if overflow["on"] else grad)
+    seen = []  # (overflow, lr before, lr after, scale before, scale after, weight changed)
+    for step, forced in enumerate([False, False, True, False]):
+        overflow["on"] = forced
+        lr, scale, before = scheduler.get_last_lr()[0], accelerator.scaler.get_scale(), weight.detach().clone()
+        training_step(accelerator, model, optimizer, scheduler, tiny_batch(tokenizer, seed=step), config.max_grad_norm)
+        after = (scheduler.get_last_lr()[0], accelerator.scaler.get_scale(), not torch.equal(before, weight))
+        seen.append((forced, lr, scale, *after))
+    for forced, lr, scale, lr_after, scale_after, moved in seen:
+        if forced:
+            assert not moved and scale_after == scale / 2, seen  # skipped by the fused kernel; the scale backs off
+            assert lr_after == lr, f"the schedule advanced on the step the scaler skipped: {seen}"
+        else:
+            assert moved and scale_after == scale and lr_after > lr, seen
+    assert scheduler.scheduler.last_epoch == 3, seen  # three clean steps, three schedule steps

@@ -125,3 +125,58 @@ def test_the_step_returns_the_global_gradient_norm_before_clipping(tmp_path, tin
     assert float(norms[-1]) == pytest.approx(float(expected), rel=1e-5)
     off = [training_step(run.accelerator, run.model, run.optimizer, run.scheduler, batch, 0.0)[1] for batch in batches]
     assert off == [None] * accumulation  # clipping off: no norm is computed
+
+
+class _Toy(torch.nn.Module):
+    """A model with the loop's interface (``model(**batch).loss``) whose loss is infinite on demand."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1)
+
+    def forward(self, x, overflow=False):
+        from types import SimpleNamespace
+
+        loss = self.linear(x).square().mean()
+        return SimpleNamespace(loss=loss * float("inf") if overflow else loss)
+
+
+def test_a_step_the_grad_scaler_skips_does_not_advance_the_schedule():
+    """fp16 with the loop's fused AdamW: GradScaler always calls a fused optimizer's step (the kernel skips an
+    inf/NaN step itself), so Accelerate's ``step_was_skipped`` stays False and its scheduler would step anyway.
+    The loop's step must leave the learning rate where it was on a skipped step, and advance it on clean ones.
+
+    Accelerate gives a CPU Accelerator no GradScaler (fp16 is refused there), so a real CPU GradScaler is set on
+    the Accelerator before ``prepare``, which wraps optimizer and scheduler in its own AcceleratedOptimizer (holding
+    the scaler) and AcceleratedScheduler, as it does on a GPU; ``accelerator.backward`` then scales the loss."""
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+    from accelerate.scheduler import AcceleratedScheduler
+
+    from train_mrpc.step import training_step
+
+    accelerator = Accelerator(cpu=True)
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    torch.manual_seed(0)
+    model = _Toy()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (step + 1) / 10)  # a warm-up
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    assert isinstance(optimizer, AcceleratedOptimizer) and optimizer.scaler is accelerator.scaler
+    assert isinstance(scheduler, AcceleratedScheduler)
+
+    x = torch.ones(2, 4)
+    seen = []  # (overflow, lr before, lr after, scale after, weights changed)
+    for overflow in (False, True, False):
+        lr, weight = scheduler.get_last_lr()[0], model.linear.weight.detach().clone()
+        training_step(accelerator, model, optimizer, scheduler, {"x": x, "overflow": overflow}, max_grad_norm=1.0)
+        changed = not torch.equal(weight, model.linear.weight)
+        seen.append((overflow, lr, scheduler.get_last_lr()[0], accelerator.scaler.get_scale(), changed))
+
+    (_, lr0, lr1, scale1, moved1), (_, _, lr2, scale2, moved2), (_, _, lr3, scale3, moved3) = seen
+    assert moved1 and lr1 > lr0 and scale1 == 2.0**16, seen  # a clean step: weights and schedule move
+    assert not moved2 and scale2 == scale1 / 2, seen  # the overflow: the fused kernel skipped, the scale halved
+    assert not optimizer.step_was_skipped  # what Accelerate's scheduler goes by: it cannot tell (the bug)
+    assert lr2 == lr1, f"the schedule advanced on the step the scaler skipped: {seen}"
+    assert moved3 and lr3 > lr2 and scale3 == scale2, seen  # clean again: the schedule moves on from where it was
+    assert scheduler.scheduler.last_epoch == 2  # two clean optimizer steps, two schedule steps

@@ -31,6 +31,7 @@ def training_step(accelerator, model, optimizer, scheduler, batch: dict, max_gra
     logging steps; None inside a gradient accumulation, with clipping off, or where DeepSpeed gives none).
     Under gradient accumulation Accelerate's ``accumulate`` skips the gradient sync, and its prepared
     optimizer and scheduler skip their steps, until the last micro-batch of the optimizer step.
+    Under fp16 loss scaling, a step the GradScaler skipped (inf/NaN gradients) does not advance the schedule.
     """
     grad_norm = None
     with accelerator.accumulate(model):
@@ -40,10 +41,28 @@ def training_step(accelerator, model, optimizer, scheduler, batch: dict, max_gra
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
             if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor (replicated), whose value every process holds
                 grad_norm = grad_norm.full_tensor()
+        scale_before = _loss_scale(optimizer) if accelerator.sync_gradients else None
         optimizer.step()
-        scheduler.step()
+        # fp16: Accelerate's scheduler does not step when the optimizer's ``step_was_skipped``, which it sets when
+        # GradScaler.step did not call the optimizer's step. With a fused AdamW (the loop's on CPU and CUDA)
+        # GradScaler always calls it and the fused kernel skips an inf/NaN step itself, so ``step_was_skipped``
+        # stays False and the schedule would advance on skipped steps (accelerate/optimizer.py, ``step``).
+        # GradScaler.update lowers the scale exactly when it found inf/NaN: a lowered scale is a skipped step.
+        # One host read, on the fp16 path only; bf16 and fp32 have no scaler and no sync here.
+        if scale_before is None or not bool(_loss_scale(optimizer) < scale_before):
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     return loss.detach(), grad_norm
+
+
+def _loss_scale(optimizer):
+    """A copy of the prepared optimizer's GradScaler scale as a device tensor (no host sync), or None without
+    loss scaling (bf16, fp32, DeepSpeed, whose engine scales and skips on its own and sets ``step_was_skipped``)."""
+    scaler = getattr(optimizer, "scaler", None)
+    if scaler is None or not scaler.is_enabled():
+        return None
+    scale = scaler._get_scale_async()  # GradScaler.get_scale() without its .item(); None before the first scale()
+    return None if scale is None else scale.clone()
 
 
 def compile_model(model, backend: str = "inductor", mode: str = "default"):
