@@ -2,7 +2,7 @@
 
 ``.gpu_carry/`` (git-ignored, built by ``gpu_check/prepare.py`` on a CPU machine) holds:
 
-    wheels/                  what the GPU image lacks (datasets, evaluate and their small dependencies),
+    wheels/                  what the GPU image lacks (datasets and its small dependencies),
                              requirements.txt (the pins to install) and manifest of what was left out
     mrpc/                    GLUE MRPC train.tsv, dev.tsv, test.tsv (from ../shared/data/mrpc)
     minilm-bf16/             all-MiniLM-L6-v2 with its floating weights in bf16 (45 MB instead of 91 MB),

@@ -7,7 +7,7 @@
 
 Run it on the CPU machine, from the repository (it reads ../shared and the venv's all-MiniLM-L6-v2 package).
 The GPU image has Python 3.12, torch, transformers 5.17, accelerate, tokenizers, pyarrow, pandas, numpy,
-scikit-learn, rich, matplotlib and pytest, but not datasets, evaluate, dill, multiprocess or xxhash, and
+scikit-learn, rich, matplotlib and pytest, but not datasets, dill, multiprocess or xxhash, and
 nothing can be downloaded there. So the wheels are resolved for CPython 3.12 on manylinux x86_64 with
 huggingface-hub held below 2.0 (transformers 5.17 requires ``huggingface-hub>=1.5,<2.0``), and datasets is
 pinned to the newest release that accepts that hub (5.0.1: ``huggingface-hub>=0.25,<2``, ``pyarrow>=21``;
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import carry
 
 # What the GPU image lacks and the project imports: pinned, so every carry is the same.
-REQUIREMENTS = ["datasets==5.0.1", "evaluate==0.4.6"]
+REQUIREMENTS = ["datasets==5.0.1"]
 # Held to what the image's transformers 5.17 accepts, so the resolution picks versions that install beside it.
 CONSTRAINTS = ["huggingface-hub>=1.5,<2"]
 # For `pip install --no-build-isolation -e .` where the image has no setuptools (pyproject: setuptools>=68).

