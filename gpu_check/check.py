@@ -684,6 +684,7 @@ def condense_cell(cell: dict) -> dict:
     """The figures of one benchmark cell the report shows (the full record stays in train_step.json)."""
     acc = cell.get("accelerate") or {}
     bare = cell.get("bare") or {}
+    graphs = cell.get("graphs") or {}  # the CUDA-graph step, a third variant where the benchmark could run it
     step = acc.get("step_seconds") or {}
     return {
         "key": cell.get("key"),
@@ -701,6 +702,9 @@ def condense_cell(cell: dict) -> dict:
         "peak_memory_bytes": acc.get("peak_memory_bytes"),
         "compile_seconds": acc.get("compile_seconds"),
         "accelerate_overhead_ratio": cell.get("accelerate_overhead_ratio"),
+        "accelerate_overhead_ratio_of_mins": cell.get("accelerate_overhead_ratio_of_mins"),
+        "graphs_ratio_to_bare": graphs.get("ratio_to_bare"),  # {"median": ..., "min": ...}
+        "skipped_variants": cell.get("skipped_variants"),
         "bare_samples_per_s": bare.get("samples_per_s"),
         "padding_fraction": cell.get("padding_fraction"),
         "graphs_compiled_during_timing": acc.get("graphs_compiled_during_timing"),
@@ -784,6 +788,11 @@ def fmt(value, spec: str = ".3f", scale: float = 1.0, empty: str = "–") -> str
         return format(value * scale, spec)
     except (TypeError, ValueError):
         return str(value)
+
+
+def ratio_cell(median, minimum) -> str:
+    """A step-benchmark ratio as the report shows it: 'median (min)', or '–'."""
+    return "–" if median is None else f"{fmt(median)} ({fmt(minimum)})"
 
 
 def table(headers: list[str], rows: list[list]) -> str:
@@ -938,13 +947,14 @@ def markdown(record: dict) -> str:
                         fmt(c.get("real_tokens_per_s"), ",.0f"),
                         fmt(c.get("mfu"), ".1f", 100),
                         fmt(c.get("useful_mfu"), ".1f", 100),
-                        fmt(c.get("accelerate_overhead_ratio"), ".3f"),
+                        ratio_cell(c.get("accelerate_overhead_ratio"), c.get("accelerate_overhead_ratio_of_mins")),
+                        ratio_cell(*[(c.get("graphs_ratio_to_bare") or {}).get(k) for k in ("median", "min")]),
                         fmt(c.get("peak_memory_bytes"), ".2f", 1 / 2**30),
                         fmt(c.get("compile_seconds"), ".1f"),
                     ]
                 )
             if run.get("status") != "ok":
-                rows.append([run["name"], "–", "–", "–", run.get("status"), "", "", "", "", "", "", ""])
+                rows.append([run["name"], "–", "–", "–", run.get("status"), "", "", "", "", "", "", "", ""])
         out += [
             "",
             table(
@@ -958,7 +968,8 @@ def markdown(record: dict) -> str:
                     "real tok/s",
                     "MFU %",
                     "useful MFU %",
-                    "Accelerate / bare",
+                    "Accelerate / bare (mins)",
+                    "graphs / bare (mins)",
                     "peak GiB",
                     "compile s",
                 ],
@@ -969,8 +980,19 @@ def markdown(record: dict) -> str:
         out.append(
             "MFU: model FLOPs of the padded batch per second over the same precision's matmul peak (fp32 cells run "
             "without TF32, as does their peak); useful MFU counts real tokens only. Compiled cells: bf16 at batch 32 "
-            "only, to bound the time (an inductor compile of bert-base takes about a minute)."
+            "only, to bound the time (an inductor compile of bert-base takes about a minute). Step-time ratios to the "
+            "bare PyTorch loop, from medians (and minimums), with the variants timed interleaved step by step."
         )
+        skipped = sorted(
+            {
+                f"{name}: {why}"
+                for run in bench.get("runs", [])
+                for c in run.get("cells", [])
+                for name, why in (c.get("skipped_variants") or {}).items()
+            }
+        )
+        if skipped:
+            out.append("Variants not run: " + "; ".join(skipped) + ".")
         out.append("")
 
     if env.get("nvidia_smi"):

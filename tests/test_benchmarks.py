@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from train_mrpc.cpu_speed import ATTENTION_NAME
 from train_mrpc.errors import UserError
@@ -26,6 +27,7 @@ from conftest import assert_one_line_error
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CUDA = torch.cuda.is_available()
 
 TOKENIZATION_METHODS = [
     "floor",
@@ -180,13 +182,26 @@ def check_train_step(result, summary: dict, out: Path, cwd: Path = ROOT) -> dict
         assert 0 <= cell["padding_fraction"] < 1, key
         assert cell["flops_per_step"] >= cell["useful_flops_per_step"], key
         positive(cell["accelerate_overhead_ratio"], f"{key}.accelerate_overhead_ratio")
+        positive(cell["accelerate_overhead_ratio_of_mins"], f"{key}.accelerate_overhead_ratio_of_mins")
         # Identical work: same weights, batches and dropout masks give the same final loss.
         assert cell["last_loss_abs_diff"] < 1e-4, (
             f"{key}: Accelerate and bare losses differ by {cell['last_loss_abs_diff']}"
         )
+        # Timed interleaved: each round ran every variant once on that round's batch, the first alternating
+        # (A B, B A, A B, ...); both variants timed the same batches in the same order.
+        assert cell["variants"] == ["accelerate", "bare"], key
+        order = cell["timed_order"]
+        assert len(order) == cell["timed_steps"] and all(sorted(r) == ["accelerate", "bare"] for r in order), order
+        assert [r[0] for r in order] == [("accelerate", "bare")[i % 2] for i in range(len(order))], order
+        assert cell["accelerate"]["batches"] == cell["bare"]["batches"], key
+        assert len(cell["accelerate"]["batches"]) == cell["timed_steps"], key
+        if not CUDA:  # the CUDA-graph variant says why it did not run
+            assert cell["skipped_variants"] == {"graphs": "needs CUDA"} and cell["graphs"] is None, key
         for variant in ("accelerate", "bare"):
             figures = cell[variant]
             assert figures["step_seconds"]["n"] == cell["timed_steps"] >= 1, key
+            assert len(figures["timed_seconds"]) == cell["timed_steps"], key
+            assert min(figures["timed_seconds"]) == figures["step_seconds"]["min"], key
             for stat in STEP_STATS:
                 positive(figures["step_seconds"][stat], f"{key}.{variant}.step_seconds.{stat}")
             for figure in VARIANT_FIGURES:
@@ -208,6 +223,9 @@ def check_train_step(result, summary: dict, out: Path, cwd: Path = ROOT) -> dict
         assert pad["fixed"] > pad["dynamic"] > pad["grouped"], pad
     check_png(out / "train_step.png")
     assert "samples/s" in result.stdout  # the rich table
+    if not CUDA:
+        assert summary["variants_skipped"] == {"graphs": ["needs CUDA"]}, summary
+        assert "graphs: needs CUDA" in result.stderr
     return record
 
 
@@ -354,6 +372,17 @@ def test_step_batches_repeat_when_an_epoch_has_fewer_than_the_steps_timed():
     shapes = {length for _, _, length in timed}
     assert sorted(b[2] for b in shape_warmups(timed, torch.device("cuda"))) == sorted(shapes)
     assert shape_warmups(timed, torch.device("cpu")) == []
+
+
+def test_step_variants_take_turns_first():
+    """Interleaved rounds: with two variants A B, B A, A B, ...; with a third (the CUDA-graph step) each still
+    goes first in turn."""
+    from train_mrpc.bench.steps import BASELINE, VARIANTS, round_order
+
+    assert [round_order(["a", "b"], k) for k in range(4)] == [["a", "b"], ["b", "a"], ["a", "b"], ["b", "a"]]
+    rounds = [round_order(["a", "b", "c"], k) for k in range(3)]
+    assert rounds == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
+    assert list(VARIANTS)[:2] == ["accelerate", BASELINE] and "graphs" in VARIANTS
 
 
 # --- bad input: one line `train-mrpc: error: ...`, exit status 2, before any work ----------------------------

@@ -7,8 +7,12 @@ The model of a cell is AutoModelForSequenceClassification.from_config(config, at
 with random weights (they time exactly like pretrained ones). Each cell runs the step exactly as the
 project's training loop does (Accelerator.prepare, accumulate, backward, clip_grad_norm_, AdamW, linear
 schedule) and, as a baseline on the same batches, a bare PyTorch loop doing the identical work without
-Accelerate. Batches hold real MRPC pair lengths (or generated ones with MRPC's distribution), padded by
-one of three strategies. See benchmarks/README.md for what each figure means.
+Accelerate; the CUDA-graph step (train_mrpc/graphs.py) is a third variant where it can run (VARIANTS).
+A cell builds and warms up every variant, then times them interleaved step by step over the same batches
+(A B, B A, A B, ...), so a slow spell of the machine or a first run's costs hit all of them alike; each
+variant reports its median and minimum step, and its ratios to the bare loop's from both. Batches hold real
+MRPC pair lengths (or generated ones with MRPC's distribution), padded by one of three strategies. See
+benchmarks/README.md for what each figure means.
 """
 
 from __future__ import annotations
@@ -450,8 +454,106 @@ def graphs_compiled() -> int:
         return 0
 
 
-def run_variant(kind: str, cell: dict, config, device, warm_batches, timed_batches, seed: int) -> dict:
-    """Build (outside the clock), warm up (reported, not counted), then time each step."""
+# --- the variants of a cell, timed interleaved ------------------------------------------------------
+
+
+class VariantUnavailable(Exception):
+    """A variant that cannot run in this cell; the message says why (printed, and kept in the record)."""
+
+
+def build_accelerate(cell: dict, model, device):
+    """The project's loop (train_mrpc.step.training_step under its Accelerator): (step, the model it runs)."""
+    step, (_, prepared, _, _) = accelerate_step_fn(cell, model, device)
+    return step, prepared
+
+
+def build_bare(cell: dict, model, device):
+    """The identical work in plain PyTorch, the baseline of every ratio."""
+    if not cell["bare_baseline"]:
+        raise VariantUnavailable("not run in this cell (--bare_baseline)")
+    step, (bare_model, _, _) = bare_step_fn(cell, model, device)
+    return step, bare_model
+
+
+def build_graphs(cell: dict, model, device):
+    """The CUDA-graph step (train_mrpc/graphs.py, --cuda_graphs): the whole step captured and replayed.
+
+    This is the one place the graph path joins the benchmark: once train_mrpc/graphs.py exists, return its step
+    here as the other builders do, ``(step(batch) -> loss, the model it trains)``, starting from ``model``
+    (this cell's fresh copy, weights identical to the other variants'). ``step`` gets the cell's batches as
+    collated CPU tensors, one call per timed step. Between steps the harness swaps each variant's own torch
+    CPU/CUDA generator states in and out (identical dropout masks in every variant), and synchronises the GPU
+    around each timed step.
+    """
+    if device.type != "cuda":
+        raise VariantUnavailable("needs CUDA")
+    if cell["precision"] == "fp16":
+        raise VariantUnavailable("fp32 and bf16 only (--cuda_graphs)")
+    if cell["compile"]:
+        raise VariantUnavailable("not with torch.compile")
+    try:
+        from train_mrpc import graphs
+    except ModuleNotFoundError as err:
+        if err.name != "train_mrpc.graphs":
+            raise
+        raise VariantUnavailable("train_mrpc/graphs.py not present yet") from None
+    make = getattr(graphs, "bench_step_fn", None)
+    if make is None:
+        raise VariantUnavailable("train_mrpc.graphs has no bench_step_fn(cell, model, device) yet")
+    return make(cell, model, device)
+
+
+# Every variant of a cell, by name: a builder (cell, model, device) -> (step, model) or VariantUnavailable.
+# A cell builds all of them (each its own model, same weights, its own optimizer), warms each up, then times
+# them interleaved over the same batches. The ratios are to BASELINE's step time.
+VARIANTS = {"accelerate": build_accelerate, "bare": build_bare, "graphs": build_graphs}
+BASELINE = "bare"
+
+
+def rng_states(device) -> dict:
+    import torch
+
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng_states(states: dict, device) -> None:
+    import torch
+
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def memory_in_use(device) -> int:
+    import torch
+
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else common.rss_bytes()
+
+
+def batch_fingerprint(batch: dict) -> str:
+    """Rows x length and a CRC of the token ids and labels: which batch a variant was given."""
+    import zlib
+
+    ids = batch["input_ids"]
+    crc = zlib.crc32(batch["labels"].numpy().tobytes(), zlib.crc32(ids.numpy().tobytes()))
+    return f"{ids.shape[0]}x{ids.shape[1]}:{crc:08x}"
+
+
+def round_order(names: list[str], index: int) -> list[str]:
+    """The order of the variants in timed round ``index``: rotated by one each round (A B, B A, A B, ...; with
+    three A B C, B C A, C A B), so that each variant runs first in turn."""
+    shift = index % len(names)
+    return names[shift:] + names[:shift]
+
+
+def run_cell(names: list[str], cell: dict, config, device, warm_batches, timed_batches, seed: int) -> dict:
+    """Build every variant and warm it up (outside the clock, one after the other), then time them interleaved:
+    round k runs timed batch k through every variant, the first one rotating, each step synchronised and timed
+    on its own. Returns {"variants": {name: raw figures}, "skipped": {name: why}, "order": [[names], ...],
+    "other_cpu_cores": of the timed rounds}."""
     import torch
 
     from train_mrpc.cpu_speed import resolve_cpu_speedups, use_cpu_speedups
@@ -459,58 +561,89 @@ def run_variant(kind: str, cell: dict, config, device, warm_batches, timed_batch
     common.release_memory()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
     if cell["compile"]:
         torch._dynamo.reset()
-    rss_before = common.rss_bytes()
-    with common.PeakRSS() as rss:
-        make = accelerate_step_fn if kind == "accelerate" else bare_step_fn
-        model = build_model(config, cell["attn"], seed)
-        speedups = resolve_cpu_speedups("auto", device.type, cell["compile"])[0]
-        if speedups:
-            use_cpu_speedups(model)  # as the loop does by default, in both variants
-        step, keep = make(cell, model, device)
-        torch.manual_seed(seed + 1)  # same dropout masks in both variants
-        warm = []
-        for batch, _, _ in [*warm_batches, *shape_warmups(timed_batches, device)]:
-            common.synchronize()
-            start = time.perf_counter()
-            step(batch)
-            common.synchronize()
-            warm.append(time.perf_counter() - start)
-        graphs_before = graphs_compiled()
-        timed, loss = [], None
-        with common.OtherCpu() as other:
-            for batch, _, _ in timed_batches:
+    speedups = resolve_cpu_speedups("auto", device.type, cell["compile"])[0]
+    torch.manual_seed(seed + 1)
+    start_rng = rng_states(device)  # every variant's dropout stream starts here: identical masks in all
+    in_use_at_start, rss_at_start = memory_in_use(device), common.rss_bytes()
+    built, skipped = {}, {}
+    for name in names:
+        # Memory of this variant as if alone: peak over its build and warm-up (the others idle), and the RSS
+        # before its build, each less what the variants built before it hold.
+        held_by_others = memory_in_use(device) - in_use_at_start
+        rss_before = min(rss_at_start, common.rss_bytes())
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with common.PeakRSS() as rss:
+            model = build_model(config, cell["attn"], seed)  # the same seed: the same weights in every variant
+            if speedups:
+                use_cpu_speedups(model)  # as the loop does by default, in every variant
+            try:
+                step, used = VARIANTS[name](cell, model, device)
+            except VariantUnavailable as why:
+                skipped[name] = str(why)
+                del model
+                continue
+            del model  # the variant holds what it needs
+            rng, warm = start_rng, []
+            for batch, _, _ in [*warm_batches, *shape_warmups(timed_batches, device)]:
+                set_rng_states(rng, device)
                 common.synchronize()
                 start = time.perf_counter()
-                loss = step(batch)
+                step(batch)
                 common.synchronize()
-                timed.append(time.perf_counter() - start)
-        last_loss = float(loss.detach().float().item())
-        recompiles = graphs_compiled() - graphs_before
-    if device.type == "cuda":
-        peak, memory_kind = torch.cuda.max_memory_allocated(), "cuda_max_allocated"
-    else:
-        peak, memory_kind = rss.peak, "process_rss_peak"
-    attn_used = getattr(
-        getattr(keep[1] if kind == "accelerate" else keep[0], "config", None), "_attn_implementation", None
-    )
-    del step, keep
-    if kind == "accelerate":
-        reset_accelerate()
-    return {
-        "timed": timed,
-        "warm": warm,
-        "last_loss": last_loss,
-        "peak_memory_bytes": peak,
-        "memory_kind": memory_kind,
-        "rss_before_bytes": rss_before,
-        "graphs_compiled_during_timing": recompiles,
-        "attn_implementation_used": attn_used,
-        "cpu_speedups": speedups,
-        "other_cpu_cores": other.cores,
-    }
+                warm.append(time.perf_counter() - start)
+                rng = rng_states(device)
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak
+        built[name] = {
+            "step": step,
+            "model": used,
+            "rng": rng,
+            "warm": warm,
+            "timed": [],
+            "batches": [],
+            "recompiles": 0,
+            "loss": None,
+            "peak_memory_bytes": peak - held_by_others,
+            "memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_rss_peak",
+            "rss_before_bytes": rss_before,
+        }
+        del step, used
+    order = []
+    running = list(built)
+    with common.OtherCpu() as other:
+        for index, (batch, _, _) in enumerate(timed_batches):
+            order.append(round_order(running, index))
+            for name in order[-1]:
+                v = built[name]
+                set_rng_states(v["rng"], device)
+                v["batches"].append(batch_fingerprint(batch))
+                graphs_before = graphs_compiled()
+                common.synchronize()
+                start = time.perf_counter()
+                v["loss"] = v["step"](batch)
+                common.synchronize()
+                v["timed"].append(time.perf_counter() - start)
+                v["recompiles"] += graphs_compiled() - graphs_before
+                v["rng"] = rng_states(device)
+    variants = {}
+    for name, v in built.items():
+        variants[name] = {
+            "timed": v["timed"],
+            "warm": v["warm"],
+            "batches": v["batches"],
+            "last_loss": float(v["loss"].detach().float().item()),
+            "peak_memory_bytes": v["peak_memory_bytes"],
+            "memory_kind": v["memory_kind"],
+            "rss_before_bytes": v["rss_before_bytes"],
+            "graphs_compiled_during_timing": v["recompiles"],
+            "attn_implementation_used": getattr(getattr(v["model"], "config", None), "_attn_implementation", None),
+            "cpu_speedups": speedups,
+        }
+    built.clear()
+    reset_accelerate()
+    return {"variants": variants, "skipped": skipped, "order": order, "other_cpu_cores": other.cores}
 
 
 def shape_warmups(timed_batches, device) -> list:
@@ -529,6 +662,8 @@ def variant_figures(raw: dict, cell: dict, work: dict, peak_flops: float) -> dic
     steps = len(raw["timed"])
     figures = {
         "step_seconds": stats,
+        "timed_seconds": raw["timed"],  # in the order timed (interleaved with the cell's other variants)
+        "batches": raw["batches"],  # each timed batch's batch_fingerprint, in the same order
         "warmup_seconds": raw["warm"],
         "samples_per_s": steps * cell["batch_size"] / total,
         "real_tokens_per_s": work["real_tokens"] / total,
@@ -551,6 +686,29 @@ def variant_figures(raw: dict, cell: dict, work: dict, peak_flops: float) -> dic
 
 
 # --- main ------------------------------------------------------------------------------------------
+
+
+def upper_median(values: list) -> float | None:
+    """The median as the summary has always taken it (the upper one of an even count); None without values."""
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else None
+
+
+def add_ratios(cell: dict) -> None:
+    """Each variant's step time over the bare loop's, from medians and from minimums (timed interleaved, over
+    the same batches); ``accelerate_overhead_ratio`` (medians) and ``accelerate_overhead_ratio_of_mins`` are
+    Accelerate's, ``last_loss_abs_diff`` its last loss against the bare loop's (identical work: expected ~0)."""
+    base = cell.get(BASELINE)
+    for name in VARIANTS:
+        if name != BASELINE and cell.get(name):
+            cell[name]["ratio_to_bare"] = base and {
+                stat: cell[name]["step_seconds"][stat] / base["step_seconds"][stat] for stat in ("median", "min")
+            }
+            cell[name]["last_loss_abs_diff_to_bare"] = base and abs(cell[name]["last_loss"] - base["last_loss"])
+    ratio = cell["accelerate"]["ratio_to_bare"]
+    cell["accelerate_overhead_ratio"] = ratio and ratio["median"]
+    cell["accelerate_overhead_ratio_of_mins"] = ratio and ratio["min"]
+    cell["last_loss_abs_diff"] = cell["accelerate"]["last_loss_abs_diff_to_bare"]
 
 
 def cell_key(cell: dict) -> str:
@@ -645,6 +803,7 @@ def main(argv=None) -> dict | None:
     peaks = {p: matmul_peak(device, p, plan["matmul_size"], plan["matmul_repeats"], guard) for p in plan["precisions"]}
 
     # --- the grid ---------------------------------------------------------------------------------------
+    skip_reasons = {}  # variant -> why it did not run, each reason once
     with common.frozen_heap():
         batch_cache = {}
         for number, cell in enumerate(cells, start=1):
@@ -696,23 +855,22 @@ def main(argv=None) -> dict | None:
             cell["load_average_1m_at_start"] = common.load_average()  # other work on the machine skews a cell
             print(f"[{number}/{len(cells)}] {cell['key']}", file=sys.stderr, flush=True)
             peak = peaks[cell["precision"]]["flops_per_s"]
-            for kind in ("accelerate", "bare") if cell["bare_baseline"] else ("accelerate",):
 
-                def measure(
-                    kind=kind, cell=cell, config=config, warm_batches=warm_batches, timed_batches=timed_batches
-                ):
-                    raw = run_variant(kind, cell, config, device, warm_batches, timed_batches, args.seed)
-                    return raw, raw["other_cpu_cores"]
+            def measure(cell=cell, config=config, warm_batches=warm_batches, timed_batches=timed_batches):
+                raw = run_cell(list(VARIANTS), cell, config, device, warm_batches, timed_batches, args.seed)
+                return raw, raw["other_cpu_cores"]
 
-                raw, guarded = common.run_guarded(measure, **guard)
-                cell[kind] = {**variant_figures(raw, cell, work, peak), "guard": guarded}
-            if cell["bare_baseline"]:
-                cell["accelerate_overhead_ratio"] = (
-                    cell["accelerate"]["step_seconds"]["median"] / cell["bare"]["step_seconds"]["median"]
-                )
-                cell["last_loss_abs_diff"] = abs(cell["accelerate"]["last_loss"] - cell["bare"]["last_loss"])
-            else:
-                cell["bare"], cell["accelerate_overhead_ratio"], cell["last_loss_abs_diff"] = None, None, None
+            raw, guarded = common.run_guarded(measure, **guard)
+            for name, why in raw["skipped"].items():
+                if why not in skip_reasons.setdefault(name, []):
+                    skip_reasons[name].append(why)
+                    print(f"  {name}: {why}", file=sys.stderr, flush=True)
+            cell.update({"variants": list(raw["variants"]), "timed_order": raw["order"], "guard": guarded})
+            cell["skipped_variants"] = raw["skipped"]
+            for name in VARIANTS:
+                figures = raw["variants"].get(name)
+                cell[name] = figures and {**variant_figures(figures, cell, work, peak), "guard": guarded}
+            add_ratios(cell)
     common.release_memory()
 
     ratios = [c["accelerate_overhead_ratio"] for c in cells if c["accelerate_overhead_ratio"] is not None]
@@ -736,6 +894,12 @@ def main(argv=None) -> dict | None:
             "pad_to_multiple_of": "train_mrpc.step.padding_multiple: 32 under compile, 8 under mixed precision on "
             "CUDA, else none (the loop's rule)",
             "timing": "per-step wall time with device synchronisation; warm-up steps reported, not counted",
+            "interleaving": "a cell builds and warms up every variant (each its own model, same weights, its own "
+            "optimizer), then times them over the same batches interleaved step by step: round k runs timed batch "
+            "k through every variant, the first rotating each round (timed_order); each variant keeps its own "
+            "dropout RNG stream",
+            "variants": list(VARIANTS),
+            "baseline": BASELINE,
             "flops": "6 x (per-token parameters x tokens + per-sequence parameters x sequences) + 12 x layers "
             "x hidden x length^2 per sequence; embedding lookups not counted",
         },
@@ -753,12 +917,29 @@ def main(argv=None) -> dict | None:
             "contended_runs": [
                 f"{c['key']}:{kind}"
                 for c in cells
-                for kind in ("accelerate", "bare")
+                for kind in VARIANTS
                 if c.get(kind) and c[kind]["guard"]["contended"]
             ],
             "accelerate_overhead_ratio_median": sorted(ratios)[len(ratios) // 2] if ratios else None,
             "accelerate_overhead_ratio_min": min(ratios) if ratios else None,
             "accelerate_overhead_ratio_max": max(ratios) if ratios else None,
+            "accelerate_overhead_ratio_of_mins_median": upper_median(
+                [c["accelerate_overhead_ratio_of_mins"] for c in cells]
+            ),
+            "ratios_to_bare": {
+                name: {
+                    "cells": sum(1 for c in cells if c.get(name) and c[name]["ratio_to_bare"]),
+                    "median_of_medians": upper_median(
+                        [c[name]["ratio_to_bare"]["median"] for c in cells if c.get(name) and c[name]["ratio_to_bare"]]
+                    ),
+                    "median_of_mins": upper_median(
+                        [c[name]["ratio_to_bare"]["min"] for c in cells if c.get(name) and c[name]["ratio_to_bare"]]
+                    ),
+                }
+                for name in VARIANTS
+                if name != BASELINE
+            },
+            "variants_skipped": skip_reasons,
         },
         "environment_end": {"load_average_1m": common.load_average()},
         "wall_seconds": time.perf_counter() - started,
@@ -785,16 +966,28 @@ def model_title(model: str) -> str:
 
 def contended(cell: dict) -> bool:
     """Whether other processes used the CPU during a run of this cell despite the guard's retries."""
-    return any(cell.get(k) and cell[k]["guard"]["contended"] for k in ("accelerate", "bare"))
+    return any(cell.get(k) and cell[k]["guard"]["contended"] for k in VARIANTS)
 
 
 def human_count(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
 
 
+def ratio_text(figures: dict | None) -> str:
+    """A variant's step time over the bare loop's: 'from medians (from minimums)', or '–' without either."""
+    ratio = figures and figures.get("ratio_to_bare")
+    return f"{ratio['median']:.3f} ({ratio['min']:.3f})" if ratio else "–"
+
+
+def skipped_text(record: dict) -> str:
+    """Variants that did not run, with why: 'graphs: needs CUDA'."""
+    return "; ".join(f"{name}: {', '.join(why)}" for name, why in record["summary"]["variants_skipped"].items())
+
+
 def write_outputs(args, record: dict) -> None:
     env, cells = record["environment"], record["cells"]
     gib = 2**30
+    extra = [n for n in VARIANTS if n not in ("accelerate", BASELINE) and any(c.get(n) for c in cells)]
     rows = []
     for c in cells:
         a = c["accelerate"]
@@ -813,7 +1006,8 @@ def write_outputs(args, record: dict) -> None:
                 f"{a['peak_memory_bytes'] / gib:.2f}",
                 f"{a['achieved_flops_per_s'] / 1e9:,.1f}",
                 f"{100 * a['mfu']:.1f} ({100 * a['useful_mfu']:.1f})",
-                f"{c['accelerate_overhead_ratio']:.3f}" if c["accelerate_overhead_ratio"] is not None else "–",
+                ratio_text(a),
+                *[ratio_text(c.get(n)) for n in extra],
                 f"{a['compile_seconds']:.1f}" if c["compile"] else "",
                 "yes" if contended(c) else "",
             ]
@@ -835,14 +1029,19 @@ def write_outputs(args, record: dict) -> None:
             (f"peak GiB ({memory})", "right"),
             ("GFLOP/s", "right"),
             ("MFU % (useful)", "right"),
-            ("Accelerate / bare", "right"),
+            ("Accelerate / bare: medians (mins)", "right"),
+            *[(f"{n} / bare", "right") for n in extra],
             ("compile s", "right"),
             ("contended", "left"),
         ],
         rows,
         caption=f"matmul peak ({record['matmul_peak'][next(iter(record['matmul_peak']))]['size']}²): {peaks}; "
-        f"{record['settings']['steps']} timed steps after {record['settings']['warmup']} warm-up; "
-        f"{common.short_env(env)}",
+        f"{record['settings']['steps']} timed steps after {record['settings']['warmup']} warm-up, the variants "
+        "(Accelerate, bare"
+        + "".join(f", {n}" for n in extra)
+        + ") interleaved step by step; "
+        + (f"not run: {skipped_text(record)}; " if record["summary"]["variants_skipped"] else "")
+        + common.short_env(env),
     )
 
     panels = []
@@ -890,6 +1089,12 @@ def write_outputs(args, record: dict) -> None:
                 if record["summary"]["accelerate_overhead_ratio_median"]
                 else None
             ),
+            "accelerate_overhead_ratio_of_mins_median": (
+                round(record["summary"]["accelerate_overhead_ratio_of_mins_median"], 4)
+                if record["summary"]["accelerate_overhead_ratio_of_mins_median"]
+                else None
+            ),
+            "variants_skipped": record["summary"]["variants_skipped"],
             "wall_seconds": round(record["wall_seconds"], 2),
         }
     )
