@@ -427,7 +427,7 @@ ENV_SNIPPET = r"""
 import importlib, importlib.metadata as md, json, os, platform, shutil
 import torch
 versions = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
-for name in ("transformers", "accelerate", "datasets", "evaluate", "tokenizers", "huggingface_hub", "safetensors",
+for name in ("transformers", "accelerate", "datasets", "tokenizers", "huggingface_hub", "safetensors",
              "pyarrow", "pandas", "numpy", "fsspec", "scikit-learn", "triton", "pytest", "train-mrpc"):
     try:
         versions[name] = md.version(name)
@@ -441,7 +441,7 @@ if torch.cuda.is_available():
            "native_bf16": torch.cuda.is_bf16_supported(including_emulation=False),
            "cudnn": torch.backends.cudnn.version()}
 imports = {}
-for module in ("datasets", "evaluate", "train_mrpc"):
+for module in ("datasets", "train_mrpc"):
     try:
         importlib.import_module(module)
         imports[module] = "ok"
