@@ -510,3 +510,92 @@ def test_fp16_step_the_scaler_skips_does_not_advance_the_schedule(tmp_path):
         else:
             assert moved and scale_after == scale and lr_after > lr, seen
     assert scheduler.scheduler.last_epoch == 3, seen  # three clean steps, three schedule steps
+
+
+# --- CUDA graphs (--cuda_graphs on, train_mrpc/graphs.py) --------------------------------------------------
+
+GRAPHS = ["--static_shapes", "on", "--cuda_graphs", "on"]
+EAGER_STATIC = ["--static_shapes", "on", "--cuda_graphs", "off"]
+
+
+def optimizer_steps(checkpoint: Path) -> set[float]:
+    """The step counts AdamW holds in a checkpoint (one per parameter)."""
+    state = torch.load(checkpoint / "optimizer.bin", map_location="cpu", weights_only=False)
+    return {float(s["step"]) for s in state["state"].values()}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graphs_train_as_the_eager_step_on_the_same_static_batches(tmp_path, tiny_model_no_dropout, precision):
+    """Without dropout, the replayed graphs compute what the eager step computes on the same static batches:
+    the same logged losses and final weights (fp32: to 1e-4; bf16: to 2e-2 relative, autocast's rounding), and
+    exactly the scheduled optimizer steps (the warm-up steps before capture are undone: AdamW's step count in
+    the final checkpoint equals the run's)."""
+    if precision == "bf16" and not native_bf16():
+        pytest.skip("no native bf16")
+    runs = {}
+    for name, flags in {"eager": EAGER_STATIC, "graphs": GRAPHS}.items():
+        out = tmp_path / name
+        proc = run_cli(tiny_args(tiny_model_no_dropout, out, "--precision", precision, *flags))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = out
+    eager, graphs = read_log(runs["eager"]), read_log(runs["graphs"])
+    assert [r["step"] for r in graphs] == [r["step"] for r in eager]
+    tolerance = 1e-4 if precision == "fp32" else 2e-2
+    for a, b in zip(graphs, eager):
+        assert a["loss"] == pytest.approx(b["loss"], rel=tolerance), (a, b)
+        assert a["learning_rate"] == pytest.approx(b["learning_rate"], rel=1e-6), (a, b)
+    results = results_of(runs["graphs"])
+    assert results["speed"]["cuda_graphs"] is True and results["speed"]["static_shapes"] is True, results["speed"]
+    assert results["global_step"] == read_log(runs["eager"])[-1]["step"] == 32  # 256 pairs / 16, 2 epochs
+    final = sorted((runs["graphs"] / "checkpoints").glob("step_*"))[-1]
+    assert optimizer_steps(final) == {32.0}
+    from safetensors.torch import load_file
+
+    a, b = load_file(runs["graphs"] / "model.safetensors"), load_file(runs["eager"] / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key].float(), b[key].float(), rtol=tolerance, atol=tolerance)
+
+
+def graphed_resume_args(model_dir: Path, out: Path, *extra) -> list[str]:
+    """resume_args with graphs on, in bf16 where native (else fp32): graphs refuse fp16's GradScaler."""
+    args = resume_args(model_dir, out, *GRAPHS, *extra)
+    args[args.index("--precision") + 1] = "bf16" if native_bf16() else "fp32"
+    return args
+
+
+def test_cuda_graphs_resume_equals_the_uninterrupted_run(tmp_path, tiny_model_dir):
+    """SIGTERM mid-epoch with graphs on, then --resume_from_checkpoint latest: the resumed run re-captures after
+    loading the checkpoint (new optimizer state tensors) and ends where the uninterrupted graphed run ends. Stated
+    tolerance: weights to 1e-5 and logged losses to 1e-5 relative (both runs replay the same graphs from the same
+    states; the tolerance covers only a capture that picks other kernels)."""
+    reference = tmp_path / "uninterrupted"
+    proc = run_cli(graphed_resume_args(tiny_model_dir, reference))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = read_log(reference)[-1]["step"]
+    out = tmp_path / "preempted"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "train_mrpc", *graphed_resume_args(tiny_model_dir, out)],
+        cwd=ROOT,
+        env={**os.environ, **TEST_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log, deadline = out / "train_log.jsonl", time.monotonic() + 300
+    while time.monotonic() < deadline and child.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 60:
+            child.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.001)
+    _, stderr = child.communicate(timeout=300)
+    assert child.returncode == 75, f"exit {child.returncode}\n{stderr[-2000:]}"
+    resumed = run_cli(graphed_resume_args(tiny_model_dir, out, "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_log(out)[-1]["step"] == steps
+    for a, b in zip(read_log(out), read_log(reference)):
+        assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
+    from safetensors.torch import load_file
+
+    a, b = load_file(out / "model.safetensors"), load_file(reference / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key].float(), b[key].float(), rtol=1e-5, atol=1e-5)

@@ -476,14 +476,12 @@ def build_bare(cell: dict, model, device):
 
 
 def build_graphs(cell: dict, model, device):
-    """The CUDA-graph step (train_mrpc/graphs.py, --cuda_graphs): the whole step captured and replayed.
+    """The CUDA-graph step (train_mrpc/graphs.py, --cuda_graphs): the loop's Accelerator set-up, optimizer and
+    scheduler (accelerate_step_fn's), with the step captured once per batch length and replayed.
 
-    This is the one place the graph path joins the benchmark: once train_mrpc/graphs.py exists, return its step
-    here as the other builders do, ``(step(batch) -> loss, the model it trains)``, starting from ``model``
-    (this cell's fresh copy, weights identical to the other variants'). ``step`` gets the cell's batches as
-    collated CPU tensors, one call per timed step. Between steps the harness swaps each variant's own torch
-    CPU/CUDA generator states in and out (identical dropout masks in every variant), and synchronises the GPU
-    around each timed step.
+    The harness's batches arrive as collated CPU tensors; each is copied into the static buffers of its length
+    (as the loop's static-shape loader fills them on the device). A length seen for the first time is warmed up
+    and captured then, which the harness's warm-up batches (one per timed shape) do before timing starts.
     """
     if device.type != "cuda":
         raise VariantUnavailable("needs CUDA")
@@ -491,16 +489,27 @@ def build_graphs(cell: dict, model, device):
         raise VariantUnavailable("fp32 and bf16 only (--cuda_graphs)")
     if cell["compile"]:
         raise VariantUnavailable("not with torch.compile")
-    try:
-        from train_mrpc import graphs
-    except ModuleNotFoundError as err:
-        if err.name != "train_mrpc.graphs":
-            raise
-        raise VariantUnavailable("train_mrpc/graphs.py not present yet") from None
-    make = getattr(graphs, "bench_step_fn", None)
-    if make is None:
-        raise VariantUnavailable("train_mrpc.graphs has no bench_step_fn(cell, model, device) yet")
-    return make(cell, model, device)
+    from train_mrpc.graphs import GraphedTrainingStep
+    from train_mrpc.meters import Meters
+
+    train_config, schedule = bench_train_config()
+    _, (accelerator, prepared, optimizer, scheduler) = accelerate_step_fn(cell, model, device, train_config, schedule)
+    graphed = GraphedTrainingStep(accelerator, prepared, optimizer, {}, train_config.max_grad_norm)
+    meters = Meters(device, samples=0)
+
+    def step(batch):
+        length = batch["input_ids"].shape[1]
+        if length not in graphed.static_inputs:
+            graphed.add_lengths({length: {k: v.to(device).clone() for k, v in batch.items()}})
+        inputs = graphed.static_inputs[length]
+        for key, value in batch.items():
+            inputs[key].copy_(value, non_blocking=True)
+        loss, _ = graphed(inputs)
+        scheduler.step()
+        meters.add(loss, inputs)
+        return loss
+
+    return step, prepared
 
 
 # Every variant of a cell, by name: a builder (cell, model, device) -> (step, model) or VariantUnavailable.
