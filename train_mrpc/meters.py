@@ -63,9 +63,11 @@ class Meters:
             self.window_data_wait += waited
             yield batch
 
-    def add(self, loss, batch: dict, flops: float = 0.0) -> None:
+    def add(self, loss, batch: dict, flops: float = 0.0, tokens=None) -> None:
+        """Count one micro-batch: its loss, its real tokens (``tokens``, a host int or a device tensor; by default
+        its attention mask's sum, which static shapes' filler rows would inflate) and its FLOPs."""
         self.loss_sum += loss
-        self.tokens += batch["attention_mask"].sum()
+        self.tokens += batch["attention_mask"].sum() if tokens is None else tokens
         self.batches += 1
         self.flops += flops
         self.window_flops += flops

@@ -30,6 +30,7 @@ from train_mrpc.flops import batch_flops
 from train_mrpc.meters import Meters, peak_memory
 from train_mrpc.profiling import NoProfiler, check_profile_window, step_profiler
 from train_mrpc.schema import ALL_RESULTS, BEST_MODEL_DIR, CHECKPOINTS_DIR, EVAL_LOG, PREEMPTED, TRAIN_CONFIG, TRAIN_LOG
+from train_mrpc.static_batches import epoch_batches, static_shapes_identity
 from train_mrpc.step import training_step
 
 
@@ -133,7 +134,7 @@ class Run:
     model: object
     optimizer: object
     scheduler: object
-    train_loader: object
+    train_loader: object  # a prepared DataLoader, or static_batches.StaticShapeBatches with --static_shapes
     eval_loader: object
     test_loader: object | None
     tokenizer: object
@@ -164,8 +165,16 @@ def setup(config: TrainConfig) -> Run:
     from train_mrpc.launch import create_accelerator
     from train_mrpc.model import build_optimizer, check_padded_length, load_tokenizer_and_model
     from train_mrpc.reporting import training_progress
+    from train_mrpc.static_batches import (
+        StaticShapeBatches,
+        check_static_shapes,
+        resolve_static_shapes,
+        row_index_loader,
+    )
     from train_mrpc.step import compile_model, padding_multiple
 
+    static_shapes = resolve_static_shapes(config.static_shapes, graphs_on=False)  # CUDA graphs wire in later
+    check_static_shapes(config, static_shapes)
     accelerator = create_accelerator(config)
     restart, max_restarts = elastic_restarts()
     if restart:  # accelerate launch --max_restarts N restarted every process after one failed
@@ -241,11 +250,18 @@ def setup(config: TrainConfig) -> Run:
     train_loader, eval_loader, test_loader = build_dataloaders(
         tokenized, tokenizer, config, pad_to, accelerator.num_processes, pin_memory=device == "cuda"
     )
+    if static_shapes:  # the same order over row indices, prepared alike; the rows themselves go to the device
+        train_loader = row_index_loader(train_loader)
     # Fused AdamW: one kernel over all parameters; for MiniLM's 22.7M on a 2-core Xeon 13.3 ms a step, foreach 66.5.
     optimizer = build_optimizer(model, config, fused=device in ("cuda", "cpu"))
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     if test_loader is not None:
         test_loader = accelerator.prepare(test_loader)
+    if static_shapes:
+        train_loader = StaticShapeBatches(
+            train_loader, tokenized["train"], tokenizer, accelerator, config.max_length, pad_to
+        )
+        accelerator.print(train_loader.describe(pad_to))
     if config.torch_compile:
         model = compile_model(model, mode=config.torch_compile_mode)
 
@@ -340,6 +356,7 @@ def run_identity(run: Run) -> dict:
         "max_steps": run.schedule.max_steps,
         "warmup_steps": run.schedule.warmup_steps,
         "cpu_speedups": run.cpu_speedups[0],  # another dropout random stream
+        "static_shapes": static_shapes_identity(run.train_loader),  # so are other padded shapes (bucket lengths)
     }
 
 
@@ -391,23 +408,21 @@ def train_epoch(
 ) -> None:
     """Optimizer steps until the epoch (or the run) ends; logs, checkpoints and preemption stops on the way."""
     accelerator, config, schedule = run.accelerator, run.config, run.schedule
-    # Set the epoch on the prepared loader itself: a loader from skip_first_batches cannot pass it down
-    # to the sampler, which then replays an earlier epoch's order (accelerate issue 2016).
-    run.train_loader.set_epoch(state.epoch)
-    batches = run.train_loader
-    if state.batches_in_epoch:  # resumed mid-epoch
-        batches = accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch)
+    # Dynamic padding or static shapes alike; resumed mid-epoch, the batches already trained are left out.
+    batches = epoch_batches(run.train_loader, accelerator, state.epoch, skip=state.batches_in_epoch)
     run.model.train()
     model_config = accelerator.unwrap_model(run.model).config
     for batch in meters.timed(batches):  # counts the time spent waiting for each batch
         loss, grad_norm = training_step(
-            accelerator, run.model, run.optimizer, run.scheduler, batch, config.max_grad_norm
+            accelerator, run.model, run.optimizer, run.scheduler, batch.inputs, config.max_grad_norm
         )
-        meters.add(loss, batch, batch_flops(run.flop_counts, model_config, *batch["input_ids"].shape))
+        # FLOPs of the padded shape (what the hardware computed); tokens and samples of the real rows only.
+        flops = batch_flops(run.flop_counts, model_config, *batch.inputs["input_ids"].shape)
+        meters.add(loss, batch.inputs, flops, tokens=batch.tokens)
         if grad_norm is not None:
             meters.add_grad_norm(grad_norm)
         state.batches_in_epoch += 1
-        state.samples += len(batch["labels"]) * accelerator.num_processes
+        state.samples += batch.rows * accelerator.num_processes
         if not accelerator.sync_gradients:  # inside an accumulation
             continue
         state.step += 1
