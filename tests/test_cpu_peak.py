@@ -258,3 +258,15 @@ def test_a_real_measurement_while_other_processes_run_is_seen_as_loaded(tmp_path
     assert peak.other_cores > flops.QUIET_OTHER_CORES and peak.flops == peak.measured > 0
     assert " while other processes used " in peak.source()
     assert (kept(tmp_path, "fp32", 256)["measurements"], kept(tmp_path, "fp32", 256)["quiet_measurements"]) == (1, 0)
+
+
+def test_measuring_leaves_the_global_random_stream_alone():
+    """Whether a run measured must not change its dropout masks: the matmul inputs come from a generator of their
+    own (drawn from torch's global one, a measuring run and a cached one trained differently)."""
+    import torch
+
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    flops._measure_matmul("fp32", 64)
+    assert torch.equal(torch.rand(4), expected)
