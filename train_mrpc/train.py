@@ -41,6 +41,8 @@ def train(config: TrainConfig) -> dict:
         run = setup(config)
         try:
             state, meters, eval_metrics = resume(run)
+            if run.cuda_graphs:  # after resume: a loaded checkpoint replaces the optimizer state tensors
+                capture_graphs(run)
             check_profile_window(run.config, run.schedule.max_steps - state.step)
             if preemption.received:
                 raise preempted(run, state, preemption.received, find_latest(run.output_dir), "before training began")
@@ -151,6 +153,9 @@ class Run:
     peak_source: str
     task: object = None
     cpu_speedups: tuple[bool, str] = (False, "")  # train_mrpc.cpu_speed in use, and why
+    cuda_graphs: bool = False  # --cuda_graphs resolved: the step is captured (capture_graphs) after resume
+    graphed_step: object = None  # graphs.GraphedTrainingStep once captured
+    graph_capture_seconds: float | None = None
 
 
 def setup(config: TrainConfig) -> Run:
@@ -162,6 +167,7 @@ def setup(config: TrainConfig) -> Run:
     from train_mrpc.data import build_dataloaders, load_raw_splits, tokenize_dataset
     from train_mrpc.evaluation import load_metric
     from train_mrpc.flops import compute_precision, count_parameters, device_peak
+    from train_mrpc.graphs import resolve_cuda_graphs
     from train_mrpc.launch import create_accelerator
     from train_mrpc.model import build_optimizer, check_padded_length, load_tokenizer_and_model
     from train_mrpc.reporting import training_progress
@@ -173,9 +179,19 @@ def setup(config: TrainConfig) -> Run:
     )
     from train_mrpc.step import compile_model, padding_multiple
 
-    static_shapes = resolve_static_shapes(config.static_shapes, graphs_on=False)  # CUDA graphs wire in later
-    check_static_shapes(config, static_shapes)
     accelerator = create_accelerator(config)
+    cuda_graphs = resolve_cuda_graphs(
+        config.cuda_graphs,
+        static_shapes=config.static_shapes,
+        mixed_precision=accelerator.mixed_precision,
+        torch_compile=config.torch_compile,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        distributed_type=accelerator.distributed_type.value,
+        num_processes=accelerator.num_processes,
+        device_type=accelerator.device.type,
+    )
+    static_shapes = resolve_static_shapes(config.static_shapes, graphs_on=cuda_graphs)
+    check_static_shapes(config, static_shapes)
     restart, max_restarts = elastic_restarts()
     if restart:  # accelerate launch --max_restarts N restarted every process after one failed
         accelerator.print(
@@ -302,6 +318,7 @@ def setup(config: TrainConfig) -> Run:
         peak_flops=peak_flops,
         peak_source=peak_source,
         cpu_speedups=cpu_speedups,
+        cuda_graphs=cuda_graphs,
     )
 
 
@@ -357,6 +374,7 @@ def run_identity(run: Run) -> dict:
         "warmup_steps": run.schedule.warmup_steps,
         "cpu_speedups": run.cpu_speedups[0],  # another dropout random stream
         "static_shapes": static_shapes_identity(run.train_loader),  # so are other padded shapes (bucket lengths)
+        "cuda_graphs": run.cuda_graphs,  # a replayed graph draws dropout's random numbers in its own order
     }
 
 
@@ -413,9 +431,7 @@ def train_epoch(
     run.model.train()
     model_config = accelerator.unwrap_model(run.model).config
     for batch in meters.timed(batches):  # counts the time spent waiting for each batch
-        loss, grad_norm = training_step(
-            accelerator, run.model, run.optimizer, run.scheduler, batch.inputs, config.max_grad_norm
-        )
+        loss, grad_norm = take_step(run, batch.inputs)
         # FLOPs of the padded shape (what the hardware computed); tokens and samples of the real rows only.
         flops = batch_flops(run.flop_counts, model_config, *batch.inputs["input_ids"].shape)
         meters.add(loss, batch.inputs, flops, tokens=batch.tokens)
@@ -444,6 +460,30 @@ def train_epoch(
             break
     if state.batches_in_epoch >= len(run.train_loader):  # the epoch ran to its end
         state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+
+
+def take_step(run: Run, inputs: dict):
+    """One micro-step: the captured graph of the batch's length replayed (then the schedule, eagerly, which
+    writes the next learning rate into the tensor the graph reads), or the eager ``training_step``."""
+    if run.graphed_step is None:
+        return training_step(run.accelerator, run.model, run.optimizer, run.scheduler, inputs, run.config.max_grad_norm)
+    loss, grad_norm = run.graphed_step(inputs)
+    run.scheduler.step()
+    return loss, grad_norm
+
+
+def capture_graphs(run: Run) -> None:
+    """Warm up and capture one CUDA graph of the whole step per static batch length (train_mrpc/graphs.py)."""
+    from train_mrpc.graphs import GraphedTrainingStep
+
+    start = time.perf_counter()
+    buffers = {length: run.train_loader.buffers(length) for length in run.train_loader.buckets}
+    run.graphed_step = GraphedTrainingStep(run.accelerator, run.model, run.optimizer, buffers, run.config.max_grad_norm)
+    run.graph_capture_seconds = time.perf_counter() - start
+    run.accelerator.print(
+        f"CUDA graphs: the step captured for lengths {', '.join(map(str, buffers))} in "
+        f"{run.graph_capture_seconds:.1f} s (counted in the training time)"
+    )
 
 
 def log_training(run: Run, state: TrainState, meters: Meters, stop: bool) -> bool:
@@ -631,7 +671,12 @@ def finish(run: Run, state: TrainState, meters: Meters, eval_metrics: dict) -> d
         **dict(zip(("peak_memory_bytes", "peak_memory_kind"), peak_memory(accelerator.device))),
         "launch": describe_launch(accelerator, config),
         "sharding": describe_sharding(accelerator),
-        "speed": describe_speed_choices(accelerator, config, run.pad_to, run.cpu_speedups),
+        "speed": {
+            **describe_speed_choices(accelerator, config, run.pad_to, run.cpu_speedups),
+            "static_shapes": static_shapes_identity(run.train_loader),
+            "cuda_graphs": run.cuda_graphs,
+            "graph_capture_s": run.graph_capture_seconds,
+        },
         "output_dir": str(run.output_dir),
     }
     if accelerator.is_main_process:
