@@ -1,9 +1,12 @@
 """Print how this environment's packages differ from a constraints file (the tested set): `make test-latest`.
 
     python scripts/compare_lock.py constraints.txt
+    python scripts/compare_lock.py --unlocked constraints.txt    # only the names installed but not locked
 
 One line per package whose installed version is not the locked one, or that only one side has; exit 0 either way
-(the suite that follows is the verdict).
+(the suite that follows is the verdict). ``--unlocked`` is what scripts/setup.sh removes after installing the lock:
+a package the lock dropped (evaluate, once) would otherwise stay importable in an existing .venv and hide a
+missing dependency that a fresh install would show.
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ def installed_versions() -> dict[str, str]:
     return found
 
 
+def unlocked(path: str) -> list[str]:
+    """Installed packages the lock does not list (the project and pip's own tools aside)."""
+    locked = locked_versions(path)
+    return sorted(name for name in installed_versions() if name not in locked)
+
+
 def main(path: str) -> None:
     locked, installed = locked_versions(path), installed_versions()
     changed = []
@@ -50,4 +59,8 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "constraints.txt")
+    args = sys.argv[1:]
+    if args[:1] == ["--unlocked"]:
+        print(*unlocked(args[1] if len(args) > 1 else "constraints.txt"), sep="\n")
+    else:
+        main(args[0] if args else "constraints.txt")

@@ -36,5 +36,14 @@ fi
 stamp="$venv/.train-mrpc-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || { [ -n "$constraints" ] && [ "$constraints" -nt "$stamp" ]; }; then
     "${pip[@]}" install "${constraint_args[@]}" -e ".[dev]"
+    if [ -n "$constraints" ]; then
+        # The environment is the lock: what an earlier lock installed and this one dropped goes, so that an
+        # existing .venv cannot import a package a fresh clone would not have.
+        mapfile -t unlocked < <("$venv/bin/python" scripts/compare_lock.py --unlocked "$constraints")
+        if [ "${#unlocked[@]}" -gt 0 ]; then
+            echo "setup: removing packages $constraints does not list: ${unlocked[*]}"
+            "${pip[@]}" uninstall -y -q "${unlocked[@]}"
+        fi
+    fi
     touch "$stamp"
 fi

@@ -58,3 +58,20 @@ def test_every_direct_dependency_is_locked():
         if "==" in line and not line.startswith("#")
     }
     assert names <= locked, f"not in constraints.txt: {sorted(names - locked)}"
+
+
+def test_packages_the_lock_does_not_list_are_named_for_removal(tmp_path):
+    """scripts/setup.sh removes what `--unlocked` names after installing the lock: a package an earlier lock held
+    (evaluate, once) would otherwise stay importable in an existing .venv, where a fresh clone has none."""
+    from importlib import metadata
+
+    lock = tmp_path / "constraints.txt"
+    lock.write_text(f"rich=={metadata.version('rich')}\n")
+    names = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "compare_lock.py"), "--unlocked", str(lock)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "pytest" in names and "torch" in names
+    assert "rich" not in names and "train-mrpc" not in names and "pip" not in names
