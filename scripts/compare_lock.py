@@ -61,6 +61,7 @@ def main(path: str) -> None:
 if __name__ == "__main__":
     args = sys.argv[1:]
     if args[:1] == ["--unlocked"]:
-        print(*unlocked(args[1] if len(args) > 1 else "constraints.txt"), sep="\n")
+        for name in unlocked(args[1] if len(args) > 1 else "constraints.txt"):
+            print(name)
     else:
         main(args[0] if args else "constraints.txt")

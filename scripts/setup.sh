@@ -39,7 +39,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || { [ -n "$constraints"
     if [ -n "$constraints" ]; then
         # The environment is the lock: what an earlier lock installed and this one dropped goes, so that an
         # existing .venv cannot import a package a fresh clone would not have.
-        mapfile -t unlocked < <("$venv/bin/python" scripts/compare_lock.py --unlocked "$constraints")
+        unlocked=()
+        while read -r name; do [ -n "$name" ] && unlocked+=("$name"); done \
+            < <("$venv/bin/python" scripts/compare_lock.py --unlocked "$constraints")
         if [ "${#unlocked[@]}" -gt 0 ]; then
             echo "setup: removing packages $constraints does not list: ${unlocked[*]}"
             "${pip[@]}" uninstall -y -q "${unlocked[@]}"
