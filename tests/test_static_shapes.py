@@ -22,6 +22,7 @@ from conftest import (
     launch,
     read_log,
     run_cli,
+    table_text,
     tiny_args,
     weights,
 )
@@ -153,6 +154,8 @@ def test_static_shapes_train_what_dynamic_padding_trains(tmp_path, tiny_model_no
         proc = run_cli(tiny_args(tiny_model_no_dropout, runs[mode], *PARTIAL, *flags, "--static_shapes", mode))
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert "static shapes: batches of 16 rows at lengths " in proc.stdout
+    buckets = json.loads((runs["on"] / "all_results.json").read_text())["speed"]["static_shapes"]
+    assert buckets and f"static shapes (lengths {', '.join(map(str, buckets))})" in table_text(proc.stdout)
     assert_same_training(runs["off"], runs["on"])
     steps_per_epoch = 7 if "2" not in flags else 4
     assert read_log(runs["on"])[-1]["step"] == 2 * steps_per_epoch

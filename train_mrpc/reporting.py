@@ -115,7 +115,13 @@ def print_summary(results: dict, console: Console | None = None) -> None:
         (
             "speed choices",
             f"{speed['precision']} ({speed['precision_reason']}), {speed['batching']} batches, "
-            f"{padding_text(speed['pad_to_multiple_of'])}, compile {'on' if speed['torch_compile'] else 'off'}"
+            + (
+                f"static shapes (lengths {', '.join(map(str, speed['static_shapes']))})"
+                if speed.get("static_shapes")
+                else padding_text(speed["pad_to_multiple_of"])
+            )
+            + (f", CUDA graphs (captured in {speed['graph_capture_s']:.1f} s)" if speed.get("cuda_graphs") else "")
+            + f", compile {'on' if speed['torch_compile'] else 'off'}"
             + (f", CPU speed-ups ({speed['cpu_speedups_reason']})" if speed.get("cpu_speedups") else ""),
         ),
         ("epochs / steps", f"{results['epoch']:g} / {results['global_step']}"),
