@@ -15,20 +15,17 @@ constraint_args=()
 [ -n "$constraints" ] && constraint_args=(-c "$constraints")
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-# --no-compile: pip would byte-compile all ~16,900 .py files of the environment (~1 min on a 2-core Xeon: 2,951 of
-# transformers' took 10.4 s); instead Python compiles, once, the ~4,300 modules a training run imports.
 pip=("$venv/bin/python" -m pip)
-install=(install --no-compile)
 
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
         echo "setup: NVIDIA GPU found: torch==$torch_version with CUDA from PyPI"
-        "${pip[@]}" "${install[@]}" "torch==$torch_version"
+        "${pip[@]}" install "torch==$torch_version"
     else
         # "+cpu" builds sort above PyPI's CUDA build of the same version, so pip takes the CPU one. An index
         # that cannot be reached is skipped at once (--retries 0), e.g. where a local CPU wheel is found anyway.
         echo "setup: no NVIDIA GPU: the CPU build of torch==$torch_version (no CUDA packages)"
-        "${pip[@]}" "${install[@]}" --retries 0 --timeout 15 "torch==$torch_version" \
+        "${pip[@]}" install --retries 0 --timeout 15 "torch==$torch_version" \
             --extra-index-url "${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
     fi
 fi
@@ -38,7 +35,7 @@ fi
 # communication op is compiled with g++ on first use, into ~/.cache/torch_extensions.
 stamp="$venv/.train-mrpc-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || { [ -n "$constraints" ] && [ "$constraints" -nt "$stamp" ]; }; then
-    "${pip[@]}" "${install[@]}" "${constraint_args[@]}" -e ".[dev]"
+    "${pip[@]}" install "${constraint_args[@]}" -e ".[dev]"
     if [ -n "$constraints" ]; then
         # The environment is the lock: what an earlier lock installed and this one dropped goes, so that an
         # existing .venv cannot import a package a fresh clone would not have.
