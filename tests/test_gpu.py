@@ -364,6 +364,30 @@ def resume_args(model_dir: Path, out: Path, *extra) -> list[str]:
     )
 
 
+def sigterm_after_log_lines(command: list, out: Path, env: dict | None = None, lines: int = 60) -> str:
+    """Run ``command`` (a training run writing to ``out``), SIGTERM it once its log has ``lines`` lines, and
+    check it stopped as preempted (exit 75); returns its stderr."""
+    child = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, **TEST_ENV, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log, deadline = out / "train_log.jsonl", time.monotonic() + 300
+    while time.monotonic() < deadline and child.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= lines:
+            child.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.001)
+    _, stderr = child.communicate(timeout=300)
+    assert child.returncode == 75, (
+        f"exit {child.returncode} (the run may have ended before the signal)\n{stderr[-2000:]}"
+    )
+    return stderr
+
+
 def test_resume_after_sigterm_gives_the_same_final_weights(tmp_path, tiny_model_dir):
     """SIGTERM mid-epoch, then --resume_from_checkpoint latest: bit-identical final weights and losses.
 
@@ -382,25 +406,7 @@ def test_resume_after_sigterm_gives_the_same_final_weights(tmp_path, tiny_model_
     assert steps == 200
 
     out = tmp_path / "preempted"
-    command = INSTRUMENTED + resume_args(tiny_model_dir, out)
-    child = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env={**os.environ, **TEST_ENV, **DETERMINISTIC},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    log, deadline = out / "train_log.jsonl", time.monotonic() + 300
-    while time.monotonic() < deadline and child.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= 60:
-            child.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.001)
-    _, stderr = child.communicate(timeout=300)
-    assert child.returncode == 75, (
-        f"exit {child.returncode} (the run may have ended before the signal)\n{stderr[-2000:]}"
-    )
+    stderr = sigterm_after_log_lines(INSTRUMENTED + resume_args(tiny_model_dir, out), out, DETERMINISTIC)
     stopped = max(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
     assert 60 <= stopped < steps and stopped % 50, f"checkpoint at step {stopped}: not written at the signal"
 
@@ -574,22 +580,7 @@ def test_cuda_graphs_resume_equals_the_uninterrupted_run(tmp_path, tiny_model_di
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = read_log(reference)[-1]["step"]
     out = tmp_path / "preempted"
-    child = subprocess.Popen(
-        [sys.executable, "-m", "train_mrpc", *graphed_resume_args(tiny_model_dir, out)],
-        cwd=ROOT,
-        env={**os.environ, **TEST_ENV},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    log, deadline = out / "train_log.jsonl", time.monotonic() + 300
-    while time.monotonic() < deadline and child.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= 60:
-            child.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.001)
-    _, stderr = child.communicate(timeout=300)
-    assert child.returncode == 75, f"exit {child.returncode}\n{stderr[-2000:]}"
+    sigterm_after_log_lines([sys.executable, "-m", "train_mrpc", *graphed_resume_args(tiny_model_dir, out)], out)
     resumed = run_cli(graphed_resume_args(tiny_model_dir, out, "--resume_from_checkpoint", "latest"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert read_log(out)[-1]["step"] == steps
