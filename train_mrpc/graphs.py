@@ -19,11 +19,13 @@ How, and what it bypasses:
   ``loss.backward()``); fp16, FSDP, DeepSpeed and several processes are refused (``resolve_cuda_graphs``).
 - The learning rate is a device tensor (``model.build_optimizer``); the prepared scheduler writes each step's value
   into it in place between replays, and the graph reads it.
-- The optimizer is fused AdamW with ``capturable=True``: its step count lives on the device.
+- The optimizer is the loop's fused AdamW, its groups marked ``capturable`` (torch refuses to capture ``step()``
+  otherwise); a fused AdamW keeps its step count on the device either way.
 """
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 
 from train_mrpc.errors import UserError
@@ -161,6 +163,9 @@ class GraphedTrainingStep:
         self.static_inputs: dict[int, dict] = {}
         self.pool = None  # the memory pool every graph of this step shares
         learning_rates_as_tensors(optimizer, accelerator.device)
+        if capture:  # torch refuses to capture step() otherwise (Optimizer._accelerator_graph_capture_health_check);
+            for group in optimizer.param_groups:  # the fused kernel is the same either way
+                group["capturable"] = True
         self.add_lengths(static_inputs)
 
     def _body(self, inputs: dict):
@@ -185,7 +190,9 @@ class GraphedTrainingStep:
         side = torch.cuda.Stream() if self.capture else None
         if side is not None:
             side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side) if side is not None else nullcontext():
+        with torch.cuda.stream(side) if side is not None else nullcontext(), warnings.catch_warnings():
+            # torch warns once that a capturable optimizer is stepping outside a capture: the warm-up is meant to.
+            warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
             for inputs in static_inputs.values():
                 for _ in range(self.warmup_steps):
                     self.optimizer.zero_grad(set_to_none=True)
