@@ -9,7 +9,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,17 +240,11 @@ def _read_peaks(cache: Path) -> dict:
 
 
 def _write_peaks(cache: Path, known: dict) -> None:
-    """Written whole (a temporary file renamed), so a reader never sees half of it; unwritable: nothing kept."""
+    """Written whole (reporting.write_json), so a reader never sees half of it; unwritable: nothing kept."""
+    from train_mrpc.reporting import write_json
+
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w") as f:
-                f.write(json.dumps(known, indent=2, allow_nan=False) + "\n")
-            os.replace(tmp, cache)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json(cache, known)
     except OSError:
         pass  # an unwritable cache only costs a measurement next time
 

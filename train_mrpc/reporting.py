@@ -45,11 +45,19 @@ def write_json(path: str | Path, record: dict) -> Path:
 
     Written to a temporary file and renamed, so a reader (or a kill mid-write) never sees half a file.
     """
+    import tempfile
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(finite_or_none(record), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    # A temporary name of its own: two writers of one file (processes sharing a cache) never write into each other's.
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as f:
+            f.write(json.dumps(finite_or_none(record), indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
