@@ -258,12 +258,8 @@ class StaticShapeBatches:
         static tensors, which the next batch of that length overwrites."""
         import torch
 
-        loader = self.index_loader
-        # On the prepared loader itself: one from skip_first_batches cannot pass it down (accelerate issue 2016).
-        loader.set_epoch(epoch)
-        if skip:
-            loader = self.accelerator.skip_first_batches(loader, skip)
-        index_batches = list(loader)  # this process's rows of the whole epoch, on the host
+        # this process's rows of the whole epoch, on the host
+        index_batches = list(epoch_of(self.index_loader, self.accelerator, epoch, skip))
         if not index_batches:
             return
         table = torch.full((len(index_batches), self.batch_size), self.filler_row, dtype=torch.long)
@@ -323,11 +319,16 @@ def epoch_batches(loader, accelerator, epoch: int, skip: int = 0) -> Iterator[Tr
     """The training batches of ``epoch`` from either loader, the first ``skip`` left out (a run resumed mid-epoch)."""
     if isinstance(loader, StaticShapeBatches):
         return loader.epoch(epoch, skip)
-    # Set the epoch on the prepared loader itself: a loader from skip_first_batches cannot pass it down
-    # to the sampler, which then replays an earlier epoch's order (accelerate issue 2016).
-    loader.set_epoch(epoch)
-    batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+    batches = epoch_of(loader, accelerator, epoch, skip)
     return (TrainBatch(batch, len(batch["labels"]), batch["attention_mask"].sum()) for batch in batches)
+
+
+def epoch_of(prepared_loader, accelerator, epoch: int, skip: int = 0):
+    """A prepared loader's batches of ``epoch``, the first ``skip`` left out. The epoch is set on the prepared loader
+    itself: one from skip_first_batches cannot pass it down to the sampler, which then replays an earlier epoch's
+    order (accelerate issue 2016)."""
+    prepared_loader.set_epoch(epoch)
+    return accelerator.skip_first_batches(prepared_loader, skip) if skip else prepared_loader
 
 
 def static_shapes_identity(loader) -> list[int] | bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -699,8 +700,8 @@ def variant_figures(raw: dict, cell: dict, work: dict, peak_flops: float) -> dic
 
 def upper_median(values: list) -> float | None:
     """The median as the summary has always taken it (the upper one of an even count); None without values."""
-    values = sorted(v for v in values if v is not None)
-    return values[len(values) // 2] if values else None
+    values = [v for v in values if v is not None]
+    return statistics.median_high(values) if values else None
 
 
 def add_ratios(cell: dict) -> None:
