@@ -70,10 +70,13 @@ def train(config: TrainConfig) -> dict:
 def fit(
     run: Run, state: TrainState, meters: Meters, eval_metrics: dict, preemption: PreemptionHandler, profiler: NoProfiler
 ) -> dict:
-    """Epochs of training, each followed by an evaluation (and a checkpoint); returns the last evaluation."""
+    """Epochs of training, each followed by an evaluation (every epoch, or the last only: --eval_strategy) and a
+    checkpoint; returns the last evaluation."""
     while state.epoch < run.schedule.num_epochs and state.step < run.schedule.max_steps:
         train_epoch(run, state, meters, preemption, profiler)
-        eval_metrics = validate(run, state, meters)
+        last_epoch = state.epoch >= run.schedule.num_epochs or state.step >= run.schedule.max_steps
+        if run.config.eval_strategy == "epoch" or last_epoch:
+            eval_metrics = validate(run, state, meters)
         if run.config.checkpointing_steps != "no":  # after every evaluation: it carries the metric for "best"
             checkpoint(run, state, meters, eval_metrics)
         if should_stop_early(state, run.config.early_stopping_patience):
@@ -169,7 +172,12 @@ def setup(config: TrainConfig) -> Run:
     from train_mrpc.flops import compute_precision, count_parameters, device_peak
     from train_mrpc.graphs import resolve_cuda_graphs
     from train_mrpc.launch import create_accelerator
-    from train_mrpc.model import build_optimizer, check_padded_length, load_tokenizer_and_model
+    from train_mrpc.model import (
+        build_optimizer,
+        check_padded_length,
+        freeze_word_embeddings,
+        load_tokenizer_and_model,
+    )
     from train_mrpc.reporting import training_progress
     from train_mrpc.static_batches import (
         StaticShapeBatches,
@@ -243,6 +251,8 @@ def setup(config: TrainConfig) -> Run:
     cpu_speedups = resolve_cpu_speedups(config.cpu_speedups, device, config.torch_compile)
     if cpu_speedups[0]:
         use_cpu_speedups(model)
+    if config.freeze_word_embeddings:  # before the optimizer is built: it takes only what requires a gradient
+        freeze_word_embeddings(model, accelerator.distributed_type.value)
     if config.auto_find_batch_size:  # the batch that fits, same global batch: the config from here on
         config = with_batch_size_that_fits(accelerator, model, config)
     pad_to = padding_multiple(
@@ -356,6 +366,7 @@ def run_identity(run: Run) -> dict:
         "per_device_train_batch_size",
         "gradient_accumulation_steps",
         "learning_rate",
+        "freeze_word_embeddings",
         "weight_decay",
         "adam_beta1",
         "adam_beta2",

@@ -1,0 +1,95 @@
+"""The levers `--recipe fast` pulls, each doing what it says: --freeze_word_embeddings keeps the table as loaded
+(and the rest trains, and resumes exactly), --eval_strategy end trains the very same model and scores it once."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train_mrpc.errors import UserError
+from train_mrpc.model import freeze_word_embeddings
+
+from conftest import assert_one_line_error, read_log, resume_args, run_cli
+
+WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
+
+
+def frozen_args(model_dir, out, *extra):
+    return resume_args(model_dir, out, "--freeze_word_embeddings", "true", *extra)
+
+
+@pytest.fixture(scope="module")
+def frozen_run(tmp_path_factory, tiny_model_dir):
+    """resume_args (60 steps, a checkpoint every 10) with the word embeddings frozen."""
+    out = tmp_path_factory.mktemp("frozen") / "run"
+    proc = run_cli(frozen_args(tiny_model_dir, out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_frozen_word_embeddings_keep_their_values_while_everything_else_learns(frozen_run, tiny_model_dir):
+    loaded, trained = load_file(tiny_model_dir / "model.safetensors"), load_file(frozen_run / "model.safetensors")
+    assert torch.equal(loaded[WORD_EMBEDDINGS], trained[WORD_EMBEDDINGS])
+    unchanged = [name for name in loaded if torch.equal(loaded[name], trained[name])]
+    assert unchanged == [WORD_EMBEDDINGS]  # position/token-type embeddings, LayerNorms, layers, classifier train
+    losses = [record["loss"] for record in read_log(frozen_run)]
+    assert sum(losses[-10:]) < sum(losses[:10])
+
+
+def test_the_optimizer_keeps_no_state_for_the_frozen_table(frozen_run, tiny_model_dir):
+    optimizer = torch.load(frozen_run / "checkpoints" / "step_000060" / "optimizer.bin", weights_only=True)
+    shapes = sorted(tuple(s["exp_avg"].shape) for s in optimizer["state"].values())
+    loaded = load_file(tiny_model_dir / "model.safetensors")
+    trainable = sorted(tuple(t.shape) for name, t in loaded.items() if name != WORD_EMBEDDINGS)
+    assert shapes == trainable  # AdamW's moments for every parameter but the table
+
+
+def test_a_frozen_run_resumes_exactly(tmp_path, frozen_run, tiny_model_dir):
+    out = tmp_path / "resumed"
+    checkpoint = frozen_run / "checkpoints" / "step_000030"
+    shutil.copytree(checkpoint, out / "checkpoints" / checkpoint.name)
+    proc = run_cli(frozen_args(tiny_model_dir, out, "--resume_from_checkpoint", "latest"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model.safetensors").read_bytes() == (frozen_run / "model.safetensors").read_bytes()
+    assert read_log(out) == [r for r in read_log(frozen_run) if r["step"] > 30]
+
+
+def test_resuming_a_frozen_checkpoint_unfrozen_is_refused(tmp_path, frozen_run, tiny_model_dir):
+    out = tmp_path / "unfrozen"
+    checkpoint = frozen_run / "checkpoints" / "step_000030"
+    shutil.copytree(checkpoint, out / "checkpoints" / checkpoint.name)
+    proc = run_cli(resume_args(tiny_model_dir, out, "--resume_from_checkpoint", "latest"))
+    assert proc.returncode == 2
+    assert "freeze_word_embeddings" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("distributed_type", ["FSDP", "DEEPSPEED"])
+def test_freezing_under_sharding_is_refused(tiny_model_dir, distributed_type):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    with pytest.raises(UserError, match=f"--freeze_word_embeddings .* not under {distributed_type}"):
+        freeze_word_embeddings(model, distributed_type)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_eval_strategy_end_trains_the_same_model_and_scores_it_once(tmp_path, tiny_model_dir, one_process_reference):
+    out = tmp_path / "end"
+    proc = run_cli(resume_args(tiny_model_dir, out, "--eval_strategy", "end"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Evaluating after every epoch draws no random numbers and changes no weight: the same model either way.
+    assert (out / "model.safetensors").read_bytes() == (one_process_reference / "model.safetensors").read_bytes()
+    assert read_log(out) == read_log(one_process_reference)
+    evaluations = [json.loads(line) for line in (out / "eval_results.jsonl").read_text().splitlines()]
+    every_epoch = [json.loads(line) for line in (one_process_reference / "eval_results.jsonl").read_text().splitlines()]
+    assert len(every_epoch) == 3 and evaluations == every_epoch[-1:]
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_accuracy"] == every_epoch[-1]["eval_accuracy"] and results["best_step"] == 60
+    assert (out / "best_model" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+
+
+def test_eval_strategy_end_with_early_stopping_is_refused(tmp_path):
+    proc = run_cli(["--eval_strategy", "end", "--early_stopping_patience", "2", "--output_dir", tmp_path / "run"])
+    assert_one_line_error(proc.returncode, proc.stderr, "--early_stopping_patience", "--eval_strategy epoch")
