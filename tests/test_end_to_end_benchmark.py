@@ -13,19 +13,23 @@ def check_end_to_end(proc: subprocess.CompletedProcess, out: Path) -> dict:
     """A quick end-to-end run's output in ``out`` is complete and well formed; returns its record."""
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "end_to_end.json").read_text())
-    assert [(r["variant"], r["seed"]) for r in record["runs"]] == [("reference", 42), ("defaults", 42)]
+    assert [(r["variant"], r["seed"]) for r in record["runs"]] == [("reference", 42), ("defaults", 42), ("fast", 42)]
     for run in record["runs"]:
         assert run["wall_s"] > run["train_runtime_s"] > 0 and 0 <= run["eval_accuracy"] <= 1
-    reference, defaults = (r["speed"] for r in record["runs"])
+    reference, defaults, _ = (r["speed"] for r in record["runs"])
     assert (reference["precision"], reference["batching"]) == ("fp32", "random")
     assert defaults["batching"] == "length-grouped" and defaults["precision_reason"].startswith("auto")
     assert record["runs"][0]["launch"]["per_device_train_batch_size"] == 16
-    summary = record["summary"]
-    assert summary["speedup_wall"] > 0 and set(summary["targets_met"]) == {"speedup", "accuracy"}
+    fast = json.loads((out / "runs" / "fast-seed42" / "train_config.json").read_text())
+    assert fast["recipe"] == "fast" and fast["freeze_word_embeddings"] and fast["eval_strategy"] == "end"
+    assert len((out / "runs" / "fast-seed42" / "eval_results.jsonl").read_text().splitlines()) == 1
+    versus = record["summary"]["versus_reference"]
+    assert set(versus) == {"defaults", "fast"} and all(v["speedup_wall"] > 0 for v in versus.values())
+    assert all(set(v["targets_met"]) == {"speedup", "accuracy"} for v in versus.values())
     assert record["environment"]["versions"]["torch"]
     assert (out / "end_to_end.png").read_bytes()[:4] == b"\x89PNG"
     last = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert last["benchmark"] == "end_to_end" and "speedup_wall" in last
+    assert last["benchmark"] == "end_to_end" and "speedup_wall" in last["fast"] and "f1_delta_points" in last["fast"]
     return record
 
 
@@ -39,8 +43,9 @@ def test_quick_end_to_end_comparison_is_complete(tmp_path):
     previous = tmp_path / "previous.json"
     (tmp_path / "end_to_end.json").rename(previous)
     proc = run_in_process([*command, "--previous", str(previous), "--rerun", "defaults:42"])
-    kept, measured = check_end_to_end(proc, tmp_path)["runs"]
+    kept, measured, kept_fast = check_end_to_end(proc, tmp_path)["runs"]
     assert kept == {**first["runs"][0], "kept_from": str(previous)} and "kept_from" not in measured
+    assert kept_fast == {**first["runs"][2], "kept_from": str(previous)}
 
 
 FAKE_RUN = {
@@ -75,12 +80,12 @@ def test_quick_honours_model(tmp_path, fake_runs, tiny_model_dir, capsys):
     commands = fake_runs
     main(["bench", "end-to-end", "--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path / "named")])
     record = json.loads((tmp_path / "named" / "end_to_end.json").read_text())
-    assert [c[c.index("--model_name_or_path") + 1] for c in commands] == [str(tiny_model_dir.resolve())] * 2
+    assert [c[c.index("--model_name_or_path") + 1] for c in commands] == [str(tiny_model_dir.resolve())] * 3
     assert record["model_label"] == tiny_model_dir.name and record["quick"] is True
 
     commands.clear()  # left out: the tiny model, as before
     main(["bench", "end-to-end", "--quick", "--out", str(tmp_path / "default")])
-    assert [c[c.index("--model_name_or_path") + 1] for c in commands] == ["tiny-random-bert"] * 2
+    assert [c[c.index("--model_name_or_path") + 1] for c in commands] == ["tiny-random-bert"] * 3
     assert json.loads((tmp_path / "default" / "end_to_end.json").read_text())["model_label"] == "tiny-random-bert"
     capsys.readouterr()
 
@@ -88,6 +93,7 @@ def test_quick_honours_model(tmp_path, fake_runs, tiny_model_dir, capsys):
 def previous_record(tmp_path, runs: list[dict], **setup) -> Path:
     """An end_to_end.json of a quick run (as --quick writes it, with ``setup`` changed) holding ``runs``."""
     from train_mrpc.bench.end_to_end import VARIANTS
+    from train_mrpc.recipes import recipe_values
 
     record = {
         "benchmark": "end_to_end",
@@ -97,6 +103,7 @@ def previous_record(tmp_path, runs: list[dict], **setup) -> Path:
         "epochs": 1.0,
         "learning_rate": 1e-4,
         "variants": VARIANTS,
+        "fast_recipe": recipe_values("fast"),
         **setup,
         "runs": runs,
     }
@@ -178,6 +185,7 @@ def test_previous_of_the_same_setup_elsewhere_is_kept(tmp_path, fake_runs, capsy
     assert [(r["variant"], r["wall_s"], r.get("kept_from")) for r in runs] == [
         ("reference", 2.0, None),
         ("defaults", 3.0, str(previous)),
+        ("fast", 2.0, None),
     ]
     capsys.readouterr()
 
@@ -207,3 +215,62 @@ def test_bad_input_a_training_run_finds_is_this_commands_one_line(tmp_path, caps
         )
     line = assert_one_line_error(info.value.code, capsys.readouterr().err, "not-a-model", "config.json")
     assert line.startswith("train-mrpc: error: reference seed 42: ")
+
+
+def test_fast_trains_with_its_recipe_and_the_others_with_the_benchs_schedule(
+    tmp_path, fake_runs, tiny_model_dir, capsys
+):
+    """The bench's --learning_rate and --num_train_epochs are the reference setup's: given to "fast" too, they
+    would have overridden the recipe being measured (explicit flags win over a recipe)."""
+    from train_mrpc.cli import main
+
+    out = tmp_path / "out"
+    main(
+        [
+            "bench",
+            "end-to-end",
+            "--model",
+            str(tiny_model_dir),
+            "--data_dir",
+            "synthetic",
+            "--seeds",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    reference, defaults, fast = fake_runs
+    for flags in (reference, defaults):
+        assert (
+            flags[flags.index("--learning_rate") + 1] == "0.0001"
+            and flags[flags.index("--num_train_epochs") + 1] == "3.0"
+        )
+    assert "--learning_rate" not in fast and "--num_train_epochs" not in fast and fast[-2:] == ["--recipe", "fast"]
+    capsys.readouterr()
+
+
+def test_a_variant_meets_the_accuracy_target_only_if_accuracy_and_f1_both_hold():
+    """Issue 28: mean dev accuracy and F1 each at least the reference's minus 0.5 points, and 4x its wall time."""
+    from train_mrpc.bench.end_to_end import summarize
+
+    def run(variant, seed, wall, accuracy, f1):
+        return {
+            **run_record(variant, seed, wall_s=wall, train_runtime_s=wall - 1),
+            "eval_accuracy": accuracy,
+            "eval_f1": f1,
+        }
+
+    runs = [
+        run("reference", 42, 401.0, 0.80, 0.86),
+        run("reference", 43, 399.0, 0.81, 0.87),
+        run("defaults", 42, 130.0, 0.805, 0.865),
+        run("defaults", 43, 130.0, 0.805, 0.865),
+        run("fast", 42, 99.0, 0.81, 0.858),  # accuracy +0.5 points, F1 -0.7: not as good as the reference
+        run("fast", 43, 101.0, 0.81, 0.858),
+    ]
+    versus = summarize(runs)["versus_reference"]
+    assert versus["defaults"]["speedup_wall"] == pytest.approx(400 / 130)
+    assert versus["defaults"]["targets_met"] == {"speedup": False, "accuracy": True}
+    assert versus["fast"]["speedup_wall"] == pytest.approx(4.0)
+    assert versus["fast"]["f1_delta_points"] == pytest.approx(-0.7)
+    assert versus["fast"]["targets_met"] == {"speedup": True, "accuracy": False}

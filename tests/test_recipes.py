@@ -84,7 +84,7 @@ def test_recipe_in_a_config_file_is_checked_like_the_flag(tmp_path, value, shown
     with pytest.raises(
         UserError,
         match=rf"^config file {re.escape(str(path))}: --recipe {re.escape(shown)} is invalid: "
-        "expected one of google-bert, mosbach-stable$",
+        "expected one of google-bert, mosbach-stable, fast$",
     ):
         parse_config(["--config", str(path)])
     # A valid recipe on the command line replaces the file's, as it replaces any file value.
