@@ -105,7 +105,7 @@ def test_installed_steps(installed):
     )
 
 
-@pytest.mark.slow  # ~40 s: two more training processes, on top of tests/test_end_to_end_benchmark.py's
+@pytest.mark.slow  # ~40 s: three more training processes, on top of tests/test_end_to_end_benchmark.py's
 def test_installed_end_to_end(installed):
     """Its training runs are `python -m train_mrpc` children, which must find the installed package too."""
     work = installed["work"]
@@ -119,7 +119,11 @@ def test_installed_end_to_end(installed):
     )
     record = check_end_to_end(proc, work / "e2e")
     assert record["data"].startswith("synthetic")
-    assert sorted(p.name for p in (work / "e2e" / "runs").iterdir()) == ["defaults-seed42", "reference-seed42"]
+    assert sorted(p.name for p in (work / "e2e" / "runs").iterdir()) == [
+        "defaults-seed42",
+        "fast-seed42",
+        "reference-seed42",
+    ]
 
 
 def git_repo(folder: Path) -> str:
