@@ -33,14 +33,15 @@ demo: setup
 # launcher's start, a C++ op compiling) or waiting on a signal, so a second worker uses the other core.
 # --dist loadfile keeps each file in one worker (its module fixtures are built once). TEST_WORKERS=0: no workers.
 TEST_WORKERS ?= 2
+WORKER_FLAGS = -n $(TEST_WORKERS) --dist loadfile
 test: setup
-	$(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(WORKER_FLAGS) $(PYTEST_ARGS)
 
 test-latest:
 	rm -rf $(LATEST_VENV)
 	CONSTRAINTS= scripts/setup.sh $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python scripts/compare_lock.py constraints.txt
-	$(LATEST_VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(LATEST_VENV)/bin/python -m pytest $(WORKER_FLAGS) $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff format --check .

@@ -4,7 +4,7 @@
 
 Each run is `python -m train_mrpc` (train_mrpc.bench.end_to_end.run_once: the end-to-end benchmark's own run) of
 all-MiniLM-L6-v2 on ../shared MRPC with --recipe fast cut to --max_train_steps, once with the table frozen (the
-recipe) and once trained, alternating (frozen, trained, trained, frozen, ...) so a slow spell hits both. The figure
+recipe) and once trained, each first in turn (bench steps' round_order) so a slow spell hits both. The figure
 is training time per optimizer step (train_runtime minus the one evaluation at the end, over the steps). Writes
 freeze_embeddings_ab.json.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from train_mrpc.bench import common
 from train_mrpc.bench.end_to_end import model_path, run_once
+from train_mrpc.bench.steps import round_order
 
 VARIANTS = {"frozen": [], "trained": ["--freeze_word_embeddings", "false"]}
 
@@ -35,8 +36,7 @@ def main() -> None:
     flags += ["--max_train_steps", str(args.max_train_steps), "--logging_steps", "10"]
     runs = []
     for round_index in range(args.rounds):
-        order = list(VARIANTS) if round_index % 2 == 0 else list(VARIANTS)[::-1]
-        for name in order:
+        for name in round_order(list(VARIANTS), round_index):
             run = run_once(name, 42, [*flags, *VARIANTS[name]], args.out)
             run["round"] = round_index
             run["train_s_per_step"] = (run["train_runtime_s"] - run["eval_runtime_s"]) / args.max_train_steps

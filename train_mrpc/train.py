@@ -72,10 +72,9 @@ def fit(
 ) -> dict:
     """Epochs of training, each followed by an evaluation (every epoch, or the last only: --eval_strategy) and a
     checkpoint; returns the last evaluation."""
-    while state.epoch < run.schedule.num_epochs and state.step < run.schedule.max_steps:
+    while not run.schedule.finished(state):
         train_epoch(run, state, meters, preemption, profiler)
-        last_epoch = state.epoch >= run.schedule.num_epochs or state.step >= run.schedule.max_steps
-        if run.config.eval_strategy == "epoch" or last_epoch:
+        if run.config.eval_strategy == "epoch" or run.schedule.finished(state):
             eval_metrics = validate(run, state, meters)
         if run.config.checkpointing_steps != "no":  # after every evaluation: it carries the metric for "best"
             checkpoint(run, state, meters, eval_metrics)
@@ -99,6 +98,10 @@ class Schedule:
     max_steps: int
     num_epochs: int
     warmup_steps: int
+
+    def finished(self, state: TrainState) -> bool:
+        """Every epoch trained, or every step taken (--max_train_steps can end a run inside an epoch)."""
+        return state.epoch >= self.num_epochs or state.step >= self.max_steps
 
 
 def schedule_for(num_batches: int, config: TrainConfig) -> Schedule:
