@@ -1,5 +1,6 @@
-"""The levers `--recipe fast` pulls, each doing what it says: --freeze_word_embeddings keeps the table as loaded
-(and the rest trains, and resumes exactly), --eval_strategy end trains the very same model and scores it once."""
+"""The levers of a fast recipe, each doing what it says: --freeze_word_embeddings keeps the table as loaded (and the
+rest trains, and resumes exactly), --freeze_lower_layers keeps the embeddings and the lowest layers as loaded,
+--eval_strategy end trains the very same model and scores it once."""
 
 import json
 import shutil
@@ -9,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from train_mrpc.errors import UserError
-from train_mrpc.model import freeze_word_embeddings
+from train_mrpc.model import freeze_parameters
 
 from conftest import assert_one_line_error, read_log, resume_args, run_cli
 
@@ -66,13 +67,59 @@ def test_resuming_a_frozen_checkpoint_unfrozen_is_refused(tmp_path, frozen_run, 
 
 
 @pytest.mark.parametrize("distributed_type", ["FSDP", "DEEPSPEED"])
-def test_freezing_under_sharding_is_refused(tiny_model_dir, distributed_type):
+@pytest.mark.parametrize(
+    "flag, word_embeddings, lower_layers", [("word_embeddings", True, 0), ("lower_layers", False, 1)]
+)
+def test_freezing_under_sharding_is_refused(tiny_model_dir, distributed_type, flag, word_embeddings, lower_layers):
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
-    with pytest.raises(UserError, match=f"--freeze_word_embeddings .* not under {distributed_type}"):
-        freeze_word_embeddings(model, distributed_type)
+    with pytest.raises(UserError, match=f"--freeze_{flag} .* not under {distributed_type}"):
+        freeze_parameters(model, word_embeddings, lower_layers, distributed_type)
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def lower_frozen_run(tmp_path_factory, tiny_model_dir):
+    """resume_args with the embeddings and the lowest of the tiny model's two layers frozen."""
+    out = tmp_path_factory.mktemp("lower-frozen") / "run"
+    proc = run_cli(resume_args(tiny_model_dir, out, "--freeze_lower_layers", "1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def is_below_layer_1(name: str) -> bool:
+    return name.startswith(("bert.embeddings.", "bert.encoder.layer.0."))
+
+
+def test_frozen_lower_layers_keep_their_values_while_the_layers_above_learn(lower_frozen_run, tiny_model_dir):
+    loaded = load_file(tiny_model_dir / "model.safetensors")
+    trained = load_file(lower_frozen_run / "model.safetensors")
+    unchanged = sorted(name for name in loaded if torch.equal(loaded[name], trained[name]))
+    assert unchanged == sorted(filter(is_below_layer_1, loaded))  # word, position, type embeddings, LayerNorm, layer 0
+    assert len(unchanged) > 4  # (the embeddings alone are 5 tensors)
+    losses = [record["loss"] for record in read_log(lower_frozen_run)]
+    assert sum(losses[-10:]) < sum(losses[:10])
+    optimizer = torch.load(lower_frozen_run / "checkpoints" / "step_000060" / "optimizer.bin", weights_only=True)
+    shapes = sorted(tuple(s["exp_avg"].shape) for s in optimizer["state"].values())
+    assert shapes == sorted(tuple(t.shape) for name, t in loaded.items() if not is_below_layer_1(name))
+
+
+def test_a_run_with_frozen_lower_layers_resumes_exactly(tmp_path, lower_frozen_run, tiny_model_dir):
+    out = tmp_path / "resumed"
+    checkpoint = lower_frozen_run / "checkpoints" / "step_000030"
+    shutil.copytree(checkpoint, out / "checkpoints" / checkpoint.name)
+    proc = run_cli(resume_args(tiny_model_dir, out, "--freeze_lower_layers", "1", "--resume_from_checkpoint", "latest"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model.safetensors").read_bytes() == (lower_frozen_run / "model.safetensors").read_bytes()
+
+
+def test_freezing_more_layers_than_the_model_has_is_refused(tmp_path, tiny_model_dir):
+    proc = run_cli(resume_args(tiny_model_dir, tmp_path / "run", "--freeze_lower_layers", "3"))
+    assert proc.returncode == 2  # after the model loaded (its progress bars above): the run ends with the one line
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "train-mrpc: error: --freeze_lower_layers 3 is more than the model's 2 encoder layers; expected 0 to 2"
+    )
 
 
 def test_eval_strategy_end_trains_the_same_model_and_scores_it_once(tmp_path, tiny_model_dir, one_process_reference):

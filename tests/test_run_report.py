@@ -30,6 +30,23 @@ def test_bert_base_flops_match_the_textbook_count():
     assert flops == pytest.approx(32 * (6 * 85.0e6 * 128 + 12 * 12 * 768 * 128 * 128), rel=0.01)
 
 
+def test_frozen_lower_layers_count_their_forward_only():
+    """--freeze_lower_layers 6 of bert-base's 12: those layers' weights 2 x params x tokens, their attention 4 x."""
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    from train_mrpc.model import freeze_parameters
+
+    config = BertConfig(num_labels=2)
+    model = AutoModelForSequenceClassification.from_config(config)
+    freeze_parameters(model, False, 6, "NO")
+    counts = count_parameters(model, frozen_layers=6)
+    layer = 4 * 768 * 768 + 4 * 768 + 2 * 768 * 3072 + 3072 + 768 + 2 * 2 * 768
+    assert counts["frozen_per_token"] == 6 * layer + 2 * 768  # 6 layers and the embeddings' LayerNorm
+    full = 6 * counts["per_token"] * 128 + 6 * counts["per_sequence"] + 12 * 12 * 768 * 128**2
+    saved = 4 * counts["frozen_per_token"] * 128 + 8 * 6 * 768 * 128**2  # backward: 4 of 6 per weight, 8 of 12
+    assert batch_flops(counts, config, 32, 128) == pytest.approx(32 * (full - saved))
+
+
 @pytest.mark.parametrize(
     "name, precision, tflops",
     [

@@ -118,6 +118,12 @@ class TrainConfig:
         "LayerNorm and every layer above still train. One process or DDP.",
         default=False,
     )
+    freeze_lower_layers: int = _help(
+        "Keep the embeddings (word, position, token type and their LayerNorm) and the lowest N encoder layers as "
+        "loaded: no gradient, no AdamW state, and backward stops above them (all-MiniLM-L6-v2 has 6 layers, "
+        "bert-base 12). 0 trains them all. BERT-style encoders (model.base_model.encoder.layer); one process or DDP.",
+        default=0,
+    )
     weight_decay: float = _help("AdamW weight decay (not applied to biases and LayerNorm weights).", default=0.01)
     adam_beta1: float = _help("AdamW beta1.", default=0.9)
     adam_beta2: float = _help("AdamW beta2.", default=0.999)
@@ -418,7 +424,14 @@ INT_RANGES = {
         IntRange(1),
     ),
     **dict.fromkeys(
-        ("num_warmup_steps", "profile_skip_steps", "profile_warmup_steps", "dataloader_num_workers"), IntRange(0)
+        (
+            "num_warmup_steps",
+            "freeze_lower_layers",
+            "profile_skip_steps",
+            "profile_warmup_steps",
+            "dataloader_num_workers",
+        ),
+        IntRange(0),
     ),
     "ddp_timeout": IntRange(1, "an integer number of seconds"),  # launch.py: timedelta(seconds=...)
     "seed": None,  # 0 to MAX_SEED, checked in __post_init__

@@ -30,9 +30,10 @@ GPU_PEAK_TFLOPS = {
 }
 
 
-def count_parameters(model) -> dict:
+def count_parameters(model, frozen_layers: int = 0) -> dict:
     """Parameters by how often their matmuls run: per token (encoder), per sequence (pooler, head), never
-    (embedding tables: a lookup, not a matmul)."""
+    (embedding tables: a lookup, not a matmul); and how much of the encoder is frozen (--freeze_lower_layers:
+    those layers run forward only). Count after freezing: a parameter that requires no gradient is frozen."""
     import torch
 
     embedding = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters())
@@ -43,28 +44,46 @@ def count_parameters(model) -> dict:
         for p in m.parameters()
     )
     total = sum(p.numel() for p in model.parameters())
+    frozen_embedding = sum(
+        p.numel()
+        for m in model.modules()
+        if isinstance(m, torch.nn.Embedding)
+        for p in m.parameters()
+        if not p.requires_grad
+    )
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     return {
         "total": total,
         "embedding": embedding,
         "per_sequence": per_sequence,
         "per_token": total - embedding - per_sequence,
+        "frozen_per_token": frozen - frozen_embedding,  # the frozen layers' and the embeddings' LayerNorm
+        "frozen_layers": frozen_layers,
     }
 
 
+def sequence_flops(params: dict, config, length: int) -> float:
+    """Forward + backward FLOPs of one sequence of ``length`` tokens: 6 x parameters x tokens for a trained weight
+    (a multiply-add forward, two backward), 2 x for a frozen one (forward only: backward ends above it), plus
+    attention's scores and weighted sum, 12 x hidden x T^2 a trained layer and 4 x a frozen one."""
+    frozen, frozen_layers = params.get("frozen_per_token", 0), params.get("frozen_layers", 0)
+    trained_layers = config.num_hidden_layers - frozen_layers
+    return (
+        6 * (params["per_token"] - frozen) * length
+        + 2 * frozen * length
+        + 6 * params["per_sequence"]
+        + (12 * trained_layers + 4 * frozen_layers) * config.hidden_size * length * length
+    )
+
+
 def training_flops(params: dict, config, lengths: list[int]) -> float:
-    """Forward + backward FLOPs of sequences of these lengths: 6 x parameters x tokens (each weight: a
-    multiply-add forward, two backward) plus attention's scores and weighted sum, 12 x layers x hidden x T^2."""
-    layers, hidden = config.num_hidden_layers, config.hidden_size
-    return sum(6 * params["per_token"] * t + 6 * params["per_sequence"] + 12 * layers * hidden * t * t for t in lengths)
+    """``sequence_flops`` of sequences of these lengths."""
+    return sum(sequence_flops(params, config, t) for t in lengths)
 
 
 def batch_flops(params: dict, config, batch_size: int, length: int) -> float:
     """``training_flops`` of one padded batch (the work the device does, padding included)."""
-    return batch_size * (
-        6 * params["per_token"] * length
-        + 6 * params["per_sequence"]
-        + 12 * config.num_hidden_layers * config.hidden_size * length * length
-    )
+    return batch_size * sequence_flops(params, config, length)
 
 
 def compute_precision(device_type: str, mixed_precision: str, tf32: bool) -> str:

@@ -164,18 +164,38 @@ def check_max_length(max_length: int, tokenizer, model, name: str) -> None:
         raise UserError(f"--max_length {max_length} is beyond what model {name} supports ({limit} tokens)")
 
 
-def freeze_word_embeddings(model, distributed_type: str) -> None:
-    """--freeze_word_embeddings: the table keeps its loaded values, so it needs no gradient and no AdamW state.
+def freeze_parameters(model, word_embeddings: bool, lower_layers: int, distributed_type: str) -> None:
+    """--freeze_word_embeddings and --freeze_lower_layers: the frozen tensors keep their loaded values, so they need
+    no gradient and no AdamW state.
 
-    On all-MiniLM-L6-v2 that is half the parameters; a step no longer writes a dense 47 MB gradient for a
-    table of which a batch uses a few hundred rows, and AdamW and clipping go over the other half only.
+    The word-embedding table is half of all-MiniLM-L6-v2's parameters; frozen, a step no longer writes a dense
+    47 MB gradient for a table of which a batch uses a few hundred rows. Freezing all the embeddings and the
+    lowest N layers also ends backward at layer N: nothing below it needs a gradient.
     """
+    flag = "--freeze_lower_layers" if lower_layers else "--freeze_word_embeddings"
     if distributed_type in ("FSDP", "DEEPSPEED"):  # sharded wrappers flatten parameters: not tested frozen
         raise UserError(
-            f"--freeze_word_embeddings is tested with one process and DDP, not under {distributed_type}: "
+            f"{flag} is tested with one process and DDP, not under {distributed_type}: "
             "launch with another config, or leave it out"
         )
-    model.get_input_embeddings().weight.requires_grad_(False)
+    if word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    if not lower_layers:
+        return
+    base = model.base_model
+    layers = getattr(getattr(base, "encoder", None), "layer", None)
+    if getattr(base, "embeddings", None) is None or layers is None:
+        raise UserError(
+            f"--freeze_lower_layers {lower_layers}: model {type(model).__name__} is not a BERT-style encoder "
+            "(base_model.embeddings and base_model.encoder.layer); leave the flag out for it"
+        )
+    if lower_layers > len(layers):
+        raise UserError(
+            f"--freeze_lower_layers {lower_layers} is more than the model's {len(layers)} encoder layers; "
+            f"expected 0 to {len(layers)}"
+        )
+    for module in (base.embeddings, *layers[:lower_layers]):
+        module.requires_grad_(False)
 
 
 def build_optimizer(model, config: TrainConfig, fused: bool = False):

@@ -178,7 +178,7 @@ def setup(config: TrainConfig) -> Run:
     from train_mrpc.model import (
         build_optimizer,
         check_padded_length,
-        freeze_word_embeddings,
+        freeze_parameters,
         load_tokenizer_and_model,
     )
     from train_mrpc.reporting import training_progress
@@ -254,8 +254,10 @@ def setup(config: TrainConfig) -> Run:
     cpu_speedups = resolve_cpu_speedups(config.cpu_speedups, device, config.torch_compile)
     if cpu_speedups[0]:
         use_cpu_speedups(model)
-    if config.freeze_word_embeddings:  # before the optimizer is built: it takes only what requires a gradient
-        freeze_word_embeddings(model, accelerator.distributed_type.value)
+    if config.freeze_word_embeddings or config.freeze_lower_layers:  # before the optimizer: it takes what trains
+        freeze_parameters(
+            model, config.freeze_word_embeddings, config.freeze_lower_layers, accelerator.distributed_type.value
+        )
     if config.auto_find_batch_size:  # the batch that fits, same global batch: the config from here on
         config = with_batch_size_that_fits(accelerator, model, config)
     pad_to = padding_multiple(
@@ -327,7 +329,7 @@ def setup(config: TrainConfig) -> Run:
         resume_path,
         progress=training_progress(accelerator.is_main_process),
         lock=lock,
-        flop_counts=count_parameters(accelerator.unwrap_model(model)),
+        flop_counts=count_parameters(accelerator.unwrap_model(model), config.freeze_lower_layers),
         peak_flops=peak_flops,
         peak_source=peak_source,
         cpu_speedups=cpu_speedups,
@@ -370,6 +372,7 @@ def run_identity(run: Run) -> dict:
         "gradient_accumulation_steps",
         "learning_rate",
         "freeze_word_embeddings",
+        "freeze_lower_layers",
         "weight_decay",
         "adam_beta1",
         "adam_beta2",
