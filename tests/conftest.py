@@ -10,6 +10,13 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (make test: two workers on two cores) every process computes on one thread, this worker's
+# torch and every process a test starts (OMP_NUM_THREADS is read when torch is imported): two workers each running
+# a 2-thread OpenMP pool on 2 cores made the pools spin against each other (an in-process tiny-model run that takes
+# 7 s alone took 53 s in CI). A 2-process launch already runs each rank on one thread (torchrun sets it).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 SHARED_MRPC = SHARED / "data" / "mrpc"
@@ -507,3 +514,23 @@ def seconds_until_ended(pid: int, timeout: float) -> float:
     while not process_ended(pid) and time.monotonic() - start < timeout:
         time.sleep(0.01)
     return time.monotonic() - start
+
+
+def pytest_collection_modifyitems(config, items):
+    """The order pytest-xdist hands files to workers (make test: --dist loadfile --no-loadscope-reorder): files with
+    slow tests first, the longest first (a slow test's marker may say its minutes: @pytest.mark.slow(minutes=5);
+    make demo's real fine-tune, started at once, runs beside the rest of the suite instead of after it), then the
+    files with the most tests, as xdist's own reordering would. No test depends on another's order."""
+    files: dict[str, list] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def slow_minutes(item) -> float:
+        marker = item.get_closest_marker("slow")
+        return marker.kwargs.get("minutes", 1) if marker else 0
+
+    def cost(name: str) -> tuple:
+        tests = files[name]
+        return (-sum(map(slow_minutes, tests)), -len(tests))
+
+    items[:] = [item for name in sorted(files, key=cost) for item in files[name]]
