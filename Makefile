@@ -32,7 +32,7 @@ demo: setup
 # Two pytest-xdist workers: a test spends much of its time in one-core work (a new process's imports, the
 # launcher's start, a C++ op compiling) or waiting on a signal, so a second worker uses the other core.
 # --dist loadfile keeps each file in one worker (its module fixtures are built once); --no-loadscope-reorder keeps
-# the order tests/conftest.py gives (files with a slow test first). Each process computes on one thread
+# the order tests/conftest.py gives (the files marked as taking minutes first). Each process computes on one thread
 # (tests/conftest.py). TEST_WORKERS=0: no workers.
 TEST_WORKERS ?= 2
 WORKER_FLAGS = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder

@@ -517,20 +517,20 @@ def seconds_until_ended(pid: int, timeout: float) -> float:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The order pytest-xdist hands files to workers (make test: --dist loadfile --no-loadscope-reorder): files with
-    slow tests first, the longest first (a slow test's marker may say its minutes: @pytest.mark.slow(minutes=5);
-    make demo's real fine-tune, started at once, runs beside the rest of the suite instead of after it), then the
-    files with the most tests, as xdist's own reordering would. No test depends on another's order."""
+    """The order pytest-xdist hands files to workers (make test: --dist loadfile --no-loadscope-reorder): the files
+    whose tests say they take minutes (@pytest.mark.minutes(N), on a test or a module) first, the longest first, so
+    that make demo's real fine-tune and the DeepSpeed file's op builds run beside the rest of the suite instead of
+    after it; then the files with the most tests, as xdist's own reordering would. No test depends on the order."""
     files: dict[str, list] = {}
     for item in items:
         files.setdefault(item.nodeid.split("::")[0], []).append(item)
 
-    def slow_minutes(item) -> float:
-        marker = item.get_closest_marker("slow")
-        return marker.kwargs.get("minutes", 1) if marker else 0
+    def minutes(item) -> float:
+        marker = item.get_closest_marker("minutes")
+        return marker.args[0] if marker else 0
 
     def cost(name: str) -> tuple:
         tests = files[name]
-        return (-sum(map(slow_minutes, tests)), -len(tests))
+        return (-max(map(minutes, tests)), -len(tests))
 
     items[:] = [item for name in sorted(files, key=cost) for item in files[name]]

@@ -25,6 +25,9 @@ from train_mrpc.errors import UserError
 from conftest import ROOT, accelerate_launch, launch, paired_run_args, read_log, run_cli, tiny_args, weights
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install -e '.[deepspeed]')")
+# ~6.5 minutes in CI, most of it DeepSpeed building two C++ ops in a fresh environment (CPU Adam: 136 s; the
+# shared-memory communication op its first launch builds: ~70 s): given to a worker first (tests/conftest.py).
+pytestmark = pytest.mark.minutes(6.5)
 
 YAML = ROOT / "accelerate_configs" / "deepspeed_zero2.yaml"
 ZERO2 = ("deepspeed_zero2.yaml", "--num_processes", "2")
