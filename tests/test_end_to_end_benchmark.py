@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from train_mrpc.recipes import recipe_values
+
 from conftest import run_in_process
 
 
@@ -93,7 +95,6 @@ def test_quick_honours_model(tmp_path, fake_runs, tiny_model_dir, capsys):
 def previous_record(tmp_path, runs: list[dict], **setup) -> Path:
     """An end_to_end.json of a quick run (as --quick writes it, with ``setup`` changed) holding ``runs``."""
     from train_mrpc.bench.end_to_end import VARIANTS
-    from train_mrpc.recipes import recipe_values
 
     record = {
         "benchmark": "end_to_end",
@@ -146,6 +147,12 @@ def run_record(variant: str = "defaults", seed: int = 42, **figures) -> dict:
             ["--rerun", "defaults:43"],
             ["--rerun defaults:43: seed 43 is not one of this run's seeds (42)"],
         ),
+        (
+            [run_record(), run_record("fast")],
+            {"fast_recipe": {**recipe_values("fast"), "learning_rate": 2e-4}},
+            [],
+            ["its fast runs trained another --recipe fast (learning_rate 0.0002, this run 0.0001)", "--rerun fast:42"],
+        ),
     ],
     ids=[
         "nan",
@@ -155,6 +162,7 @@ def run_record(variant: str = "defaults", seed: int = 42, **figures) -> dict:
         "other-epochs-and-lr",
         "other-reference-flags",
         "rerun-of-no-run",
+        "fast-runs-of-another-recipe",
     ],
 )
 def test_previous_runs_that_cannot_be_kept_are_refused_before_any_run(
@@ -184,6 +192,35 @@ def test_previous_of_the_same_setup_elsewhere_is_kept(tmp_path, fake_runs, capsy
     runs = json.loads((tmp_path / "out" / "end_to_end.json").read_text())["runs"]
     assert [(r["variant"], r["wall_s"], r.get("kept_from")) for r in runs] == [
         ("reference", 2.0, None),
+        ("defaults", 3.0, str(previous)),
+        ("fast", 2.0, None),
+    ]
+    capsys.readouterr()
+
+
+def test_fast_runs_of_another_recipe_are_measured_again_and_the_others_kept(tmp_path, fake_runs, capsys):
+    """After --recipe fast changed, --rerun fast:SEED measures its runs again while the reference and defaults runs
+    of the same setup are kept (a 5-seed record grows from a 3-seed one without the reference's hours again)."""
+    from train_mrpc.cli import main
+
+    runs = [run_record("reference", wall_s=8.0), run_record(wall_s=3.0), run_record("fast", wall_s=9.0)]
+    previous = previous_record(tmp_path, runs, fast_recipe={**recipe_values("fast"), "learning_rate": 2e-4})
+    main(
+        [
+            "bench",
+            "end-to-end",
+            "--quick",
+            "--previous",
+            str(previous),
+            "--rerun",
+            "fast:42",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    runs = json.loads((tmp_path / "o" / "end_to_end.json").read_text())["runs"]
+    assert [(r["variant"], r["wall_s"], r.get("kept_from")) for r in runs] == [
+        ("reference", 8.0, str(previous)),
         ("defaults", 3.0, str(previous)),
         ("fast", 2.0, None),
     ]

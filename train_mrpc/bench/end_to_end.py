@@ -147,10 +147,13 @@ def setup_of(record: dict) -> dict:
     return setup
 
 
-def read_previous(path: Path, setup: dict) -> dict[tuple[str, int], dict]:
+def read_previous(
+    path: Path, setup: dict, seeds: list[int], rerun: set[tuple[str, int]]
+) -> dict[tuple[str, int], dict]:
     """The runs of an earlier end_to_end.json by (variant, seed), or one UserError naming what is wrong with it:
     not a record, a run without its figures or with one no measurement gives (NaN, 0 s: the summary divides by
-    it, after every new run), or runs of another setup than ``setup`` (another model, data, epochs, ...)."""
+    it, after every new run), runs of another setup than ``setup`` (another model, data, epochs, ...), or fast runs
+    of another --recipe fast that --rerun does not measure again (the other variants' runs are still this setup's)."""
     name, expected = f"--previous {path}", "an end_to_end.json that train-mrpc bench end-to-end wrote"
     record = read_json_object(path, name, expected)
     runs = record.get("runs")
@@ -172,14 +175,27 @@ def read_previous(path: Path, setup: dict) -> dict[tuple[str, int], dict]:
     changed = [
         f"{key} {theirs[key]!r}, this run {value!r}"
         for key, value in setup_of(setup).items()
-        if key in theirs and theirs[key] != value
+        if key in theirs and theirs[key] != value and key != "fast_recipe"
     ]
     if changed:
         raise UserError(
             f"{name}: its runs measured another setup ({'; '.join(changed)}); expected an end_to_end.json "
             "of the same flags (and the same reference flags), or leave out --previous"
         )
-    return {(run["variant"], run["seed"]): run for run in runs}
+    kept = {(run["variant"], run["seed"]): run for run in runs}
+    recipe, ours = theirs.get("fast_recipe", setup["fast_recipe"]), setup["fast_recipe"]
+    stale = [f"fast:{seed}" for seed in seeds if ("fast", seed) in kept and ("fast", seed) not in rerun]
+    if recipe != ours and stale:
+        differences = "; ".join(
+            f"{key} {recipe.get(key)!r}, this run {ours.get(key)!r}"
+            for key in sorted(set(recipe) | set(ours))
+            if recipe.get(key) != ours.get(key)
+        )
+        raise UserError(
+            f"{name}: its fast runs trained another --recipe fast ({differences}); expected --rerun "
+            f"{','.join(stale)} to measure them again (its other runs are kept), or leave out --previous"
+        )
+    return kept
 
 
 def data_flags(args) -> tuple[list[str], str]:
@@ -368,7 +384,7 @@ def main(argv=None) -> None:
                 f"--rerun {variant}:{seed}: seed {seed} is not one of this run's seeds "
                 f"({', '.join(map(str, seeds))}); expected variant:seed of a run to measure again"
             )
-    previous = read_previous(args.previous, setup) if args.previous else {}  # refused before any run starts
+    previous = read_previous(args.previous, setup, seeds, args.rerun) if args.previous else {}  # before any run
     args.out = common.resolve_out(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     flags = [
