@@ -178,24 +178,23 @@ def freeze_parameters(model, word_embeddings: bool, lower_layers: int, distribut
             f"{flag} is tested with one process and DDP, not under {distributed_type}: "
             "launch with another config, or leave it out"
         )
+    if lower_layers:  # checked before anything is frozen
+        base = model.base_model
+        layers = getattr(getattr(base, "encoder", None), "layer", None)
+        if getattr(base, "embeddings", None) is None or layers is None:
+            raise UserError(
+                f"--freeze_lower_layers {lower_layers}: model {type(model).__name__} is not a BERT-style encoder "
+                "(base_model.embeddings and base_model.encoder.layer); leave the flag out for it"
+            )
+        if lower_layers > len(layers):
+            raise UserError(
+                f"--freeze_lower_layers {lower_layers} is more than the model's {len(layers)} encoder layers; "
+                f"expected 0 to {len(layers)}"
+            )
+        for module in (base.embeddings, *layers[:lower_layers]):
+            module.requires_grad_(False)
     if word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
-    if not lower_layers:
-        return
-    base = model.base_model
-    layers = getattr(getattr(base, "encoder", None), "layer", None)
-    if getattr(base, "embeddings", None) is None or layers is None:
-        raise UserError(
-            f"--freeze_lower_layers {lower_layers}: model {type(model).__name__} is not a BERT-style encoder "
-            "(base_model.embeddings and base_model.encoder.layer); leave the flag out for it"
-        )
-    if lower_layers > len(layers):
-        raise UserError(
-            f"--freeze_lower_layers {lower_layers} is more than the model's {len(layers)} encoder layers; "
-            f"expected 0 to {len(layers)}"
-        )
-    for module in (base.embeddings, *layers[:lower_layers]):
-        module.requires_grad_(False)
 
 
 def build_optimizer(model, config: TrainConfig, fused: bool = False):
