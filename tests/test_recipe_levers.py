@@ -4,6 +4,7 @@ rest trains, and resumes exactly), --freeze_lower_layers keeps the embeddings an
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,13 +22,27 @@ def frozen_args(model_dir, out, *extra):
     return resume_args(model_dir, out, "--freeze_word_embeddings", "true", *extra)
 
 
+def finished(args: list[str]):
+    """The output folder of a run of ``args`` (its --output_dir), which must succeed."""
+    proc = run_cli(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return Path(args[args.index("--output_dir") + 1])
+
+
+def resumed_at_step_30(run, out, args: list[str]) -> None:
+    """Train ``args`` (output ``out``) from a copy of ``run``'s step-30 checkpoint: it must end as ``run`` did."""
+    checkpoint = run / "checkpoints" / "step_000030"
+    shutil.copytree(checkpoint, out / "checkpoints" / checkpoint.name)
+    proc = run_cli([*args, "--resume_from_checkpoint", "latest"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    assert read_log(out) == [r for r in read_log(run) if r["step"] > 30]
+
+
 @pytest.fixture(scope="module")
 def frozen_run(tmp_path_factory, tiny_model_dir):
     """resume_args (60 steps, a checkpoint every 10) with the word embeddings frozen."""
-    out = tmp_path_factory.mktemp("frozen") / "run"
-    proc = run_cli(frozen_args(tiny_model_dir, out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return finished(frozen_args(tiny_model_dir, tmp_path_factory.mktemp("frozen") / "run"))
 
 
 def test_frozen_word_embeddings_keep_their_values_while_everything_else_learns(frozen_run, tiny_model_dir):
@@ -48,13 +63,7 @@ def test_the_optimizer_keeps_no_state_for_the_frozen_table(frozen_run, tiny_mode
 
 
 def test_a_frozen_run_resumes_exactly(tmp_path, frozen_run, tiny_model_dir):
-    out = tmp_path / "resumed"
-    checkpoint = frozen_run / "checkpoints" / "step_000030"
-    shutil.copytree(checkpoint, out / "checkpoints" / checkpoint.name)
-    proc = run_cli(frozen_args(tiny_model_dir, out, "--resume_from_checkpoint", "latest"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "model.safetensors").read_bytes() == (frozen_run / "model.safetensors").read_bytes()
-    assert read_log(out) == [r for r in read_log(frozen_run) if r["step"] > 30]
+    resumed_at_step_30(frozen_run, tmp_path / "resumed", frozen_args(tiny_model_dir, tmp_path / "resumed"))
 
 
 def test_resuming_a_frozen_checkpoint_unfrozen_is_refused(tmp_path, frozen_run, tiny_model_dir):
@@ -82,10 +91,9 @@ def test_freezing_under_sharding_is_refused(tiny_model_dir, distributed_type, fl
 @pytest.fixture(scope="module")
 def lower_frozen_run(tmp_path_factory, tiny_model_dir):
     """resume_args with the embeddings and the lowest of the tiny model's two layers frozen."""
-    out = tmp_path_factory.mktemp("lower-frozen") / "run"
-    proc = run_cli(resume_args(tiny_model_dir, out, "--freeze_lower_layers", "1"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return finished(
+        resume_args(tiny_model_dir, tmp_path_factory.mktemp("lower-frozen") / "run", "--freeze_lower_layers", "1")
+    )
 
 
 def is_below_layer_1(name: str) -> bool:
@@ -107,11 +115,7 @@ def test_frozen_lower_layers_keep_their_values_while_the_layers_above_learn(lowe
 
 def test_a_run_with_frozen_lower_layers_resumes_exactly(tmp_path, lower_frozen_run, tiny_model_dir):
     out = tmp_path / "resumed"
-    checkpoint = lower_frozen_run / "checkpoints" / "step_000030"
-    shutil.copytree(checkpoint, out / "checkpoints" / checkpoint.name)
-    proc = run_cli(resume_args(tiny_model_dir, out, "--freeze_lower_layers", "1", "--resume_from_checkpoint", "latest"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "model.safetensors").read_bytes() == (lower_frozen_run / "model.safetensors").read_bytes()
+    resumed_at_step_30(lower_frozen_run, out, resume_args(tiny_model_dir, out, "--freeze_lower_layers", "1"))
 
 
 def test_freezing_more_layers_than_the_model_has_is_refused(tmp_path, tiny_model_dir):
