@@ -70,6 +70,7 @@ def test_saved_config_replays_the_run(tmp_path):
         ),
         (["--max_length", "0"], "--max_length 0 is invalid"),
         (["--warmup_ratio", "1.5"], "--warmup_ratio 1.5 is invalid: expected a number in [0, 1)"),
+        (["--dropout", "1"], "--dropout 1.0 is invalid: expected a number in [0, 1)"),
         (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps 0 is invalid"),
         (
             ["--data_dir", "x", "--train_file", "a.csv", "--validation_file", "b.csv"],

@@ -75,6 +75,30 @@ def test_attention_equals_bert_math_with_the_same_mask(monkeypatch):
     assert not torch.allclose(out, plain, atol=1e-6)  # the mask did drop something
 
 
+def test_bf16_training_attention_without_dropout_is_the_math_with_sdpas_values_and_gradients():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(3)
+    module = torch.nn.Module()
+    module.is_causal = False
+    padding = torch.ones(2, 1, 7, 7, dtype=torch.bool)
+    padding[1, ..., 5:] = False
+
+    def attention(function):
+        q, k, v = (t.clone().requires_grad_() for t in qkv)
+        out, _ = function(module, q, k, v, padding, dropout=0.0, scaling=8**-0.5)
+        out.float().square().sum().backward()
+        return out, [t.grad for t in (q, k, v)]
+
+    qkv = [torch.randn(2, 4, 7, 8).bfloat16() for _ in range(3)]
+    ours, sdpa = attention(cpu_speed.cpu_attention_forward), attention(sdpa_attention_forward)
+    for got, expected in zip([ours[0], *ours[1]], [sdpa[0], *sdpa[1]]):  # bf16 rounding apart
+        assert torch.allclose(got.float(), expected.float(), atol=0.03, rtol=0.03)
+    assert not torch.equal(ours[0], sdpa[0])  # the math path ran (SDPA's CPU backward is ~4x slower in bf16)
+    module.eval()  # evaluation keeps SDPA itself
+    assert torch.equal(attention(cpu_speed.cpu_attention_forward)[0], sdpa[0])
+
+
 def test_model_keeps_its_weights_and_saves_as_before(tmp_path, tiny_model_dir):
     from transformers import AutoModelForSequenceClassification
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from train_mrpc.errors import UserError
-from train_mrpc.model import freeze_parameters
+from train_mrpc.model import freeze_parameters, set_dropout
 
 from conftest import assert_one_line_error, read_log, resume_args, run_cli
 
@@ -124,6 +124,29 @@ def test_freezing_more_layers_than_the_model_has_is_refused(tmp_path, tiny_model
     assert proc.stderr.strip().splitlines()[-1] == (
         "train-mrpc: error: --freeze_lower_layers 3 is more than the model's 2 encoder layers; expected 0 to 2"
     )
+
+
+def test_dropout_zero_makes_training_mode_the_evaluation_model(tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).train()
+    batch = {"input_ids": torch.randint(5, 100, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long)}
+    assert not torch.equal(model(**batch).logits, model(**batch).logits)  # dropout at the model's 0.1
+    set_dropout(model, 0.0, "tiny")
+    assert torch.equal(model(**batch).logits, model.eval()(**batch).logits)
+    assert model.config.hidden_dropout_prob == model.config.attention_probs_dropout_prob == 0.0
+
+
+def test_dropout_is_saved_with_the_model_and_a_checkpoint_resumes_only_with_it(tmp_path, tiny_model_dir):
+    run = finished(resume_args(tiny_model_dir, tmp_path / "run", "--dropout", "0", "--max_train_samples", "64"))
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["hidden_dropout_prob"] == saved["attention_probs_dropout_prob"] == 0.0
+    out = tmp_path / "resumed"
+    checkpoint = run / "checkpoints" / "step_000010"
+    shutil.copytree(checkpoint, out / "checkpoints" / checkpoint.name)
+    proc = run_cli(resume_args(tiny_model_dir, out, "--max_train_samples", "64", "--resume_from_checkpoint", "latest"))
+    assert proc.returncode == 2
+    assert "dropout 0.0 -> None" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_eval_strategy_end_trains_the_same_model_and_scores_it_once(tmp_path, tiny_model_dir, one_process_reference):

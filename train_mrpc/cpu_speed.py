@@ -74,8 +74,11 @@ def cpu_attention_forward(module, query, key, value, attention_mask, dropout: fl
     """Bidirectional attention with dropout on a CPU (the math of BERT's eager attention); SDPA otherwise."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    # Without dropout the math still wins in bf16 training: SDPA's CPU backward pass in bf16 took 47-51 ms for
+    # 32 x 12 x 56 x 32 heads against 12.5-13 ms for these matmuls (fp32: 15 against 30 ms, so SDPA stays there).
+    math_wins = dropout > 0.0 or (module.training and query.dtype == torch.bfloat16)
     plain = (
-        dropout == 0.0
+        not math_wins
         or query.device.type != "cpu"
         or getattr(module, "is_causal", False)
         or getattr(module, "num_key_value_groups", 1) > 1
@@ -99,7 +102,8 @@ def cpu_attention_forward(module, query, key, value, attention_mask, dropout: fl
         scores.add_(attention_mask)
     with torch.autocast("cpu", enabled=False):  # softmax reads and writes bf16 and sums in fp32 inside
         probs = torch.softmax(scores, dim=-1)
-    probs = fast_dropout(probs, dropout)
+    if dropout > 0.0:
+        probs = fast_dropout(probs, dropout)
     output = torch.matmul(probs, value)
     return output.transpose(1, 2).contiguous(), None
 

@@ -197,6 +197,36 @@ def freeze_parameters(model, word_embeddings: bool, lower_layers: int, distribut
         model.get_input_embeddings().weight.requires_grad_(False)
 
 
+# The config fields transformers' encoders read their dropout rates from (BERT, RoBERTa, ELECTRA: the first three;
+# DistilBERT: the last three); a None classifier_dropout means "hidden_dropout_prob" and stays None.
+DROPOUT_CONFIG_FIELDS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "classifier_dropout",
+    "dropout",
+    "attention_dropout",
+    "seq_classif_dropout",
+)
+
+
+def set_dropout(model, p: float, name: str) -> None:
+    """--dropout: every ``torch.nn.Dropout`` of the model drops with probability ``p``, and the model's config
+    (saved with the trained model) says so. A model whose dropout is not made of such layers is refused."""
+    import torch
+
+    layers = [module for module in model.modules() if isinstance(module, torch.nn.Dropout)]
+    if not layers:
+        raise UserError(
+            f"--dropout {p}: model {name} has no torch.nn.Dropout layers to set ({type(model).__name__}); "
+            "leave the flag out for it"
+        )
+    for layer in layers:
+        layer.p = p
+    for field in DROPOUT_CONFIG_FIELDS:
+        if getattr(model.config, field, None) is not None:
+            setattr(model.config, field, p)
+
+
 def build_optimizer(model, config: TrainConfig, fused: bool = False):
     """AdamW with weight decay on every weight except biases and LayerNorm parameters."""
     import torch

@@ -180,6 +180,7 @@ def setup(config: TrainConfig) -> Run:
         check_padded_length,
         freeze_parameters,
         load_tokenizer_and_model,
+        set_dropout,
     )
     from train_mrpc.reporting import training_progress
     from train_mrpc.static_batches import (
@@ -251,6 +252,8 @@ def setup(config: TrainConfig) -> Run:
         tokenizer, model = load_tokenizer_and_model(config)
         tokenized = tokenize_dataset(raw, tokenizer, config.max_length)
     device = accelerator.device.type
+    if config.dropout is not None:  # before the CPU speed-ups, which copy each dropout layer's rate
+        set_dropout(model, config.dropout, config.model_name_or_path)
     cpu_speedups = resolve_cpu_speedups(config.cpu_speedups, device, config.torch_compile)
     if cpu_speedups[0]:
         use_cpu_speedups(model)
@@ -373,6 +376,7 @@ def run_identity(run: Run) -> dict:
         "learning_rate",
         "freeze_word_embeddings",
         "freeze_lower_layers",
+        "dropout",
         "weight_decay",
         "adam_beta1",
         "adam_beta2",
