@@ -151,7 +151,11 @@ def run_record(variant: str = "defaults", seed: int = 42, **figures) -> dict:
             [run_record(), run_record("fast")],
             {"fast_recipe": {**recipe_values("fast"), "learning_rate": 2e-4}},
             [],
-            ["its fast runs trained another --recipe fast (learning_rate 0.0002, this run 0.0001)", "--rerun fast:42"],
+            [
+                "its fast runs trained another --recipe fast "
+                f"(learning_rate 0.0002, this run {recipe_values('fast')['learning_rate']})",
+                "--rerun fast:42",
+            ],
         ),
     ],
     ids=[
