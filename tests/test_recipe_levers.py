@@ -137,6 +137,12 @@ def test_dropout_zero_makes_training_mode_the_evaluation_model(tiny_model_dir):
     assert model.config.hidden_dropout_prob == model.config.attention_probs_dropout_prob == 0.0
 
 
+def test_dropout_on_a_model_without_dropout_layers_is_refused():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    with pytest.raises(UserError, match=r"--dropout 0.0: model m has no torch.nn.Dropout layers to set \(Sequential\)"):
+        set_dropout(model, 0.0, "m")
+
+
 def test_dropout_is_saved_with_the_model_and_a_checkpoint_resumes_only_with_it(tmp_path, tiny_model_dir):
     run = finished(resume_args(tiny_model_dir, tmp_path / "run", "--dropout", "0", "--max_train_samples", "64"))
     saved = json.loads((run / "config.json").read_text())

@@ -152,8 +152,8 @@ class TrainConfig:
         "you give: 'google-bert' (Google's BERT README: batch 32, lr 2e-5, 3 epochs) or 'mosbach-stable' "
         "(Mosbach et al., ICLR 2021: batch 16, lr 2e-5, 20 epochs, 10%% warmup, bias-corrected AdamW, clipping "
         "1.0), or 'fast' (measured here for all-MiniLM-L6-v2 on a 2-core CPU: lr 1.5e-4, batch 32, 2 epochs, no "
-        "dropout, word embeddings frozen, one evaluation at the end, no checkpoints). Sources in train_mrpc/recipes.py; explicit "
-        "flags and --config values win.",
+        "dropout, word embeddings frozen, one evaluation at the end, no checkpoints). Sources in "
+        "train_mrpc/recipes.py; explicit flags and --config values win.",
         default=None,
     )
     # --- speed --------------------------------------------------------------------------------

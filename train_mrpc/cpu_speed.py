@@ -71,7 +71,8 @@ class FastCPUDropout(torch.nn.Dropout):
 
 
 def cpu_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """Bidirectional attention with dropout on a CPU (the math of BERT's eager attention); SDPA otherwise."""
+    """Bidirectional attention on a CPU with dropout or in bf16 training (the math of BERT's eager attention);
+    SDPA otherwise."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     # Without dropout the math still wins in bf16 training: SDPA's CPU backward pass in bf16 took 47-51 ms for
