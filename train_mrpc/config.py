@@ -193,8 +193,9 @@ class TrainConfig:
     )
     cpu_speedups: Literal["auto", "on", "off"] = _help(
         "CPU training speed-ups (train_mrpc/cpu_speed.py): dropout masks from 16-bit slices of 64-bit random words "
-        "instead of torch's bernoulli, attention dropout in a CPU attention function that keeps them, and glibc "
-        "keeping freed memory. auto: on for CPU training without --torch_compile. Same drop rate and scaling, "
+        "instead of torch's bernoulli, attention with dropout (or in bf16 training) as a CPU attention function that "
+        "keeps the masks, and glibc keeping freed memory. auto: on for CPU training without --torch_compile. Same "
+        "drop rate and scaling, "
         "another random stream, so a checkpoint resumes only with the same choice.",
         default="auto",
     )
