@@ -49,6 +49,7 @@ def test_benchmark_step_is_the_loops_step(tmp_path, tiny_model_no_dropout, bench
     from transformers import AutoModelForSequenceClassification
 
     from train_mrpc.config import parse_config
+    from train_mrpc.cpu_speed import use_cpu_speedups
     from train_mrpc.data import build_dataloaders, load_raw_splits, tokenize_dataset
     from train_mrpc.model import load_tokenizer_and_model
     from train_mrpc.train import schedule_for, train
@@ -76,6 +77,7 @@ def test_benchmark_step_is_the_loops_step(tmp_path, tiny_model_no_dropout, bench
     tokenized = tokenize_dataset(load_raw_splits(config), tokenizer, config.max_length)
     train_loader = build_dataloaders(tokenized, tokenizer, config, pad_to_multiple_of=None)[0]
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_no_dropout)
+    use_cpu_speedups(model)  # as the loop (CPU training) and the benchmark's cells do: its attention in bf16
     cell = {"precision": precision, "compile": False, "compile_backend": None}
     step, (_, bench_model, _, _) = bench_train_step.accelerate_step_fn(
         cell, model, torch.device("cpu"), config, schedule_for(len(train_loader), config)
