@@ -195,8 +195,7 @@ class TrainConfig:
         "CPU training speed-ups (train_mrpc/cpu_speed.py): dropout masks from 16-bit slices of 64-bit random words "
         "instead of torch's bernoulli, attention with dropout (or in bf16 training) as a CPU attention function that "
         "keeps the masks, and glibc keeping freed memory. auto: on for CPU training without --torch_compile. Same "
-        "drop rate and scaling, "
-        "another random stream, so a checkpoint resumes only with the same choice.",
+        "drop rate and scaling, another random stream, so a checkpoint resumes only with the same choice.",
         default="auto",
     )
     profile: bool = _help(

@@ -86,22 +86,14 @@ RECIPES = {
                 "checkpointing_steps": "no",
             },
             source="This project's measurements for all-MiniLM-L6-v2 on MRPC on a 2-core AMD EPYC (2026-12-06, "
-            "benchmarks/results/cpu-2core/fast-recipe/): two train-mrpc sweeps (lr 1e-4 x batch 32 x 2 or 3 epochs; "
-            "lr 1.5e-4 or 2e-4 x batch 64 x 3 epochs; 2 seeds each) and an interleaved A/B of the frozen table "
-            "(3 rounds: a step 7 % faster frozen). Batch 64 was no faster per epoch than 32 there (165-173 s of "
-            "training against 164-175 s) and no more accurate; 2 epochs were 33 % faster but 0.5 points below 3 "
-            "(78.68 against 79.17 % over 2 seeds) with dropout, but without dropout (--dropout 0; a step 10 % faster, "
-            "dropout_ab.json) 2 epochs scored 80.88 % on both seeds (3 epochs: 81.13 %; sweep-dropout0/). Over 5 seeds "
-            "end to end, 2 epochs without dropout at lr 1e-4 scored 79.26 +- 2.35 % (0.83 points under the reference; "
-            "end_to_end-2ep-lr1e-4.json), at lr 1.5e-4 80.05 +- 1.48 %, F1 85.97 (0.05 / 0.18 points under it), "
-            "4.56x faster (end_to_end.json); batch 16 took 147-150 s end to end against 110-120 s (2 seeds, stopped). "
-            "So: lr 1.5e-4, batch 32, 2 epochs, no dropout. "
-            "Freezing the lowest 2 or 3 layers too (--freeze_lower_layers) made a step 23 or 36 % faster and cost "
-            "1.6 to 5.5 points of accuracy (sweeps of 2 seeds), so the recipe trains every layer.",
+            "benchmarks/results/cpu-2core/fast-recipe/): over 5 seeds end to end, 4.56x the reference's wall time at "
+            "0.05 points less dev accuracy and 0.18 less F1 (end_to_end.json). Every configuration tried (batch 16, "
+            "32, 64; 2 or 3 epochs; lr 1e-4 to 2e-4; dropout; frozen table; frozen lower layers), what each "
+            "measured and why it is in or out: docs/speed.md (--recipe fast) and benchmarks/README.md.",
             notes="What it gives up: no learning curve or best model by epoch (one evaluation, at the end; "
             "best_model/ is the final model) and no resumable checkpoint unless the run is stopped by "
             "SIGTERM/SIGUSR1/Ctrl-C (which still save one): a killed or crashed run starts over. The word-embedding "
-            "table keeps its pretrained values, and nothing is dropped out: measured for 2 epochs (give --dropout 0.1 "
+            "table keeps its pretrained values, and nothing is dropped out: measured for 2 and 3 epochs (give --dropout 0.1 "
             "back for longer runs). Tuned for all-MiniLM-L6-v2 (lr 1.5e-4); for bert-base give --learning_rate 2e-5.",
         ),
     )
